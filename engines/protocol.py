@@ -1,0 +1,138 @@
+"""The one narrow interface between the server and every engine kind.
+
+A generation request (prompt token ids plus SamplingParams) goes in; an async stream of
+GenerationEvents comes back, one per new token (or per finished choice), and the request can be
+aborted. Engines know nothing of HTTP, keys or plans.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from engines.config import ModelConfig
+
+
+class EngineError(Exception):
+    """The engine failed while serving a request (a fault inside the model or the step loop)."""
+
+
+class InvalidGenerationRequest(ValueError):
+    """A request the engine cannot run as asked; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class ContextLengthExceeded(InvalidGenerationRequest):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param=param, code="context_length_exceeded")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise InvalidGenerationRequest("max_tokens must be at least 1", param="max_tokens")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise InvalidGenerationRequest("temperature must be between 0 and 2", param="temperature")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise InvalidGenerationRequest("top_p must be between 0 and 1", param="top_p")
+        if self.n < 1:
+            raise InvalidGenerationRequest("n must be at least 1", param="n")
+        if any(not s for s in self.stop):
+            raise InvalidGenerationRequest("stop strings must not be empty", param="stop")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class GenerationEvent:
+    """What one engine step produced for one choice of a request.
+
+    `text` is the detokenized delta that is safe to show (a tail that could still become a stop
+    string is held back). `finish_reason` is set on the last event of a choice: "stop", "length"
+    or "abort". Token counts are cumulative for the choice.
+    """
+
+    index: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Engine(abc.ABC):
+    """Common life cycle of every engine kind."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights (blocking; called once, before serving)."""
+
+    async def start(self) -> None:
+        """Start background work (step loops, batchers) on the running event loop."""
+
+    async def stop(self) -> None:
+        """Abort in-flight work and release resources."""
+
+
+class GenerationEngine(Engine):
+    """An engine that continues token sequences: chat and legacy completions."""
+
+    @property
+    @abc.abstractmethod
+    def max_model_len(self) -> int: ...
+
+    @abc.abstractmethod
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        """Render messages with the chat template and tokenize (blocking: call off the event loop)."""
+
+    @abc.abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a raw prompt, with the tokenizer's special tokens (blocking)."""
+
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Queue the request and stream its events; raises EngineError if the engine fails."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request; its KV memory is released at the next step. Unknown ids are ignored."""
+
+    def check_context(self, prompt_len: int, max_tokens: int, param: str) -> None:
+        """Reject a request whose prompt plus completion cannot fit, before any work is queued."""
+        if prompt_len + max_tokens > self.max_model_len:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the prompt or the completion length.",
+                param=param,
+            )

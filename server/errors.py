@@ -1,0 +1,147 @@
+"""OpenAI-shaped errors: one exception class per error type, rendered in one place.
+
+Every error body is {"error": {"message", "type", "param", "code"}}, including FastAPI's own
+validation errors, unknown routes, wrong methods and unexpected faults (500, no trace in the body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ozwell.server")
+
+
+class OpenAIError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(OpenAIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    default_code = "unsupported_parameter"
+
+    def __init__(self, param: str, detail: str = "is not supported by this server yet"):
+        super().__init__(f"Unsupported parameter: '{param}' {detail}.", param=param)
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class NotFoundError(OpenAIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+class MethodNotAllowedError(OpenAIError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class InternalServerError(OpenAIError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "internal_error"
+
+
+def error_response(exc: OpenAIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+def _param_from_loc(loc: tuple) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not text:
+            text = str(part)
+        elif str(part).startswith(("function-after", "tagged-union", "list[", "str", "int")):
+            continue  # pydantic's names for union branches say nothing to a client
+        else:
+            text += f".{part}"
+    return text or None
+
+
+def validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
+            code="invalid_json",
+        )
+    param = _param_from_loc(tuple(first.get("loc", ())))
+    if first.get("type") == "extra_forbidden":
+        return InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param,
+                                   code="unknown_parameter")
+    if first.get("type") == "missing":
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param,
+                                   code="missing_required_parameter")
+    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
+    return InvalidRequestError(f"Invalid value for '{param}': {message}" if param else message, param=param,
+                               code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return error_response(InvalidRequestError("We could not parse the JSON body of your request.",
+                                                  code="invalid_json"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err: OpenAIError = NotFoundError(f"Invalid URL ({request.method} {request.url.path})",
+                                             code="unknown_url")
+        elif exc.status_code == 405:
+            err = MethodNotAllowedError(f"Method {request.method} is not allowed for {request.url.path}")
+        else:
+            err = OpenAIError(str(exc.detail))
+            err.status_code = exc.status_code
+            err.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        response = error_response(err)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(InternalServerError("The server had an error while processing your request."))

@@ -1,0 +1,199 @@
+"""Request bodies of the OpenAI routes, as pydantic models on one shared base.
+
+The base forbids fields it does not know (400 "Unrecognized request argument"). OpenAI fields
+that we know but cannot honour yet are declared, and `reject_unsupported` turns any value other
+than their neutral default into a 400 naming the field: nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.errors import UnsupportedParameterError
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # field name -> the values that mean "not used" (anything else is rejected)
+    NEUTRAL: ClassVar[dict[str, tuple]] = {}
+
+    def reject_unsupported(self) -> None:
+        for name, neutral in self.NEUTRAL.items():
+            value = getattr(self, name)
+            if value not in neutral:
+                raise UnsupportedParameterError(name)
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {"include_obfuscation": (None, False)}
+
+
+StopField = str | list[str] | None
+
+
+def _check_stop(value: StopField) -> StopField:
+    if isinstance(value, list):
+        if len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        if any(not s for s in value):
+            raise ValueError("stop sequences must not be empty")
+    elif value == "":
+        raise ValueError("a stop sequence must not be empty")
+    return value
+
+
+class SamplingFields(OpenAIBaseModel):
+    """Fields shared by chat and legacy completions."""
+
+    model: str
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: StopField = None
+    seed: int | None = None
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # Known OpenAI fields that are accepted only at their neutral value for now.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {
+        "frequency_penalty": (None, 0, 0.0),
+        "presence_penalty": (None, 0, 0.0),
+        "logit_bias": (None, {}),
+    }
+
+    @field_validator("stop")
+    @classmethod
+    def _validate_stop(cls, value: StopField) -> StopField:
+        return _check_stop(value)
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.stream_options is not None:
+            if not self.stream:
+                raise UnsupportedParameterError("stream_options", "is only allowed when 'stream' is true")
+            try:
+                self.stream_options.reject_unsupported()
+            except UnsupportedParameterError as exc:
+                raise UnsupportedParameterError(f"stream_options.{exc.param}") from None
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+    audio: Any = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: Any = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: Any = None
+    moderation: Any = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {
+        **SamplingFields.NEUTRAL,
+        "logprobs": (None, False),
+        "top_logprobs": (None, 0),
+        "response_format": (None, {"type": "text"}),
+        "tools": (None, []),
+        "tool_choice": (None, "none"),
+        "parallel_tool_calls": (None, True),
+        "functions": (None, []),
+        "function_call": (None, "none"),
+        "store": (None, False),
+        "metadata": (None, {}),
+        "service_tier": (None, "auto", "default"),
+        "modalities": (None, ["text"]),
+        "audio": (None,),
+        "prediction": (None,),
+        "reasoning_effort": (None,),
+        "verbosity": (None,),
+        "web_search_options": (None,),
+        "prompt_cache_key": (None,),
+        "prompt_cache_retention": (None,),
+        "prompt_cache_options": (None,),
+        "moderation": (None,),
+    }
+
+
+PromptField = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptField
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {
+        **SamplingFields.NEUTRAL,
+        "echo": (None, False),
+        "logprobs": (None,),
+        "best_of": (None, 1),
+        "suffix": (None, ""),
+    }
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: PromptField) -> PromptField:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must not be an empty array")
+            if any(isinstance(item, list) and not item for item in value):
+                raise ValueError("token arrays must not be empty")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of text or token-id prompts."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(item, int) for item in self.prompt):
+            return [list(self.prompt)]
+        return list(self.prompt)

@@ -1,0 +1,1 @@
+"""Thin routers: take the service from app.state, call it, return JSON or SSE."""

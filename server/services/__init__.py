@@ -1,0 +1,1 @@
+"""The logic behind each resource; testable without a socket."""

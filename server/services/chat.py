@@ -1,0 +1,127 @@
+"""POST /v1/chat/completions: messages -> prompt -> engine events -> OpenAI body or SSE chunks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from engines.registry import EngineRegistry
+from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.protocol import ChatCompletionRequest, ChatMessage
+from server.services.generation import (
+    SSE_DONE,
+    Collected,
+    build_sampling_params,
+    new_id,
+    off_loop,
+    openai_finish_reason,
+    resolve_generation_engine,
+    sse,
+    sse_error,
+    stream_events,
+    usage,
+)
+
+# The chat templates we load know system, user and assistant; a developer message is the newer
+# name for a system message.
+_TEMPLATE_ROLE = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _message_text(message: ChatMessage, i: int) -> str:
+    if message.content is None:
+        if message.role == "assistant":
+            return ""
+        raise InvalidRequestError(f"messages[{i}].content is required for role '{message.role}'.",
+                                  param=f"messages[{i}].content")
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for j, part in enumerate(message.content):
+        kind = part.get("type")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise InvalidRequestError(
+                f"Content part type {kind!r} is not supported in messages[{i}].content[{j}]; "
+                "this server supports text parts ({\"type\": \"text\", \"text\": ...}) for now.",
+                param=f"messages[{i}].content[{j}].type",
+            )
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
+    rendered = []
+    for i, message in enumerate(messages):
+        if message.role not in _TEMPLATE_ROLE:
+            raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' needs tool calling, which "
+                                            "is not supported by this server yet")
+        for name in ("tool_calls", "function_call", "audio"):
+            if getattr(message, name):
+                raise UnsupportedParameterError(f"messages[{i}].{name}")
+        rendered.append({"role": _TEMPLATE_ROLE[message.role], "content": _message_text(message, i)})
+    return rendered
+
+
+class ChatService:
+    def __init__(self, registry: EngineRegistry):
+        self.registry = registry
+
+    async def create(self, req: ChatCompletionRequest) -> dict | AsyncIterator[str]:
+        req.reject_unsupported()
+        engine = resolve_generation_engine(self.registry, req.model, "/v1/chat/completions")
+        messages = template_messages(req.messages)
+        prompt_ids = await off_loop(engine.encode_chat, messages)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")
+        completion_id = new_id("chatcmpl")
+        created = int(time.time())
+        model = engine.config.id
+        if req.stream:
+            return self._stream(req, engine, completion_id, created, model, prompt_ids, params)
+        collected = Collected(prompt_tokens=len(prompt_ids))
+        async for event in stream_events(engine, completion_id, prompt_ids, params):
+            collected.add(event, event.index)
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                    "finish_reason": choice.finish_reason,
+                    "logprobs": None,
+                }
+                for index, choice in sorted(collected.choices.items())
+            ],
+            "usage": usage(collected.prompt_tokens, collected.completion_tokens),
+        }
+
+    async def _stream(self, req, engine, completion_id, created, model, prompt_ids, params) -> AsyncIterator[str]:
+        include_usage = req.include_usage
+
+        def chunk(choices: list[dict], **extra) -> str:
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": choices, **extra}
+            if include_usage and "usage" not in extra:
+                body["usage"] = None
+            return sse(body)
+
+        completion_tokens: dict[int, int] = {}
+        try:
+            for index in range(params.n):
+                yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                              "logprobs": None}])
+            async for event in stream_events(engine, completion_id, prompt_ids, params):
+                completion_tokens[event.index] = event.completion_tokens
+                if event.text:
+                    yield chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None,
+                                  "logprobs": None}])
+                if event.finish_reason:
+                    yield chunk([{"index": event.index, "delta": {},
+                                  "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": None}])
+            if include_usage:
+                yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
+        except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+            yield sse_error(exc)
+        yield SSE_DONE

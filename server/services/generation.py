@@ -1,0 +1,153 @@
+"""What chat and legacy completions share: engine lookup, limits, sampling params, SSE framing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from engines.protocol import (
+    ContextLengthExceeded,
+    EngineError,
+    GenerationEngine,
+    GenerationEvent,
+    GenerationRequest,
+    InvalidGenerationRequest,
+    SamplingParams,
+)
+from engines.registry import EngineRegistry, UnknownModel
+from server.errors import (
+    ContextLengthExceededError,
+    InternalServerError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OpenAIError,
+)
+from server.protocol import SamplingFields
+
+log = logging.getLogger("ozwell.server")
+
+# Internal finish reasons mapped to OpenAI's. "abort" reaches a client only when the server
+# itself stops a request; the engine has already freed its work then.
+_FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "stop"}
+
+
+def openai_finish_reason(reason: str) -> str:
+    return _FINISH_REASONS.get(reason, "stop")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) -> GenerationEngine:
+    try:
+        engine = registry.resolve(model)
+    except UnknownModel:
+        raise ModelNotFoundError(model) from None
+    if not isinstance(engine, GenerationEngine):
+        raise InvalidRequestError(
+            f"The model `{model}` is an {engine.config.task.value} model and cannot serve {route}; "
+            "use /v1/embeddings for it.",
+            param="model",
+            code="model_not_supported",
+        )
+    return engine
+
+
+async def off_loop(func: Callable, *args):
+    """Tokenizer and template work runs in a thread so the event loop keeps answering."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(str(exc)) from None
+    except Exception as exc:  # jinja errors from a chat template, and the like
+        log.warning("prompt preparation failed: %s", exc)
+        raise InvalidRequestError(f"Could not build the prompt: {exc}") from None
+
+
+def build_sampling_params(
+    req: SamplingFields, engine: GenerationEngine, prompt_len: int, requested_max: int | None, prompt_param: str
+) -> SamplingParams:
+    """Apply the context limit before any work is queued; no max means 'up to the context'."""
+    if requested_max is None:
+        requested_max = engine.max_model_len - prompt_len
+        if requested_max < 1:
+            requested_max = 1  # so that check_context reports the prompt as too long
+    try:
+        engine.check_context(prompt_len, requested_max, prompt_param)
+        return SamplingParams(
+            max_tokens=requested_max,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            n=req.n or 1,
+            seed=req.seed,
+            stop=req.stop_list,
+        )
+    except ContextLengthExceeded as exc:
+        raise ContextLengthExceededError(str(exc), param=exc.param) from None
+    except InvalidGenerationRequest as exc:
+        raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from None
+
+
+async def stream_events(
+    engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams
+) -> AsyncIterator[GenerationEvent]:
+    """The engine's events; an engine fault becomes a 500-shaped error; leaving early aborts."""
+    try:
+        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params)):
+            yield event
+    except EngineError as exc:
+        log.error("engine error on %s: %s", request_id, exc.__cause__ or exc)
+        raise InternalServerError("The model failed while generating a response.") from exc
+    finally:
+        await engine.abort(request_id)
+
+
+@dataclass
+class ChoiceText:
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class Collected:
+    choices: dict[int, ChoiceText] = field(default_factory=dict)
+    prompt_tokens: int = 0
+
+    def add(self, event: GenerationEvent, index: int) -> None:
+        choice = self.choices.setdefault(index, ChoiceText())
+        choice.text += event.text
+        choice.completion_tokens = event.completion_tokens
+        if event.finish_reason:
+            choice.finish_reason = openai_finish_reason(event.finish_reason)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices.values())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def sse_error(exc: Exception) -> str:
+    if not isinstance(exc, OpenAIError):
+        log.exception("unexpected error while streaming", exc_info=exc)
+        exc = InternalServerError("The server had an error while processing your request.")
+    return sse(exc.body())
