@@ -176,7 +176,7 @@ class TransformersEngine(GenerationEngine):
         ]
         input_ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1, :]
+        logits = self.model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1, :]
         for _ in range(params.max_tokens):
             if job.aborted.is_set():
                 self._finish_all(job, choices, "abort", len(prompt))
@@ -187,7 +187,7 @@ class TransformersEngine(GenerationEngine):
                     self._advance(job, choice, token_id, params, len(prompt))
             if all(c.finish_reason is not None for c in choices):
                 return
-            logits = self.model(input_ids=next_ids[:, None], past_key_values=cache, use_cache=True).logits[:, -1, :]
+            logits = self.model(input_ids=next_ids[:, None], cache=cache, use_cache=True).logits[:, -1, :]
         self._finish_all(job, choices, "length", len(prompt))
 
     def _advance(self, job: _Job, choice: _Choice, token_id: int, params: SamplingParams, prompt_len: int) -> None:

@@ -1,0 +1,26 @@
+import torch
+
+from engines.sampler import sample_next_tokens
+
+
+def test_temperature_zero_and_top_p_zero_are_greedy():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 1.0, 0.0]])
+    assert sample_next_tokens(logits, 0.0, 1.0, None).tolist() == [1, 0]
+    gen = torch.Generator().manual_seed(0)
+    assert sample_next_tokens(logits.repeat(50, 1), 1.0, 0.0, gen).tolist() == [1, 0] * 50
+
+
+def test_same_seed_same_samples_different_seed_differs():
+    logits = torch.zeros(64, 100)
+    draw = [sample_next_tokens(logits, 1.0, 1.0, torch.Generator().manual_seed(s)).tolist() for s in (7, 7, 8)]
+    assert draw[0] == draw[1]
+    assert draw[0] != draw[2]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # probabilities 0.5, 0.3, 0.1, 0.1 -> top_p 0.7 keeps the first two tokens only
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.1]])).repeat(2000, 1)
+    tokens = sample_next_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(1))
+    assert set(tokens.tolist()) == {0, 1}
+    share = (tokens == 0).float().mean().item()
+    assert 0.55 < share < 0.70  # 0.5 / 0.8 = 0.625

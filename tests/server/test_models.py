@@ -1,0 +1,35 @@
+from tests.openapi_schemas import assert_valid
+
+
+def test_list_models_shows_ids_and_aliases(client):
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert_valid(body, "ListModelsResponse")
+    ids = [m["id"] for m in body["data"]]
+    assert ids[:3] == ["all-minilm-l6-v2", "tiny-gemma", "tiny-llama"]  # ids first, in config-file order
+    assert {"gpt-4", "gpt-4o-mini", "text-embedding-3-small"} <= set(ids)
+
+
+def test_retrieve_model_by_id_and_alias(client):
+    for name in ("tiny-llama", "gpt-4"):
+        response = client.get(f"/v1/models/{name}")
+        assert response.status_code == 200
+        assert_valid(response.json(), "Model")
+        assert response.json()["id"] == name
+
+
+def test_retrieve_unknown_model_is_404(client):
+    response = client.get("/v1/models/nope")
+    assert response.status_code == 404
+    assert_valid(response.json(), "ErrorResponse")
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_sdk_lists_models(openai_client):
+    assert "gpt-4" in [m.id for m in openai_client.models.list()]
+    assert openai_client.models.retrieve("tiny-gemma").id == "tiny-gemma"
+
+
+def test_health_is_ok(client):
+    assert client.get("/health").json() == {"status": "ok"}
