@@ -100,11 +100,9 @@ class CompletionService:
         completion_tokens: dict[int, int] = {}
 
         def chunk(choices: list[dict], **extra) -> str:
-            body = {"id": completion_id, "object": "text_completion", "created": created, "model": engine.config.id,
-                    "choices": choices, **extra}
-            if include_usage and "usage" not in extra:
-                body["usage"] = None
-            return sse(body)
+            # Unlike chat chunks, the legacy schema has no null usage: only the last chunk carries it.
+            return sse({"id": completion_id, "object": "text_completion", "created": created,
+                        "model": engine.config.id, "choices": choices, **extra})
 
         try:
             async for index, event in self._merged_events(engine, completion_id, prompts, params):

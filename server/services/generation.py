@@ -60,13 +60,14 @@ def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) 
 
 async def off_loop(func: Callable, *args):
     """Tokenizer and template work runs in a thread so the event loop keeps answering."""
+    from jinja2 import TemplateError
+
     try:
         return await asyncio.to_thread(func, *args)
+    except TemplateError as exc:  # the chat template refused these messages (e.g. role order)
+        raise InvalidRequestError(f"The model's chat template rejected the messages: {exc}", param="messages") from None
     except (ValueError, TypeError) as exc:
         raise InvalidRequestError(str(exc)) from None
-    except Exception as exc:  # jinja errors from a chat template, and the like
-        log.warning("prompt preparation failed: %s", exc)
-        raise InvalidRequestError(f"Could not build the prompt: {exc}") from None
 
 
 def build_sampling_params(
