@@ -1,0 +1,163 @@
+"""End-to-end tier: `ozwell serve` as a subprocess with the shipped default models, driven by
+the official openai SDK over loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.openapi_schemas import assert_valid
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = Path(os.environ.get("OZWELL_E2E_DATA_DIR") or tmp_path_factory.mktemp("e2e-data"))
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(ROOT / "model_configs"),
+         "--data-dir", str(data_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ozwell ready on"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.time() + READY_TIMEOUT_S
+    while not ready.wait(1):
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            pytest.fail("ozwell serve did not become ready:\n" + "".join(lines[-40:]))
+    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "lines": lines}
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def sdk(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server["url"] + "/v1", api_key="anything", max_retries=0, timeout=300)
+
+
+def _converted_dir(data_dir: Path, model_id: str) -> Path:
+    (found,) = [p for p in (data_dir / "models" / model_id).iterdir() if (p / ".ozwell-complete").is_file()]
+    return found
+
+
+def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+
+
+def test_ready_line_printed_once(server):
+    assert sum(line.startswith("Ozwell ready on") for line in server["lines"]) == 1
+
+
+def test_models_list_has_defaults_and_aliases(sdk):
+    ids = {m.id for m in sdk.models.list()}
+    assert {"smollm2-135m-instruct", "gpt-4", "gpt-4o-mini", "gemma-3-270m", "all-minilm-l6-v2"} <= ids
+
+
+def test_chat_answers_from_smollm2_in_a_turn(sdk, server):
+    reply = sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hello!"}],
+                                        temperature=0, max_tokens=40)
+    assert_valid(reply.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+    assert reply.model == "smollm2-135m-instruct"
+    text = reply.choices[0].message.content
+    assert text.strip() and "<|im_start|>" not in text
+    # Same model, prompt and dtype: greedy output equals transformers' generate.
+    from transformers import AutoTokenizer
+
+    model_dir = _converted_dir(server["data_dir"], "smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True,
+                                             tokenize=False)
+    prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert reply.usage.prompt_tokens == len(prompt_ids)
+    expected = _hf_greedy(model_dir, prompt_ids, reply.usage.completion_tokens)
+    assert text == expected
+
+
+def test_chat_stream(sdk):
+    stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                                         max_tokens=16, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    for chunk in chunks:
+        assert_valid(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage.completion_tokens <= 16
+
+
+def test_legacy_completion_continues_text_with_gemma(sdk, server):
+    prompt = "The capital of France is"
+    reply = sdk.completions.create(model="gemma-3-270m", prompt=prompt, max_tokens=12, temperature=0)
+    assert_valid(reply.model_dump(exclude_unset=True), "CreateCompletionResponse")
+    from transformers import AutoTokenizer
+
+    model_dir = _converted_dir(server["data_dir"], "gemma-3-270m")
+    prompt_ids = AutoTokenizer.from_pretrained(model_dir)(prompt)["input_ids"]
+    assert reply.choices[0].text.strip()
+    assert reply.choices[0].text == _hf_greedy(model_dir, prompt_ids, reply.usage.completion_tokens)
+    streamed = "".join(c.choices[0].text for c in sdk.completions.create(
+        model="gemma-3-270m", prompt=prompt, max_tokens=12, temperature=0, stream=True))
+    assert streamed == reply.choices[0].text
+
+
+def test_errors_through_the_sdk(sdk):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk.chat.completions.create(model="gpt-5-nope", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}], max_tokens=9000)
+    assert info.value.body["code"] == "context_length_exceeded"
+
+
+def test_second_start_uses_the_converted_copy(server, monkeypatch):
+    from engines import sources
+    from engines.config import load_model_config
+
+    config = load_model_config(ROOT / "model_configs" / "smollm2-135m-instruct.yaml")
+
+    def must_not_convert(*args):
+        raise AssertionError("the GGUF was dequantised again")
+
+    monkeypatch.setattr(sources, "_convert_gguf", must_not_convert)
+    started = time.perf_counter()
+    path = sources.resolve_hf_dir(config, server["data_dir"], config.dtype)
+    assert path == _converted_dir(server["data_dir"], "smollm2-135m-instruct")
+    assert time.perf_counter() - started < 5
