@@ -34,6 +34,20 @@ _ENGINES_FOR_TASK = {
 }
 
 
+class EmbeddingOptions(BaseModel):
+    """Settings of an embedding model (task: embedding)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    normalize: bool = True  # unit-length vectors, as OpenAI's embeddings are
+    # Matryoshka-trained models may be cut to fewer `dimensions` (then renormalised).
+    matryoshka: bool = False
+    # Inputs per forward pass; concurrent requests are gathered into passes of this size.
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    # How long the batcher waits for more requests before a pass starts.
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+
+
 class ConfigError(Exception):
     """A model config that cannot be served; the message names file, field and problem."""
 
@@ -57,6 +71,7 @@ class ModelConfig(BaseModel):
     chat_template: str | None = None
     # Extra token ids that end generation, beside the tokenizer's EOS (e.g. Gemma's <end_of_turn>).
     stop_token_ids: list[int] = Field(default_factory=list)
+    embedding: EmbeddingOptions | None = None
     description: str | None = None
     # Set by the loader: the file this config came from.
     config_path: Path | None = None
@@ -99,6 +114,8 @@ class ModelConfig(BaseModel):
         if self.engine not in _ENGINES_FOR_TASK[self.task]:
             allowed = ", ".join(sorted(e.value for e in _ENGINES_FOR_TASK[self.task]))
             raise ValueError(f"engine {self.engine.value!r} cannot serve task {self.task.value!r} (use {allowed})")
+        if self.embedding is not None and self.task is not Task.embedding:
+            raise ValueError("'embedding' options are only for task: embedding")
         return self
 
     @property

@@ -1,36 +1,167 @@
-"""Embedding engine over sentence-transformers, run in-process off the event loop."""
+"""Embedding engine over sentence-transformers, with dynamic micro-batching.
+
+Concurrent requests put their inputs in one queue. A batcher task takes what arrived within a short
+wait (up to a batch size, both from the model config), sorts it by length to cut padding, and runs
+one forward pass in a worker thread. Tokenization and forward passes never run on the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from engines.config import ModelConfig
+import torch
+
+from engines.config import EmbeddingOptions, ModelConfig
 from engines.devices import resolve_device
-from engines.protocol import Engine
+from engines.protocol import Engine, InvalidGenerationRequest
 from engines.sources import locate
 
 log = logging.getLogger("ozwell.engines")
+
+
+@dataclass
+class _Item:
+    token_ids: list[int]
+    future: asyncio.Future
 
 
 class SentenceTransformersEngine(Engine):
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
         self._data_dir = Path(data_dir)
+        self.options: EmbeddingOptions = config.embedding or EmbeddingOptions()
         self.model = None
+        self.forward_passes = 0  # for tests and the coming /metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._batcher: asyncio.Task | None = None
 
+    # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
         weights = locate(self.config, self._data_dir)
         if weights.gguf_file is not None:
             raise ValueError(f"{self.config.config_path}: field 'source': embedding models cannot load GGUF")
-        device = resolve_device(self.config.device)
-        self.model = SentenceTransformer(str(weights.directory), device=str(device), local_files_only=True)
-        self.max_model_len = self.config.max_model_len or int(self.model.max_seq_length)
+        self.device = resolve_device(self.config.device)
+        self.model = SentenceTransformer(str(weights.directory), device=str(self.device), local_files_only=True)
+        if self.config.dtype not in ("auto", "float32"):
+            self.model.to(getattr(torch, self.config.dtype))
+        self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        self.max_model_len = min(self.config.max_model_len or 10**9, int(self.model.max_seq_length))
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimensions = int(dimension())
+        # The special tokens the tokenizer wraps one sequence in ([CLS] ... [SEP] for BERT), so
+        # token-id inputs get the same framing as text.
+        probe, inner = self.tokenizer("a")["input_ids"], self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        start = next(i for i in range(len(probe)) if probe[i:i + len(inner)] == inner)
+        self._prefix, self._suffix = probe[:start], probe[start + len(inner):]
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors = await asyncio.to_thread(self.model.encode, list(texts), convert_to_numpy=True)
-        return vectors.tolist()
+    # ---- tokenization (blocking: call off the event loop) ------------------------------------
+    def tokenize(self, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:
+        """Each input as the token ids the model will see; raises naming the index of one too long."""
+        texts = [(i, s.strip()) for i, s in enumerate(inputs) if isinstance(s, str)]
+        encoded: dict[int, list[int]] = {}
+        if texts:
+            ids = self.tokenizer([t for _, t in texts], add_special_tokens=True)["input_ids"]
+            encoded.update({i: list(x) for (i, _), x in zip(texts, ids)})
+        vocab = len(self.tokenizer)
+        for i, item in enumerate(inputs):
+            if not isinstance(item, str):
+                if any(t < 0 or t >= vocab for t in item):
+                    raise InvalidGenerationRequest(f"input[{i}] has token ids outside 0..{vocab - 1}", param="input")
+                encoded[i] = [*self._prefix, *item, *self._suffix]
+        result = [encoded[i] for i in range(len(inputs))]
+        for i, ids in enumerate(result):
+            if len(ids) > self.max_model_len:
+                raise InvalidGenerationRequest(
+                    f"input[{i}] is {len(ids)} tokens long; this model's maximum is {self.max_model_len} tokens",
+                    param=f"input[{i}]", code="context_length_exceeded")
+        return result
+
+    # ---- async front ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._batcher is None:
+            self._queue = asyncio.Queue()
+            self._batcher = asyncio.create_task(self._run_batcher(), name=f"embed-{self.config.id}")
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            await asyncio.gather(self._batcher, return_exceptions=True)
+            self._batcher = None
+        while self._queue is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.cancel()
+
+    async def embed(self, token_ids: Sequence[list[int]]) -> torch.Tensor:
+        """One vector per input (a float32 [n, dim] CPU tensor), as the model's config normalises it."""
+        if self._batcher is None:
+            raise RuntimeError(f"embedding engine {self.config.id!r} is not running")
+        loop = asyncio.get_running_loop()
+        items = [_Item(list(ids), loop.create_future()) for ids in token_ids]
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            return torch.stack(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            for item in items:  # a caller that went away leaves nothing to compute
+                item.future.cancel()
+
+    async def _run_batcher(self) -> None:
+        # One forward pass at a time: what queues up while one runs forms the next batch, and a
+        # short wait lets a burst of concurrent requests arrive before the first pass starts.
+        cap = self.options.max_batch_size * 4
+        while True:
+            batch = [await self._queue.get()]
+            if self._queue.qsize() + 1 < cap and self.options.batch_wait_ms > 0:
+                await asyncio.sleep(self.options.batch_wait_ms / 1000)
+            while len(batch) < cap and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [item for item in batch if not item.future.done()]
+            if not batch:
+                continue
+            try:
+                vectors = await asyncio.to_thread(self._forward, [item.token_ids for item in batch])
+            except Exception as exc:  # noqa: BLE001 - the fault goes to every waiting request
+                log.exception("%s: embedding forward pass failed", self.config.id)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, vector in zip(batch, vectors):
+                if not item.future.done():
+                    item.future.set_result(vector)
+
+    def _forward(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Sort by length and run passes of max_batch_size, so short inputs never pad to a long one."""
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        step = self.options.max_batch_size
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            for i, vector in zip(chunk, self._forward_sorted([batch[i] for i in chunk])):
+                out[i] = vector
+        return out
+
+    def _forward_sorted(self, batch: list[list[int]]) -> torch.Tensor:
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention[row, :len(ids)] = 1
+        features = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device),
+                    "token_type_ids": torch.zeros_like(input_ids, device=self.device)}
+        with torch.inference_mode():
+            vectors = self.model(features)["sentence_embedding"].float()
+        self.forward_passes += 1
+        if self.options.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        return vectors.cpu()

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from engines.registry import EngineRegistry
 from server import __version__
 from server.errors import install_error_handlers
-from server.routes import chat, completions, health, models
+from server.routes import chat, completions, embeddings, health, models
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
+from server.services.embeddings import EmbeddingService
 from server.settings import Settings
 
 
@@ -29,7 +30,8 @@ def create_app(settings: Settings, registry: EngineRegistry) -> FastAPI:
     app.state.registry = registry
     app.state.chat = ChatService(registry)
     app.state.completions = CompletionService(registry)
+    app.state.embeddings = EmbeddingService(registry)
     install_error_handlers(app)
-    for router in (health.router, models.router, chat.router, completions.router):
+    for router in (health.router, models.router, chat.router, completions.router, embeddings.router):
         app.include_router(router)
     return app

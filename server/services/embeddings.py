@@ -1,0 +1,64 @@
+"""POST /v1/embeddings: inputs -> token ids -> the engine's micro-batcher -> OpenAI's list body."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import torch
+
+from engines.embedding_engine import SentenceTransformersEngine
+from engines.registry import EngineRegistry, UnknownModel
+from server.errors import InvalidRequestError, ModelNotFoundError
+from server.protocol import EmbeddingRequest
+from server.services.generation import off_loop
+
+
+def _resolve(registry: EngineRegistry, model: str) -> SentenceTransformersEngine:
+    try:
+        engine = registry.resolve(model)
+    except UnknownModel:
+        raise ModelNotFoundError(model) from None
+    if not isinstance(engine, SentenceTransformersEngine):
+        raise InvalidRequestError(
+            f"The model `{model}` is a {engine.config.task.value} model and cannot create embeddings; "
+            "use an embedding model (see /v1/models).", param="model", code="model_not_supported")
+    return engine
+
+
+def _cut_dimensions(engine: SentenceTransformersEngine, vectors: torch.Tensor, dimensions: int | None):
+    if dimensions is None or dimensions == engine.dimensions:
+        return vectors
+    if not engine.options.matryoshka:
+        raise InvalidRequestError(
+            f"The model `{engine.config.id}` does not support `dimensions` other than its own "
+            f"{engine.dimensions}.", param="dimensions", code="invalid_value")
+    if dimensions > engine.dimensions:
+        raise InvalidRequestError(f"`dimensions` must be at most {engine.dimensions} for `{engine.config.id}`.",
+                                  param="dimensions", code="invalid_value")
+    return torch.nn.functional.normalize(vectors[:, :dimensions], p=2, dim=-1)
+
+
+def _encode(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        # little-endian float32, as the openai SDK decodes it
+        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+class EmbeddingService:
+    def __init__(self, registry: EngineRegistry):
+        self.registry = registry
+
+    async def create(self, req: EmbeddingRequest) -> dict:
+        engine = _resolve(self.registry, req.model)
+        token_ids = await off_loop(engine.tokenize, req.inputs())
+        vectors = _cut_dimensions(engine, await engine.embed(token_ids), req.dimensions)
+        prompt_tokens = sum(len(ids) for ids in token_ids)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+                     for i, v in enumerate(vectors)],
+            "model": engine.config.id,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
