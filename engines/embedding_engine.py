@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ class SentenceTransformersEngine(Engine):
         self.forward_passes = 0  # for tests and the coming /metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._batcher: asyncio.Task | None = None
+        # Forward passes always run on this one thread: torch keeps an OpenMP team per calling
+        # thread, and hopping between pool threads left idle teams spinning (16% slower here).
+        self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{config.id}")
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -116,7 +120,7 @@ class SentenceTransformersEngine(Engine):
     async def _run_batcher(self) -> None:
         # One forward pass at a time: what queues up while one runs forms the next batch, and a
         # short wait lets a burst of concurrent requests arrive before the first pass starts.
-        cap = self.options.max_batch_size * 4
+        cap = self.options.max_batch_size * 64
         while True:
             batch = [await self._queue.get()]
             if self._queue.qsize() + 1 < cap and self.options.batch_wait_ms > 0:
@@ -127,7 +131,8 @@ class SentenceTransformersEngine(Engine):
             if not batch:
                 continue
             try:
-                vectors = await asyncio.to_thread(self._forward, [item.token_ids for item in batch])
+                vectors = await asyncio.get_running_loop().run_in_executor(
+                    self._forward_thread, self._forward, [item.token_ids for item in batch])
             except Exception as exc:  # noqa: BLE001 - the fault goes to every waiting request
                 log.exception("%s: embedding forward pass failed", self.config.id)
                 for item in batch:
