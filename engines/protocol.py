@@ -127,12 +127,16 @@ class GenerationEngine(Engine):
     async def abort(self, request_id: str) -> None:
         """Stop a request; its KV memory is released at the next step. Unknown ids are ignored."""
 
-    def check_context(self, prompt_len: int, max_tokens: int, param: str) -> None:
-        """Reject a request whose prompt plus completion cannot fit, before any work is queued."""
-        if prompt_len + max_tokens > self.max_model_len:
+    def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
+        """Reject a request that cannot run as asked, before any work is queued."""
+        if params.n > self.config.max_num_seqs:
+            raise InvalidGenerationRequest(
+                f"n={params.n} is more than this model's max_num_seqs ({self.config.max_num_seqs}).", param="n",
+                code="invalid_value")
+        if prompt_len + params.max_tokens > self.max_model_len:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
-                "Please reduce the prompt or the completion length.",
-                param=param,
+                f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, {params.max_tokens} for the "
+                "completion). Please reduce the prompt or the completion length.",
+                param=prompt_param,
             )

@@ -86,10 +86,9 @@ def build_sampling_params(
     if requested_max is None:
         requested_max = engine.max_model_len - prompt_len
         if requested_max < 1:
-            requested_max = 1  # so that check_context reports the prompt as too long
+            requested_max = 1  # so that check_request reports the prompt as too long
     try:
-        engine.check_context(prompt_len, requested_max, prompt_param)
-        return SamplingParams(
+        params = SamplingParams(
             max_tokens=requested_max,
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
@@ -97,6 +96,8 @@ def build_sampling_params(
             seed=req.seed,
             stop=req.stop_list,
         )
+        engine.check_request(prompt_len, params, prompt_param)
+        return params
     except InvalidGenerationRequest as exc:
         raise request_error(exc) from None
 

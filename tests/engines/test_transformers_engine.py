@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import torch
 
-from engines.protocol import ContextLengthExceeded, GenerationRequest, SamplingParams
+from engines.protocol import ContextLengthExceeded, GenerationRequest, InvalidGenerationRequest, SamplingParams
 
 
 def _engine(registry, name):
@@ -93,8 +93,10 @@ def test_abort_mid_stream_finishes_with_abort(registry):
     assert "abort-me" not in engine._jobs
 
 
-def test_context_limit_is_checked_before_queueing(registry):
+def test_context_limit_and_n_cap_are_checked_before_queueing(registry):
     engine = _engine(registry, "tiny-llama")
     with pytest.raises(ContextLengthExceeded, match="maximum context length is 128 tokens"):
-        engine.check_context(100, 29, "prompt")
-    engine.check_context(100, 28, "prompt")
+        engine.check_request(100, SamplingParams(max_tokens=29), "prompt")
+    engine.check_request(100, SamplingParams(max_tokens=28), "prompt")
+    with pytest.raises(InvalidGenerationRequest, match="max_num_seqs"):
+        engine.check_request(1, SamplingParams(max_tokens=1, n=engine.config.max_num_seqs + 1), "prompt")

@@ -32,6 +32,7 @@ def test_body_that_is_not_an_object_is_400(client):
         ({"temperature": 3}, "invalid_value", "temperature"),
         ({"top_p": -0.1}, "invalid_value", "top_p"),
         ({"n": 0}, "invalid_value", "n"),
+        ({"n": 9}, "invalid_value", "n"),  # over the model's max_num_seqs (8)
         ({"max_tokens": 0}, "invalid_value", "max_tokens"),
         ({"messages": []}, "invalid_value", "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "invalid_value", "messages[0].role"),
