@@ -26,11 +26,42 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--config-dir", type=Path, default=Path("model_configs"))
-    serve.add_argument("--data-dir", type=Path, default=Path(".ozwell"))
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback binds only)")
+    serve.add_argument("--plans-file", type=Path, default=None, help="YAML of plan limits (default: built in)")
+    _add_store_args(serve)
     models = sub.add_parser("models", help="list the models the configs define")
     models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (works on the database directly)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key; it is printed once, alone on the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--owner", default=None, help="who the key belongs to (default: its name)")
+    create.add_argument("--plan", default="free", help="free, pro or enterprise (see the plans file)")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute (overrides the plan)")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute (overrides the plan)")
+    create.add_argument("--scopes", nargs="+", default=None, help="default: every API scope but admin")
+    create.add_argument("--models", nargs="+", default=None, help="models the key may use (default: all)")
+    create.add_argument("--admin", action="store_true", help="add the admin scope")
+    create.add_argument("--plans-file", type=Path, default=None)
+    _add_store_args(create)
+    listing = keys_sub.add_parser("list", help="list keys (no secrets)")
+    _add_store_args(listing)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or visible prefix")
+    revoke.add_argument("key")
+    _add_store_args(revoke)
+    usage = sub.add_parser("usage", help="read usage records")
+    usage.add_argument("--key", default=None, help="key id or visible prefix")
+    usage.add_argument("--since", default=None, help="ISO date or datetime, e.g. 2026-11-25 or 2026-11-25T10:00")
+    usage.add_argument("--limit", type=int, default=100)
+    _add_store_args(usage)
     return parser
+
+
+def _add_store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(".ozwell"))
+    parser.add_argument("--database-url", default=None, help="any SQLAlchemy URL (default: SQLite in the data dir)")
 
 
 def _list_models(config_dir: Path) -> int:
@@ -42,17 +73,50 @@ def _list_models(config_dir: Path) -> int:
     return 0
 
 
-def _serve(settings: Settings, log_level: str) -> int:
+def _key_service(args):
+    from server.auth.keys import KeyService
+    from server.auth.plans import DEFAULT_PLANS_FILE, Plans
+    from server.db.database import open_database
+
+    database = open_database(args.database_url, args.data_dir)
+    return KeyService(database, Plans.from_file(getattr(args, "plans_file", None) or DEFAULT_PLANS_FILE))
+
+
+def _first_run_admin_key(keys, data_dir: Path) -> None:
+    """With an empty key store, make one admin key, print it once, and keep it in a 0600 file."""
+    if keys.count_active():
+        return
+    record, plaintext = keys.create(name="admin", owner="admin", plan="enterprise", rpm=10_000, tpm=100_000_000,
+                                    admin=True)
+    path = data_dir / "admin_key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(plaintext + "\n")
+    os.chmod(path, 0o600)
+    print(f"No API keys yet: created admin key {record.id} (also written to {path}, mode 0600). "
+          "It is shown only this once:", flush=True)
+    print(plaintext, flush=True)
+
+
+def _serve(settings: Settings, log_level: str, database_url: str | None) -> int:
     import uvicorn
 
     from engines.config import load_model_configs
     from engines.registry import EngineRegistry
     from server.app import create_app
+    from server.auth.keys import KeyService
+    from server.auth.plans import Plans
+    from server.db.database import open_database
 
     configs = load_model_configs(settings.config_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(database_url, settings.data_dir)
+    if settings.auth:
+        _first_run_admin_key(KeyService(database, Plans.from_file(settings.plans_file)), settings.data_dir)
+    else:
+        print("WARNING: serving WITHOUT authentication (--no-auth, loopback only)", flush=True)
     registry = EngineRegistry.from_configs(configs, settings.data_dir, progress=lambda m: print(m, flush=True))
-    app = create_app(settings, registry)
+    app = create_app(settings, registry, database=database)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
@@ -73,16 +137,86 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from engines.config import ConfigError
+
+    from pydantic import ValidationError
+
+    from server.auth.keys import KeyAdminError
 
     try:
         if args.command == "models":
             return _list_models(args.config_dir)
-        settings = Settings(host=args.host, port=args.port, config_dir=args.config_dir, data_dir=args.data_dir)
-        return _serve(settings, args.log_level)
+        if args.command == "keys":
+            return _keys_command(args)
+        if args.command == "usage":
+            return _usage_command(args)
+        extra = {"plans_file": args.plans_file} if args.plans_file else {}
+        settings = Settings(host=args.host, port=args.port, config_dir=args.config_dir, data_dir=args.data_dir,
+                            database_url=args.database_url, auth=not args.no_auth, **extra)
+        return _serve(settings, args.log_level, args.database_url)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:
+        print(f"ozwell: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except KeyAdminError as exc:
+        print(f"ozwell: {exc}", file=sys.stderr)
+        return 2
+
+
+def _keys_command(args) -> int:
+    keys = _key_service(args)
+    if args.keys_command == "create":
+        record, plaintext = keys.create(name=args.name, owner=args.owner, plan=args.plan, rpm=args.rpm,
+                                        tpm=args.tpm, scopes=args.scopes, models=args.models, admin=args.admin)
+        print(f"created {record.id} ({record.prefix}..., plan {record.plan}, scopes {' '.join(record.scopes)})")
+        print("The key is shown only this once:")
+        print(plaintext)
+        return 0
+    if args.keys_command == "list":
+        print("id\tprefix\tname\towner\tplan\trpm\ttpm\tscopes\tmodels\tcreated\tlast_used\trevoked")
+        for k in keys.list():
+            print("\t".join(str(v) for v in (
+                k.id, k.prefix + "...", k.name, k.owner, k.plan, k.rpm or "-", k.tpm or "-", ",".join(k.scopes),
+                ",".join(k.models) if k.models else "*", _when(k.created_at), _when(k.last_used_at),
+                _when(k.revoked_at))))
+        return 0
+    record = keys.revoke(args.key)
+    if record is None:
+        print(f"ozwell: no key matches {args.key!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {record.id} ({record.prefix}...)")
+    return 0
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S") if value else "-"
+
+
+def _usage_command(args) -> int:
+    from datetime import UTC, datetime
+
+    from server.services.usage import UsageService
+
+    keys = _key_service(args)
+    key_id = None
+    if args.key:
+        matches = [k for k in keys.list() if k.id == args.key or k.prefix.startswith(args.key)]
+        if len(matches) != 1:
+            print(f"ozwell: {args.key!r} matches {len(matches)} keys", file=sys.stderr)
+            return 1
+        key_id = matches[0].id
+    since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
+    rows = UsageService(keys.database).query(key_id, since, args.limit)
+    print("time\tkey\tmodel\tendpoint\tstatus\tprompt_tokens\tcompletion_tokens\tlatency_ms")
+    for r in rows:
+        print("\t".join(str(v) for v in (
+            datetime.fromtimestamp(r["created_at"], UTC).strftime("%Y-%m-%dT%H:%M:%S"), r["key_id"],
+            r["model"] or "-", r["endpoint"], r["status"], r["prompt_tokens"], r["completion_tokens"],
+            r["latency_ms"])))
+    return 0
 
 
 if __name__ == "__main__":

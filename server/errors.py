@@ -22,11 +22,13 @@ class OpenAIError(Exception):
     error_type = "server_error"
     default_code: str | None = None
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
@@ -66,6 +68,26 @@ class MethodNotAllowedError(OpenAIError):
     default_code = "method_not_allowed"
 
 
+class AuthenticationError(OpenAIError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(OpenAIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class RateLimitError(OpenAIError):
+    status_code = 429
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, kind: str, headers: dict[str, str]):
+        super().__init__(message, headers=headers)
+        self.error_type = kind  # "requests" or "tokens", as OpenAI names the limit that was hit
+
+
 class InternalServerError(OpenAIError):
     status_code = 500
     error_type = "server_error"
@@ -73,7 +95,7 @@ class InternalServerError(OpenAIError):
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 def _param_from_loc(loc: tuple) -> str | None:

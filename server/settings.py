@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from server.auth.plans import DEFAULT_PLANS_FILE
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseModel):
@@ -12,3 +24,12 @@ class Settings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     config_dir: Path = Path("model_configs")
     data_dir: Path = Path(".ozwell")
+    database_url: str | None = None  # default: SQLite in the data dir
+    plans_file: Path = DEFAULT_PLANS_FILE
+    auth: bool = True
+
+    @model_validator(mode="after")
+    def _no_auth_only_on_loopback(self) -> Settings:
+        if not self.auth and not is_loopback(self.host):
+            raise ValueError(f"--no-auth is only allowed when bound to a loopback address, not {self.host!r}")
+        return self

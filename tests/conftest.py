@@ -99,20 +99,39 @@ def registry(tiny_config_dir, tiny_dir):
 
 
 @pytest.fixture(scope="session")
-def client(registry, tiny_config_dir, tiny_dir):
-    from fastapi.testclient import TestClient
+def database(tiny_dir):
+    from server.db.database import open_database
 
+    return open_database(None, tiny_dir / "data")
+
+
+@pytest.fixture(scope="session")
+def app(registry, database, tiny_config_dir, tiny_dir):
     from server.app import create_app
     from server.settings import Settings
 
-    app = create_app(Settings(config_dir=tiny_config_dir, data_dir=tiny_dir / "data"), registry)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    return create_app(Settings(config_dir=tiny_config_dir, data_dir=tiny_dir / "data"), registry, database=database)
+
+
+@pytest.fixture(scope="session")
+def admin_key(app) -> str:
+    """An admin key with limits high enough that the functional tests never meet them."""
+    _, plaintext = app.state.keys.create(name="tests", plan="enterprise", rpm=1_000_000, tpm=10**10, admin=True)
+    return plaintext
+
+
+@pytest.fixture(scope="session")
+def client(app, admin_key):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False,
+                    headers={"Authorization": f"Bearer {admin_key}"}) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="session")
-def openai_client(client):
+def openai_client(client, admin_key):
     """The official SDK, talking to the in-process app through the test client."""
     from openai import OpenAI
 
-    return OpenAI(base_url=str(client.base_url) + "/v1", api_key="anything", http_client=client, max_retries=0)
+    return OpenAI(base_url=str(client.base_url) + "/v1", api_key=admin_key, http_client=client, max_retries=0)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from engines.registry import EngineRegistry
 from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.context import RequestContext
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.services.generation import (
     SSE_DONE,
@@ -65,21 +66,26 @@ class ChatService:
     def __init__(self, registry: EngineRegistry):
         self.registry = registry
 
-    async def create(self, req: ChatCompletionRequest) -> dict | AsyncIterator[str]:
+    async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         req.reject_unsupported()
         engine = resolve_generation_engine(self.registry, req.model, "/v1/chat/completions")
+        context.check_model(req.model, engine.config.names)
         messages = template_messages(req.messages)
         prompt_ids = await off_loop(engine.encode_chat, messages)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")
+        await context.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         completion_id = new_id("chatcmpl")
         created = int(time.time())
         model = engine.config.id
         if req.stream:
-            return self._stream(req, engine, completion_id, created, model, prompt_ids, params)
+            return self._stream(req, context, engine, completion_id, created, model, prompt_ids, params)
         collected = Collected(prompt_tokens=len(prompt_ids))
-        async for event in stream_events(engine, completion_id, prompt_ids, params):
-            collected.add(event, event.index)
+        try:
+            async for event in stream_events(engine, completion_id, prompt_ids, params):
+                collected.add(event, event.index)
+        finally:
+            await context.settle(len(prompt_ids), collected.completion_tokens)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -97,7 +103,8 @@ class ChatService:
             "usage": usage(collected.prompt_tokens, collected.completion_tokens),
         }
 
-    async def _stream(self, req, engine, completion_id, created, model, prompt_ids, params) -> AsyncIterator[str]:
+    async def _stream(self, req, context, engine, completion_id, created, model, prompt_ids,
+                      params) -> AsyncIterator[str]:
         include_usage = req.include_usage
 
         def chunk(choices: list[dict], **extra) -> str:
@@ -124,4 +131,6 @@ class ChatService:
                 yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
+        finally:
+            await context.settle(len(prompt_ids), sum(completion_tokens.values()))
         yield SSE_DONE

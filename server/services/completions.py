@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from engines.protocol import GenerationEngine, GenerationEvent, SamplingParams
 from engines.registry import EngineRegistry
 from server.errors import InvalidRequestError
+from server.context import RequestContext
 from server.protocol import CompletionRequest
 from server.services.generation import (
     SSE_DONE,
@@ -38,18 +39,24 @@ class CompletionService:
                                       param="prompt", code="invalid_value")
         return list(prompt)
 
-    async def create(self, req: CompletionRequest) -> dict | AsyncIterator[str]:
+    async def create(self, req: CompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         req.reject_unsupported()
         engine = resolve_generation_engine(self.registry, req.model, "/v1/completions")
+        context.check_model(req.model, engine.config.names)
         prompts = [await self._prompt_ids(engine, p, i) for i, p in enumerate(req.prompts())]
         params = [build_sampling_params(req, engine, len(ids), req.max_tokens, "prompt") for ids in prompts]
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        await context.reserve_tokens(prompt_tokens + sum(p.max_tokens * p.n for p in params))
         completion_id = new_id("cmpl")
         created = int(time.time())
         if req.stream:
-            return self._stream(req, engine, completion_id, created, prompts, params)
-        collected = Collected(prompt_tokens=sum(len(ids) for ids in prompts))
-        async for index, event in self._merged_events(engine, completion_id, prompts, params):
-            collected.add(event, index)
+            return self._stream(req, context, engine, completion_id, created, prompts, params)
+        collected = Collected(prompt_tokens=prompt_tokens)
+        try:
+            async for index, event in self._merged_events(engine, completion_id, prompts, params):
+                collected.add(event, index)
+        finally:
+            await context.settle(prompt_tokens, collected.completion_tokens)
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -95,7 +102,7 @@ class CompletionService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _stream(self, req, engine, completion_id, created, prompts, params) -> AsyncIterator[str]:
+    async def _stream(self, req, context, engine, completion_id, created, prompts, params) -> AsyncIterator[str]:
         include_usage = req.include_usage
         completion_tokens: dict[int, int] = {}
 
@@ -114,4 +121,6 @@ class CompletionService:
                 yield chunk([], usage=usage(sum(len(p) for p in prompts), sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
+        finally:
+            await context.settle(sum(len(p) for p in prompts), sum(completion_tokens.values()))
         yield SSE_DONE

@@ -9,6 +9,7 @@ import torch
 
 from engines.embedding_engine import SentenceTransformersEngine
 from engines.registry import EngineRegistry, UnknownModel
+from server.context import RequestContext
 from server.errors import InvalidRequestError, ModelNotFoundError
 from server.protocol import EmbeddingRequest
 from server.services.generation import off_loop
@@ -26,9 +27,9 @@ def _resolve(registry: EngineRegistry, model: str) -> SentenceTransformersEngine
     return engine
 
 
-def _cut_dimensions(engine: SentenceTransformersEngine, vectors: torch.Tensor, dimensions: int | None):
+def _check_dimensions(engine: SentenceTransformersEngine, dimensions: int | None) -> None:
     if dimensions is None or dimensions == engine.dimensions:
-        return vectors
+        return
     if not engine.options.matryoshka:
         raise InvalidRequestError(
             f"The model `{engine.config.id}` does not support `dimensions` other than its own "
@@ -36,6 +37,12 @@ def _cut_dimensions(engine: SentenceTransformersEngine, vectors: torch.Tensor, d
     if dimensions > engine.dimensions:
         raise InvalidRequestError(f"`dimensions` must be at most {engine.dimensions} for `{engine.config.id}`.",
                                   param="dimensions", code="invalid_value")
+
+
+def _cut_dimensions(vectors: torch.Tensor, dimensions: int | None) -> torch.Tensor:
+    """Matryoshka: keep the first `dimensions` values and renormalise."""
+    if dimensions is None or dimensions == vectors.shape[-1]:
+        return vectors
     return torch.nn.functional.normalize(vectors[:, :dimensions], p=2, dim=-1)
 
 
@@ -50,11 +57,17 @@ class EmbeddingService:
     def __init__(self, registry: EngineRegistry):
         self.registry = registry
 
-    async def create(self, req: EmbeddingRequest) -> dict:
+    async def create(self, req: EmbeddingRequest, context: RequestContext) -> dict:
         engine = _resolve(self.registry, req.model)
+        context.check_model(req.model, engine.config.names)
         token_ids = await off_loop(engine.tokenize, req.inputs())
-        vectors = _cut_dimensions(engine, await engine.embed(token_ids), req.dimensions)
         prompt_tokens = sum(len(ids) for ids in token_ids)
+        _check_dimensions(engine, req.dimensions)
+        await context.reserve_tokens(prompt_tokens)
+        try:
+            vectors = _cut_dimensions(await engine.embed(token_ids), req.dimensions)
+        finally:
+            await context.settle(prompt_tokens, 0)
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}

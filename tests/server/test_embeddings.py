@@ -133,7 +133,8 @@ def test_concurrent_requests_share_forward_passes(client, registry, reference):
     async def burst():
         before = engine.forward_passes
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers={"Authorization": client.headers["Authorization"]}) as http:
             responses = await asyncio.gather(*(
                 http.post("/v1/embeddings", json={"model": "minilm-matryoshka", "input": SENTENCES[i % 4]})
                 for i in range(50)))

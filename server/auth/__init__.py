@@ -1,0 +1,1 @@
+"""API keys, plans and who is calling."""

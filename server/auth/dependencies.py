@@ -1,0 +1,67 @@
+"""FastAPI dependencies: every route is authenticated unless it is listed in PUBLIC_PATHS.
+
+The app installs `authenticate` as a global dependency (deny by default); routers add
+`require_scope(...)`. Scopes are checked against the route as routed, never a Host-derived URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.auth.keys import ADMIN_SCOPE
+from server.context import RequestContext
+from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from server.ratelimit import rate_limit_headers
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+def _route_path(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "")
+
+
+async def authenticate(request: Request) -> None:
+    if _route_path(request) in PUBLIC_PATHS:
+        return
+    state = request.app.state
+    if not state.auth_enabled:
+        request.state.ozwell_context = RequestContext.unauthenticated()
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer ozw_...'.")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("Malformed Authorization header: expected 'Bearer ozw_...'.")
+    caller = await asyncio.to_thread(state.keys.authenticate, token.strip())
+    if caller is None:
+        raise AuthenticationError("Incorrect API key provided.")
+    decision = await state.limiter.hit_request(caller.key_id, caller.limits.rpm)
+    tokens = await state.limiter.tokens_state(caller.key_id, caller.limits.tpm)
+    context = RequestContext(caller=caller, limiter=state.limiter, requests_state=decision.state)
+    context.headers = rate_limit_headers(decision.state, tokens, None if decision.allowed else decision.retry_after_s)
+    request.state.ozwell_context = context
+    if not decision.allowed:
+        raise RateLimitError(
+            f"Rate limit reached on requests per minute (RPM): limit {caller.limits.rpm}. "
+            f"Please try again in {decision.retry_after_s:.1f}s.", "requests", context.headers)
+
+
+def require_scope(scope: str):
+    async def check(request: Request) -> None:
+        context: RequestContext = request.state.ozwell_context
+        if context.caller is not None and scope not in context.caller.scopes:
+            what = "the admin API" if scope == ADMIN_SCOPE else f"the '{scope}' endpoints"
+            raise PermissionDeniedError(f"This API key is not allowed to use {what}.", code="insufficient_scope")
+
+    return Depends(check)
+
+
+def _context(request: Request) -> RequestContext:
+    return request.state.ozwell_context
+
+
+Context = Annotated[RequestContext, Depends(_context)]

@@ -1,0 +1,130 @@
+"""API keys: `ozw_` + 43 URL-safe random characters, stored only as a SHA-256 hash.
+
+Every request looks its key up in the database (no cache), so a revocation counts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from server.auth.plans import Limits, Plans
+from server.db.database import Database
+from server.db.models import ApiKey
+
+KEY_PREFIX = "ozw_"
+API_SCOPES = ("models", "chat", "completions", "embeddings", "files", "responses")
+ADMIN_SCOPE = "admin"
+ALL_SCOPES = (*API_SCOPES, ADMIN_SCOPE)
+_VISIBLE_PREFIX = 12  # "ozw_" + 8 characters, enough to tell keys apart in a list
+_TOUCH_EVERY = timedelta(seconds=60)
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def looks_like_key(plaintext: str) -> bool:
+    body = plaintext[len(KEY_PREFIX):]
+    return (plaintext.startswith(KEY_PREFIX) and 32 <= len(body) <= 128
+            and all(c.isalnum() or c in "-_" for c in body))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: what the routes and services may know of a key (never the key itself)."""
+
+    key_id: str
+    prefix: str
+    name: str
+    owner: str
+    plan: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None
+    limits: Limits
+
+    def may_use_model(self, names: list[str]) -> bool:
+        return self.models is None or any(name in self.models for name in names)
+
+
+class KeyAdminError(ValueError):
+    """A key operation that cannot be done (bad plan, ambiguous prefix, ...)."""
+
+
+class KeyService:
+    def __init__(self, database: Database, plans: Plans):
+        self.database = database
+        self.plans = plans
+
+    def create(self, name: str, owner: str | None = None, plan: str = "free", rpm: int | None = None,
+               tpm: int | None = None, scopes: list[str] | None = None, models: list[str] | None = None,
+               admin: bool = False) -> tuple[ApiKey, str]:
+        """Make a key; the plaintext is returned once and never stored."""
+        try:
+            self.plans.limits_for(plan, rpm, tpm)
+        except ValueError as exc:
+            raise KeyAdminError(str(exc)) from None
+        chosen = list(scopes) if scopes else list(API_SCOPES)
+        unknown = [s for s in chosen if s not in ALL_SCOPES]
+        if unknown:
+            raise KeyAdminError(f"unknown scope(s) {', '.join(unknown)}; scopes are {', '.join(ALL_SCOPES)}")
+        if admin and ADMIN_SCOPE not in chosen:
+            chosen.append(ADMIN_SCOPE)
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKey(
+            id="key_" + secrets.token_hex(12), key_hash=hash_key(plaintext), prefix=plaintext[:_VISIBLE_PREFIX],
+            name=name, owner=owner or name, plan=plan, rpm=rpm, tpm=tpm, scopes=chosen,
+            models=list(models) if models else None, created_at=datetime.now(UTC),
+        )
+        with self.database.session() as session, session.begin():
+            session.add(record)
+        return record, plaintext
+
+    def list(self) -> list[ApiKey]:
+        with self.database.session() as session:
+            return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+    def count_active(self) -> int:
+        return sum(1 for key in self.list() if key.revoked_at is None)
+
+    def revoke(self, id_or_prefix: str) -> ApiKey | None:
+        with self.database.session() as session, session.begin():
+            found = list(session.scalars(select(ApiKey).where(
+                (ApiKey.id == id_or_prefix) | (ApiKey.prefix.startswith(id_or_prefix)))))
+            exact = [k for k in found if k.id == id_or_prefix]
+            found = exact or found
+            if not found:
+                return None
+            if len(found) > 1:
+                raise KeyAdminError(f"{id_or_prefix!r} matches {len(found)} keys; give more of the prefix or the id")
+            key = found[0]
+            if key.revoked_at is None:
+                key.revoked_at = datetime.now(UTC)
+            return key
+
+    def authenticate(self, plaintext: str) -> Caller | None:
+        """The caller for a presented key, or None (unknown, malformed or revoked)."""
+        if not looks_like_key(plaintext):
+            return None
+        presented = hash_key(plaintext)
+        with self.database.session() as session, session.begin():
+            key = session.scalars(select(ApiKey).where(ApiKey.key_hash == presented)).first()
+            # The lookup is by hash; compare the hashes in constant time all the same.
+            if key is None or not hmac.compare_digest(key.key_hash, presented) or key.revoked_at is not None:
+                return None
+            now = datetime.now(UTC)
+            last = key.last_used_at.replace(tzinfo=UTC) if key.last_used_at and not key.last_used_at.tzinfo \
+                else key.last_used_at
+            if last is None or now - last > _TOUCH_EVERY:
+                key.last_used_at = now
+            return self.caller(key)
+
+    def caller(self, key: ApiKey) -> Caller:
+        return Caller(key_id=key.id, prefix=key.prefix, name=key.name, owner=key.owner, plan=key.plan,
+                      scopes=frozenset(key.scopes), models=frozenset(key.models) if key.models else None,
+                      limits=self.plans.limits_for(key.plan, key.rpm, key.tpm))

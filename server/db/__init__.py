@@ -1,0 +1,1 @@
+"""Durable state (keys, usage) through SQLAlchemy; schema changes go through Alembic migrations."""

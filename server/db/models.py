@@ -1,0 +1,46 @@
+"""The tables. Change them only together with a new migration in migrations/versions/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # SHA-256 of the whole key, hex; the key itself is never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    plan: Mapped[str] = mapped_column(String(32))
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # override of the plan's
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    scopes: Mapped[list] = mapped_column(JSON)
+    models: Mapped[list | None] = mapped_column(JSON, nullable=True)  # None: every model
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(200), index=True, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -1,0 +1,39 @@
+"""Usage metering: one record per authenticated request, read back by the CLI and admin API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from server.db.database import Database
+from server.db.models import UsageRecord
+
+
+class UsageService:
+    def __init__(self, database: Database):
+        self.database = database
+
+    def record(self, *, key_id: str | None, owner: str | None, model: str | None, endpoint: str,
+               prompt_tokens: int, completion_tokens: int, status: int, latency_ms: int) -> None:
+        with self.database.session() as session, session.begin():
+            session.add(UsageRecord(key_id=key_id, owner=owner, model=model, endpoint=endpoint,
+                                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                    status=status, latency_ms=latency_ms, created_at=datetime.now(UTC)))
+
+    def query(self, key_id: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[dict]:
+        statement = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)
+        if key_id:
+            statement = statement.where(UsageRecord.key_id == key_id)
+        if since:
+            statement = statement.where(UsageRecord.created_at >= since)
+        with self.database.session() as session:
+            return [as_dict(r) for r in session.scalars(statement)]
+
+
+def as_dict(record: UsageRecord) -> dict:
+    created = record.created_at if record.created_at.tzinfo else record.created_at.replace(tzinfo=UTC)
+    return {"id": record.id, "key_id": record.key_id, "owner": record.owner, "model": record.model,
+            "endpoint": record.endpoint, "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens, "status": record.status,
+            "latency_ms": record.latency_ms, "created_at": int(created.timestamp())}
