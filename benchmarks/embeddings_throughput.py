@@ -52,7 +52,7 @@ def start_server(port: int, config_dir: Path, data_dir: Path) -> subprocess.Pope
     raise RuntimeError("server exited before it was ready")
 
 
-async def http_run(url: str, clients: int, requests_per_client: int, pool: list[str]) -> float:
+async def http_run(url: str, key: str, clients: int, requests_per_client: int, pool: list[str]) -> float:
     import httpx
 
     async def client(c: int, http: httpx.AsyncClient) -> None:
@@ -65,7 +65,8 @@ async def http_run(url: str, clients: int, requests_per_client: int, pool: list[
             assert len(response.json()["data"]) == SENTENCES_PER_REQUEST
 
     limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits,
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
         await client(0, http)  # warm-up
         started = time.perf_counter()
         await asyncio.gather(*(client(c, http) for c in range(clients)))
@@ -102,6 +103,7 @@ def main() -> None:
     pool = sentences(1024)
     port = free_port()
     server = start_server(port, workdir / "configs", workdir / "data")
+    key = (workdir / "data" / "admin_key").read_text().strip()  # made at first start, enterprise limits
     rows = []
     try:
         model = SentenceTransformer(str(locate(config, workdir / "data").directory), device="cpu")
@@ -109,7 +111,7 @@ def main() -> None:
             total = clients * args.requests_per_client * SENTENCES_PER_REQUEST
             batch_size = min(clients * SENTENCES_PER_REQUEST, max_batch)
             print(f"{clients} clients: {total} sentences ...", flush=True)
-            served = asyncio.run(http_run(f"http://127.0.0.1:{port}", clients, args.requests_per_client, pool))
+            served = asyncio.run(http_run(f"http://127.0.0.1:{port}", key, clients, args.requests_per_client, pool))
             direct = direct_run(model, pool, total, batch_size)
             rows.append({"clients": clients, "server_inputs_per_s": round(served, 1),
                          "direct_encode_inputs_per_s": round(direct, 1), "direct_batch_size": batch_size,

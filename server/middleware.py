@@ -27,7 +27,7 @@ class RateLimitHeadersAndUsage:
                 status["code"] = message["status"]
                 context = scope.get("state", {}).get("ozwell_context")
                 if context is not None and context.headers:
-                    existing = {k.lower() for k, _ in message.get("headers", [])}
+                    existing = {k.decode("latin-1").lower() for k, _ in message.get("headers", [])}
                     extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                              for k, v in context.headers.items() if k.lower() not in existing]
                     message = {**message, "headers": [*message.get("headers", []), *extra]}

@@ -51,7 +51,9 @@ def server(tmp_path_factory):
         if process.poll() is not None or time.time() > deadline:
             process.kill()
             pytest.fail("ozwell serve did not become ready:\n" + "".join(lines[-40:]))
-    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "lines": lines}
+    # The first start with an empty key store made an admin key and kept it in a 0600 file.
+    key = (data_dir / "admin_key").read_text().strip()
+    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "lines": lines, "key": key}
     process.terminate()
     try:
         process.wait(30)
@@ -63,7 +65,7 @@ def server(tmp_path_factory):
 def sdk(server):
     from openai import OpenAI
 
-    return OpenAI(base_url=server["url"] + "/v1", api_key="anything", max_retries=0, timeout=300)
+    return OpenAI(base_url=server["url"] + "/v1", api_key=server["key"], max_retries=0, timeout=300)
 
 
 def _converted_dir(data_dir: Path, model_id: str) -> Path:
@@ -84,6 +86,14 @@ def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> s
 
 def test_ready_line_printed_once(server):
     assert sum(line.startswith("Ozwell ready on") for line in server["lines"]) == 1
+
+
+def test_a_wrong_key_is_refused(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key="ozw_" + "n" * 43, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
 
 
 def test_models_list_has_defaults_and_aliases(sdk):
