@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -15,12 +17,27 @@ from server.db.database import Database
 from server.errors import install_error_handlers
 from server.middleware import RateLimitHeadersAndUsage
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, health, models
+from server.routes import admin, chat, completions, embeddings, files as files_routes, health, models
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
+from server.services.files import FileService
 from server.services.usage import UsageService
 from server.settings import Settings
+
+
+log = logging.getLogger("ozwell.server")
+
+
+async def _sweep_forever(files: FileService, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            removed = await asyncio.to_thread(files.sweep_expired)
+            if removed:
+                log.info("removed %d expired file(s)", removed)
+        except Exception:  # noqa: BLE001 - keep sweeping
+            log.exception("file sweep failed")
 
 
 def create_app(settings: Settings, registry: EngineRegistry, database: Database | None = None,
@@ -28,12 +45,21 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     if settings.auth and database is None:
         raise ValueError("authentication needs a database (keys live there)")
 
+    files = FileService(database, settings.data_dir, settings.max_upload_bytes,
+                        settings.owner_quota_bytes) if database else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
+        sweeper = None
+        if files is not None:
+            await asyncio.to_thread(files.prepare)
+            sweeper = asyncio.create_task(_sweep_forever(files, settings.sweep_interval_s))
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             await registry.stop()
 
     # Deny by default: every route authenticates unless its path is in PUBLIC_PATHS.
@@ -46,12 +72,13 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     app.state.keys = KeyService(database, Plans.from_file(settings.plans_file)) if database else None
     app.state.usage = UsageService(database) if database else None
     app.state.limiter = limiter or InMemoryRateLimiter()
-    app.state.chat = ChatService(registry)
+    app.state.files = files
+    app.state.chat = ChatService(registry, files)
     app.state.completions = CompletionService(registry)
     app.state.embeddings = EmbeddingService(registry)
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.usage)
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   admin.router):
+                   files_routes.router, admin.router):
         app.include_router(router)
     return app

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback binds only)")
     serve.add_argument("--plans-file", type=Path, default=None, help="YAML of plan limits (default: built in)")
+    serve.add_argument("--max-upload-mb", type=int, default=512, help="per-file upload cap (default 512)")
+    serve.add_argument("--owner-quota-mb", type=int, default=10240, help="file storage per owner (default 10240)")
     _add_store_args(serve)
     models = sub.add_parser("models", help="list the models the configs define")
     models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             return _usage_command(args)
         extra = {"plans_file": args.plans_file} if args.plans_file else {}
         settings = Settings(host=args.host, port=args.port, config_dir=args.config_dir, data_dir=args.data_dir,
-                            database_url=args.database_url, auth=not args.no_auth, **extra)
+                            database_url=args.database_url, auth=not args.no_auth,
+                            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                            owner_quota_bytes=args.owner_quota_mb * 1024 * 1024, **extra)
         return _serve(settings, args.log_level, args.database_url)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)

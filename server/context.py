@@ -28,6 +28,11 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     _reservation: Reservation | None = None
 
+    @property
+    def owner(self) -> str:
+        """Whose files and responses these are ("local" when the server runs with --no-auth)."""
+        return self.caller.owner if self.caller is not None else "local"
+
     def check_model(self, requested: str, names: list[str]) -> None:
         self.model = names[0]
         if self.caller is not None and not self.caller.may_use_model(names):

@@ -27,6 +27,9 @@ class Settings(BaseModel):
     database_url: str | None = None  # default: SQLite in the data dir
     plans_file: Path = DEFAULT_PLANS_FILE
     auth: bool = True
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    owner_quota_bytes: int = Field(default=10 * 1024 * 1024 * 1024, ge=1)
+    sweep_interval_s: float = Field(default=60.0, gt=0)  # expired files (and later, old responses)
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:

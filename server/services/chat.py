@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from engines.registry import EngineRegistry
-from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.context import RequestContext
 from server.protocol import ChatCompletionRequest, ChatMessage
+from server.services.files import FileService
 from server.services.generation import (
     SSE_DONE,
     Collected,
@@ -28,7 +29,27 @@ from server.services.generation import (
 _TEMPLATE_ROLE = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def _message_text(message: ChatMessage, i: int) -> str:
+# A text file larger than this cannot fit any context we serve; refuse it before reading it.
+MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
+
+FileText = Callable[[str], str]  # file id -> its UTF-8 text (raises OpenAIError)
+
+
+def _file_part_text(part: dict, param: str, file_text: FileText | None) -> str:
+    file = part.get("file")
+    if not isinstance(file, dict) or not isinstance(file.get("file_id"), str):
+        raise InvalidRequestError("A file content part needs {\"file\": {\"file_id\": \"file-...\"}} (upload it "
+                                  "with /v1/files first); inline file_data is not supported.", param=f"{param}.file")
+    if file_text is None:
+        raise UnsupportedParameterError(f"{param}.file", "needs the files API, which this server runs without")
+    try:
+        return file_text(file["file_id"])
+    except NotFoundError:
+        raise InvalidRequestError(f"No such file: {file['file_id']}.", param=f"{param}.file.file_id",
+                                  code="file_not_found") from None
+
+
+def _message_text(message: ChatMessage, i: int, file_text: FileText | None = None) -> str:
     if message.content is None:
         if message.role == "assistant":
             return ""
@@ -39,17 +60,20 @@ def _message_text(message: ChatMessage, i: int) -> str:
     texts = []
     for j, part in enumerate(message.content):
         kind = part.get("type")
-        if kind != "text" or not isinstance(part.get("text"), str):
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "file" and message.role == "user":
+            texts.append(_file_part_text(part, f"messages[{i}].content[{j}]", file_text))
+        else:
             raise InvalidRequestError(
-                f"Content part type {kind!r} is not supported in messages[{i}].content[{j}]; "
-                "this server supports text parts ({\"type\": \"text\", \"text\": ...}) for now.",
+                f"Content part type {kind!r} is not supported in messages[{i}].content[{j}]; this server supports "
+                "text parts, and in user messages file parts with the file_id of an uploaded UTF-8 text file.",
                 param=f"messages[{i}].content[{j}].type",
             )
-        texts.append(part["text"])
     return "".join(texts)
 
 
-def template_messages(messages: list[ChatMessage]) -> list[dict]:
+def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
     rendered = []
     for i, message in enumerate(messages):
         if message.role not in _TEMPLATE_ROLE:
@@ -58,19 +82,26 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
         for name in ("tool_calls", "function_call", "audio"):
             if getattr(message, name):
                 raise UnsupportedParameterError(f"messages[{i}].{name}")
-        rendered.append({"role": _TEMPLATE_ROLE[message.role], "content": _message_text(message, i)})
+        rendered.append({"role": _TEMPLATE_ROLE[message.role], "content": _message_text(message, i, file_text)})
     return rendered
 
 
 class ChatService:
-    def __init__(self, registry: EngineRegistry):
+    def __init__(self, registry: EngineRegistry, files: FileService | None = None):
         self.registry = registry
+        self.files = files
+
+    def file_reader(self, owner: str) -> FileText | None:
+        if self.files is None:
+            return None
+        return lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
 
     async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         req.reject_unsupported()
         engine = resolve_generation_engine(self.registry, req.model, "/v1/chat/completions")
         context.check_model(req.model, engine.config.names)
-        messages = template_messages(req.messages)
+        # Off the loop: file parts read the database and the disk.
+        messages = await off_loop(template_messages, req.messages, self.file_reader(context.owner))
         prompt_ids = await off_loop(engine.encode_chat, messages)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")

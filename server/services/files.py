@@ -1,0 +1,251 @@
+"""Files: metadata in the database, bytes on disk under <data-dir>/files/, named by file id.
+
+An upload streams into a temporary file beside its final place, is fsynced, renamed into place,
+and only then gets its database row; so a crash leaves either nothing visible or a complete file.
+At start, temporaries and bytes without a row are removed. A file belongs to its owner: anyone
+else gets 404, never 403, and never sees it listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote
+
+from sqlalchemy import and_, func, or_, select
+
+from server.db.database import Database
+from server.db.models import StoredFile
+from server.errors import InvalidRequestError, NotFoundError, OpenAIError
+from server.uploads import MultipartFormReader, UploadError
+
+log = logging.getLogger("ozwell.server")
+
+PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+TEXT_SUFFIXES = {"", ".txt", ".md", ".markdown", ".json", ".jsonl", ".csv", ".tsv", ".xml", ".html", ".htm",
+                 ".yaml", ".yml", ".toml", ".ini", ".log", ".rst", ".py", ".js", ".ts", ".java", ".c", ".h",
+                 ".cpp", ".go", ".rs", ".sh", ".sql", ".tex"}
+_TMP_PREFIX = ".upload-"
+_FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PayloadTooLargeError(OpenAIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "file_too_large"
+
+
+def sanitise_filename(raw: str | None) -> str:
+    """A name for display only: no path, no control characters, at most 255 bytes of UTF-8.
+
+    Clients percent-encode CR, LF and quotes in multipart filenames (as the HTML spec says), so the
+    escapes are decoded first and the result cleaned like any raw name.
+    """
+    name = unquote(raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = _CONTROL.sub("", name).strip().lstrip(".") or "file"
+    encoded = name.encode("utf-8")[:255]
+    return encoded.decode("utf-8", "ignore") or "file"
+
+
+def file_object(record: StoredFile) -> dict:
+    body = {"id": record.id, "object": "file", "bytes": record.bytes, "created_at": record.created_at,
+            "filename": record.filename, "purpose": record.purpose, "status": "processed"}
+    if record.expires_at is not None:
+        body["expires_at"] = record.expires_at
+    return body
+
+
+class FileService:
+    def __init__(self, database: Database, data_dir: Path, max_file_bytes: int, owner_quota_bytes: int):
+        self.database = database
+        self.dir = Path(data_dir) / "files"
+        self.max_file_bytes = max_file_bytes
+        self.owner_quota_bytes = owner_quota_bytes
+
+    # ---- start-up and sweeping ------------------------------------------------------------
+    def prepare(self) -> None:
+        """Make the directory (0700) and remove what a crash left: temporaries, and bytes with no row."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        with self.database.session() as session:
+            known = set(session.scalars(select(StoredFile.id)))
+        for path in self.dir.iterdir():
+            if path.name.startswith(_TMP_PREFIX) or (_FILE_ID.match(path.name) and path.name not in known):
+                log.info("removing leftover upload %s", path.name)
+                path.unlink(missing_ok=True)
+
+    def sweep_expired(self, now: int | None = None) -> int:
+        now = int(time.time()) if now is None else now
+        with self.database.session() as session, session.begin():
+            expired = list(session.scalars(select(StoredFile).where(StoredFile.expires_at <= now)))
+            for record in expired:
+                session.delete(record)
+        for record in expired:
+            (self.dir / record.id).unlink(missing_ok=True)
+        return len(expired)
+
+    # ---- upload ------------------------------------------------------------------------------
+    def _used_bytes(self, owner: str) -> int:
+        with self.database.session() as session:
+            return int(session.scalar(select(func.coalesce(func.sum(StoredFile.bytes), 0))
+                                      .where(StoredFile.owner == owner)))
+
+    async def upload(self, owner: str, content_type: str, chunks: AsyncIterator[bytes]) -> dict:
+        quota_left = self.owner_quota_bytes - await asyncio.to_thread(self._used_bytes, owner)
+        limit = min(self.max_file_bytes, max(quota_left, 0))
+
+        def too_large() -> Exception:
+            if limit == self.max_file_bytes:
+                return PayloadTooLargeError(f"The file is larger than the maximum of {self.max_file_bytes} bytes.",
+                                            param="file")
+            return PayloadTooLargeError(
+                f"This upload would exceed your storage quota of {self.owner_quota_bytes} bytes "
+                f"({max(quota_left, 0)} bytes left). Delete files to make room.", param="file",
+                code="quota_exceeded")
+
+        file_id = "file-" + secrets.token_hex(16)
+        temp = self.dir / f"{_TMP_PREFIX}{file_id}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                reader = MultipartFormReader(content_type, sink, limit, too_large)
+                try:
+                    await reader.read(chunks)
+                except UploadError as exc:
+                    raise InvalidRequestError(str(exc), param="file") from None
+                fields = reader.fields
+                purpose = self._check_fields(fields)
+                expires_at = self._expires_at(fields)
+                sink.flush()
+                os.fsync(sink.fileno())
+            if purpose == "batch":
+                await asyncio.to_thread(self._check_jsonl, temp)
+            record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(reader.filename),
+                                purpose=purpose, bytes=reader.file_bytes, created_at=int(time.time()),
+                                expires_at=expires_at)
+            await asyncio.to_thread(self._commit, temp, record)
+            return file_object(record)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _commit(self, temp: Path, record: StoredFile) -> None:
+        os.replace(temp, self.dir / record.id)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            with self.database.session() as session, session.begin():
+                session.add(record)
+        except Exception:
+            (self.dir / record.id).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _check_fields(fields: dict[str, str]) -> str:
+        purpose = fields.get("purpose")
+        if purpose is None:
+            raise InvalidRequestError("Missing required parameter: 'purpose'.", param="purpose",
+                                      code="missing_required_parameter")
+        if purpose not in PURPOSES:
+            raise InvalidRequestError(f"Invalid value for 'purpose': {purpose!r}; use one of {', '.join(PURPOSES)}.",
+                                      param="purpose", code="invalid_value")
+        unknown = set(fields) - {"purpose", "expires_after[anchor]", "expires_after[seconds]"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name,
+                                      code="unknown_parameter")
+        return purpose
+
+    @staticmethod
+    def _expires_at(fields: dict[str, str]) -> int | None:
+        anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+        if anchor is None and seconds is None:
+            return None
+        if anchor != "created_at":
+            raise InvalidRequestError("expires_after.anchor must be 'created_at'.", param="expires_after.anchor",
+                                      code="invalid_value")
+        if seconds is None or not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
+            raise InvalidRequestError("expires_after.seconds must be an integer from 3600 to 2592000.",
+                                      param="expires_after.seconds", code="invalid_value")
+        return int(time.time()) + int(seconds)
+
+    @staticmethod
+    def _check_jsonl(path: Path) -> None:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    value = None
+                if not isinstance(value, dict):
+                    raise InvalidRequestError(f"A batch file must be JSONL: line {number} is not a JSON object.",
+                                              param="file", code="invalid_file")
+
+    # ---- reading -----------------------------------------------------------------------------
+    def get(self, owner: str, file_id: str) -> StoredFile:
+        with self.database.session() as session:
+            record = session.get(StoredFile, file_id)
+        if record is None or record.owner != owner:
+            raise NotFoundError(f"No such File object: {file_id}", param="file_id", code="file_not_found")
+        return record
+
+    def path(self, record: StoredFile) -> Path:
+        return self.dir / record.id
+
+    def list(self, owner: str, purpose: str | None, limit: int, order: str, after: str | None) -> dict:
+        ascending = order == "asc"
+        statement = select(StoredFile).where(StoredFile.owner == owner)
+        if purpose:
+            statement = statement.where(StoredFile.purpose == purpose)
+        if after:
+            cursor = self.get(owner, after)
+            newer = or_(StoredFile.created_at > cursor.created_at,
+                        and_(StoredFile.created_at == cursor.created_at, StoredFile.id > cursor.id))
+            older = or_(StoredFile.created_at < cursor.created_at,
+                        and_(StoredFile.created_at == cursor.created_at, StoredFile.id < cursor.id))
+            statement = statement.where(newer if ascending else older)
+        keys = (StoredFile.created_at, StoredFile.id) if ascending else (StoredFile.created_at.desc(),
+                                                                         StoredFile.id.desc())
+        with self.database.session() as session:
+            rows = list(session.scalars(statement.order_by(*keys).limit(limit + 1)))
+        page = rows[:limit]
+        return {"object": "list", "data": [file_object(r) for r in page],
+                "first_id": page[0].id if page else "", "last_id": page[-1].id if page else "",
+                "has_more": len(rows) > limit}
+
+    def delete(self, owner: str, file_id: str) -> dict:
+        record = self.get(owner, file_id)
+        # Row first: a crash after it leaves bytes with no row, which the next start removes.
+        with self.database.session() as session, session.begin():
+            session.delete(session.get(StoredFile, record.id))
+        self.path(record).unlink(missing_ok=True)
+        return {"id": record.id, "object": "file", "deleted": True}
+
+    def read_text(self, owner: str, file_id: str, max_bytes: int) -> str:
+        """A UTF-8 text file's content, for a prompt; anything else is a 400 saying what works."""
+        record = self.get(owner, file_id)
+        if Path(record.filename).suffix.lower() not in TEXT_SUFFIXES:
+            raise InvalidRequestError(
+                f"File {file_id} ({record.filename}) is not a supported text file; files in prompts must be "
+                "UTF-8 text such as .txt, .md, .json or .csv.", param="file_id", code="unsupported_file")
+        if record.bytes > max_bytes:
+            raise InvalidRequestError(f"File {file_id} is too large to put in a prompt ({record.bytes} bytes; "
+                                      f"at most {max_bytes}).", param="file_id", code="unsupported_file")
+        try:
+            return self.path(record).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"File {file_id} is not UTF-8 text; files in prompts must be UTF-8 text "
+                                      "such as .txt, .md, .json or .csv.", param="file_id",
+                                      code="unsupported_file") from None
