@@ -82,6 +82,8 @@ class GenerationEvent:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Set on a request's first event: how long it waited before the engine started on it.
+    queue_time_s: float | None = None
 
 
 class Engine(abc.ABC):
@@ -89,6 +91,8 @@ class Engine(abc.ABC):
 
     def __init__(self, config: ModelConfig):
         self.config = config
+        # Which weights are served: a short hash an engine sets when it loads (reported to clients).
+        self.revision = "unknown"
 
     @abc.abstractmethod
     def load(self) -> None:

@@ -9,10 +9,12 @@ loop behind it does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +39,12 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     aborted: threading.Event = field(default_factory=threading.Event)
-    finished: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+    queue_time_s: float | None = None
 
     def emit(self, item) -> None:
+        if isinstance(item, GenerationEvent) and self.queue_time_s is not None:
+            item.queue_time_s, self.queue_time_s = self.queue_time_s, None  # on the first event only
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
@@ -50,6 +55,15 @@ class _Choice:
     stops: StopStringMatcher
     completion_tokens: int = 0
     finish_reason: str | None = None
+
+
+def _weights_revision(hf_dir: Path) -> str:
+    """A short hash of the model's config and weight files (name, size, mtime)."""
+    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for path in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
 
 
 class TransformersEngine(GenerationEngine):
@@ -77,6 +91,7 @@ class TransformersEngine(GenerationEngine):
         hf_config = self.model.config.get_text_config()
         self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
         self._stop_token_ids = self._collect_stop_token_ids()
+        self.revision = _weights_revision(hf_dir)
         log.info("%s: loaded on %s as %s, context %d", self.config.id, self.device, dtype, self._max_model_len)
 
     def _collect_stop_token_ids(self) -> frozenset[int]:
@@ -164,6 +179,7 @@ class TransformersEngine(GenerationEngine):
     def _run_job(self, job: _Job) -> None:
         from transformers import DynamicCache
 
+        job.queue_time_s = time.perf_counter() - job.submitted
         params: SamplingParams = job.request.params
         prompt = job.request.prompt_token_ids
         n = params.n

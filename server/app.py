@@ -17,11 +17,14 @@ from server.db.database import Database
 from server.errors import install_error_handlers
 from server.middleware import RateLimitHeadersAndUsage
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, files as files_routes, health, models
+from server.routes import admin, chat, completions, embeddings, health, models, responses as responses_routes
+from server.routes import files as files_routes
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.files import FileService
+from server.services.response_store import ResponseStore
+from server.services.responses import ResponseService
 from server.services.usage import UsageService
 from server.settings import Settings
 
@@ -29,15 +32,17 @@ from server.settings import Settings
 log = logging.getLogger("ozwell.server")
 
 
-async def _sweep_forever(files: FileService, interval_s: float) -> None:
+async def _sweep_forever(files: FileService, responses: ResponseStore, interval_s: float) -> None:
+    """Expired files and responses past their retention leave the store."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             removed = await asyncio.to_thread(files.sweep_expired)
-            if removed:
-                log.info("removed %d expired file(s)", removed)
+            old = await asyncio.to_thread(responses.sweep)
+            if removed or old:
+                log.info("swept %d expired file(s) and %d old response(s)", removed, old)
         except Exception:  # noqa: BLE001 - keep sweeping
-            log.exception("file sweep failed")
+            log.exception("sweep failed")
 
 
 def create_app(settings: Settings, registry: EngineRegistry, database: Database | None = None,
@@ -47,6 +52,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
 
     files = FileService(database, settings.data_dir, settings.max_upload_bytes,
                         settings.owner_quota_bytes) if database else None
+    responses = ResponseStore(database, settings.response_retention_s) if database else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,7 +60,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         sweeper = None
         if files is not None:
             await asyncio.to_thread(files.prepare)
-            sweeper = asyncio.create_task(_sweep_forever(files, settings.sweep_interval_s))
+            sweeper = asyncio.create_task(_sweep_forever(files, responses, settings.sweep_interval_s))
         try:
             yield
         finally:
@@ -76,9 +82,10 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     app.state.chat = ChatService(registry, files)
     app.state.completions = CompletionService(registry)
     app.state.embeddings = EmbeddingService(registry)
+    app.state.responses = ResponseService(registry, responses, files)
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.usage)
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   files_routes.router, admin.router):
+                   files_routes.router, responses_routes.router, admin.router):
         app.include_router(router)
     return app

@@ -232,3 +232,77 @@ class EmbeddingRequest(OpenAIBaseModel):
         if all(isinstance(item, int) for item in self.input):
             return [list(self.input)]
         return list(self.input)
+
+
+class ResponseRequest(OpenAIBaseModel):
+    """POST /v1/responses, for text models."""
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=16)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, str] | None = None
+    store: bool | None = True
+    previous_response_id: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    truncation: Literal["auto", "disabled"] | None = None
+    # Known fields we cannot honour yet: accepted only at their neutral value.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Any = None
+    background: bool | None = None
+    include: list[str] | None = None
+    text: dict[str, Any] | None = None
+    conversation: Any = None
+    context_management: Any = None
+    max_tool_calls: int | None = None
+    prompt: Any = None
+    service_tier: str | None = None
+    top_logprobs: int | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: Any = None
+    moderation: Any = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {
+        "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+        "reasoning": (None,), "background": (None, False), "include": (None, []),
+        "text": (None, {}, {"format": {"type": "text"}}), "conversation": (None,), "context_management": (None,),
+        "max_tool_calls": (None,), "prompt": (None,), "service_tier": (None, "auto", "default"),
+        "top_logprobs": (None, 0), "prompt_cache_key": (None,), "prompt_cache_retention": (None,),
+        "prompt_cache_options": (None,), "moderation": (None,),
+    }
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 16:
+            raise ValueError("at most 16 key-value pairs are allowed")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
+            if len(item) > 512:
+                raise ValueError(f"the value of {key!r} is longer than 512 characters")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be an empty array")
+        return value
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.stream_options is not None:
+            if not self.stream:
+                raise UnsupportedParameterError("stream_options", "is only allowed when 'stream' is true")
+            self.stream_options.reject_unsupported()

@@ -29,7 +29,8 @@ class Settings(BaseModel):
     auth: bool = True
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     owner_quota_bytes: int = Field(default=10 * 1024 * 1024 * 1024, ge=1)
-    sweep_interval_s: float = Field(default=60.0, gt=0)  # expired files (and later, old responses)
+    sweep_interval_s: float = Field(default=60.0, gt=0)  # expired files and old responses
+    response_retention_s: float = Field(default=30 * 24 * 3600, gt=0)  # stored responses are kept this long
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:

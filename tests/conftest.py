@@ -60,6 +60,15 @@ dtype: float32
 device: cpu
 max_model_len: 128
 """)
+    write_config(config_dir, "tiny-llama-256", f"""
+id: tiny-llama-256
+task: chat
+engine: transformers
+source: {tiny_llama_dir}
+dtype: float32
+device: cpu
+max_model_len: 256
+""")
     write_config(config_dir, "tiny-gemma", f"""
 id: tiny-gemma
 task: chat

@@ -56,3 +56,26 @@ class StoredFile(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds
     expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+class StoredResponse(Base):
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    previous_response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds
+    # The Response object as returned to the client.
+    body: Mapped[dict] = mapped_column(JSON)
+    # This turn's messages as the model saw them ({"role", "content"} with file text resolved) and
+    # the reply: what a later previous_response_id chain replays.
+    conversation: Mapped[list] = mapped_column(JSON)
+
+
+class StoredInputItem(Base):
+    __tablename__ = "response_input_items"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(64), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    item: Mapped[dict] = mapped_column(JSON)

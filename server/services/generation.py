@@ -82,6 +82,15 @@ async def off_loop(func: Callable, *args):
 def build_sampling_params(
     req: SamplingFields, engine: GenerationEngine, prompt_len: int, requested_max: int | None, prompt_param: str
 ) -> SamplingParams:
+    """Chat and completions: the request's sampling fields, checked against the engine."""
+    return checked_sampling_params(engine, prompt_len, requested_max, prompt_param, temperature=req.temperature,
+                                   top_p=req.top_p, n=req.n or 1, seed=req.seed, stop=req.stop_list)
+
+
+def checked_sampling_params(
+    engine: GenerationEngine, prompt_len: int, requested_max: int | None, prompt_param: str, *,
+    temperature: float | None, top_p: float | None, n: int = 1, seed: int | None = None, stop: tuple[str, ...] = ()
+) -> SamplingParams:
     """Apply the context limit before any work is queued; no max means 'up to the context'."""
     if requested_max is None:
         requested_max = engine.max_model_len - prompt_len
@@ -90,11 +99,11 @@ def build_sampling_params(
     try:
         params = SamplingParams(
             max_tokens=requested_max,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            n=req.n or 1,
-            seed=req.seed,
-            stop=req.stop_list,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            n=n,
+            seed=seed,
+            stop=stop,
         )
         engine.check_request(prompt_len, params, prompt_param)
         return params
@@ -149,7 +158,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+    # ASCII only: a raw U+2028 or U+0085 in a line would split it for clients that split on str lines.
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=True)}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"

@@ -7,7 +7,7 @@ def test_list_models_shows_ids_and_aliases(client):
     body = response.json()
     assert_valid(body, "ListModelsResponse")
     ids = [m["id"] for m in body["data"]]
-    assert ids[:4] == ["all-minilm-l6-v2", "minilm-matryoshka", "tiny-gemma", "tiny-llama"]  # ids first, in config-file order
+    assert ids[:5] == ["all-minilm-l6-v2", "minilm-matryoshka", "tiny-gemma", "tiny-llama-256", "tiny-llama"]  # ids first, in config-file order
     assert {"gpt-4", "gpt-4o-mini", "text-embedding-3-small"} <= set(ids)
 
 
