@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--plans-file", type=Path, default=None, help="YAML of plan limits (default: built in)")
     serve.add_argument("--max-upload-mb", type=int, default=512, help="per-file upload cap (default 512)")
     serve.add_argument("--owner-quota-mb", type=int, default=10240, help="file storage per owner (default 10240)")
+    serve.add_argument("--response-retention-days", type=float, default=30.0,
+                       help="how long stored responses are kept (default 30)")
     _add_store_args(serve)
     models = sub.add_parser("models", help="list the models the configs define")
     models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(host=args.host, port=args.port, config_dir=args.config_dir, data_dir=args.data_dir,
                             database_url=args.database_url, auth=not args.no_auth,
                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                            owner_quota_bytes=args.owner_quota_mb * 1024 * 1024, **extra)
+                            owner_quota_bytes=args.owner_quota_mb * 1024 * 1024,
+                            response_retention_s=args.response_retention_days * 86400, **extra)
         return _serve(settings, args.log_level, args.database_url)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)
