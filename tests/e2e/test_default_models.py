@@ -171,3 +171,26 @@ def test_second_start_uses_the_converted_copy(server, monkeypatch):
     path = sources.resolve_hf_dir(config, server["data_dir"], config.dtype)
     assert path == _converted_dir(server["data_dir"], "smollm2-135m-instruct")
     assert time.perf_counter() - started < 5
+
+
+def test_embeddings_default_model_through_the_sdk(sdk):
+    import numpy as np
+
+    default = sdk.embeddings.create(model="text-embedding-3-small", input=["hello world", "goodbye"])
+    as_float = sdk.embeddings.create(model="text-embedding-3-small", input=["hello world", "goodbye"],
+                                     encoding_format="float")
+    assert default.model == "all-minilm-l6-v2" and len(default.data[0].embedding) == 384
+    assert np.allclose(default.data[0].embedding, as_float.data[0].embedding, atol=1e-6)
+    assert abs(np.linalg.norm(default.data[1].embedding) - 1) < 1e-5
+
+
+def test_responses_and_files_on_the_chat_default(sdk):
+    uploaded = sdk.files.create(file=("fact.txt", b"The sky is green today.\n"), purpose="user_data")
+    first = sdk.responses.create(model="gpt-4", max_output_tokens=32, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "Read this: "},
+                                     {"type": "input_file", "file_id": uploaded.id}]}])
+    assert first.output_text.strip()
+    second = sdk.responses.create(model="gpt-4", max_output_tokens=16, input="And again?",
+                                  previous_response_id=first.id)
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert sdk.responses.retrieve(second.id).output_text == second.output_text
