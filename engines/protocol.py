@@ -42,6 +42,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    top_k: int = 0  # 0 (or -1): off
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k alternatives
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -54,6 +61,20 @@ class SamplingParams:
             raise InvalidGenerationRequest("n must be at least 1", param="n")
         if any(not s for s in self.stop):
             raise InvalidGenerationRequest("stop strings must not be empty", param="stop")
+        if self.top_k < -1:
+            raise InvalidGenerationRequest("top_k must be -1, 0 (off) or a positive number", param="top_k")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidGenerationRequest("min_p must be between 0 and 1", param="min_p")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidGenerationRequest(f"{name} must be between -2 and 2", param=name)
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise InvalidGenerationRequest("repetition_penalty must be above 0 and at most 10",
+                                           param="repetition_penalty")
+        if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
+            raise InvalidGenerationRequest("logit_bias values must be between -100 and 100", param="logit_bias")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidGenerationRequest("at most 20 top logprobs are returned", param="top_logprobs")
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +105,8 @@ class GenerationEvent:
     completion_tokens: int = 0
     # Set on a request's first event: how long it waited before the engine started on it.
     queue_time_s: float | None = None
+    # One entry per token in token_ids, when the request asked for logprobs.
+    logprobs: list | None = None
 
 
 class Engine(abc.ABC):
@@ -124,6 +147,10 @@ class GenerationEngine(Engine):
     def vocab_size(self) -> int: ...
 
     @abc.abstractmethod
+    def token_text(self, token_id: int) -> str:
+        """One token as text, for logprobs."""
+
+    @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Queue the request and stream its events; raises EngineError if the engine fails."""
 
@@ -133,6 +160,11 @@ class GenerationEngine(Engine):
 
     def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
         """Reject a request that cannot run as asked, before any work is queued."""
+        vocab = self.vocab_size()
+        bad = [token_id for token_id, _ in params.logit_bias if not 0 <= token_id < vocab]
+        if bad:
+            raise InvalidGenerationRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
+                                           f"(0..{vocab - 1}).", param="logit_bias", code="invalid_value")
         if params.n > self.config.max_num_seqs:
             raise InvalidGenerationRequest(
                 f"n={params.n} is more than this model's max_num_seqs ({self.config.max_num_seqs}).", param="n",

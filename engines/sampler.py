@@ -1,30 +1,128 @@
-"""Choosing the next token from logits, batched and on the model's device."""
+"""Choosing the next tokens from logits: batched, on the model's device, one row per sequence.
+
+The order follows vLLM's: repetition / presence / frequency penalties, logit bias, then greedy, or
+temperature, min_p, top_k and top_p, and a draw. Log-probabilities are taken from the raw logits
+(before any of that), as vLLM's default and OpenAI's report them. Rows may carry different params.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 
-
-def sample_next_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """logits: [batch, vocab] -> token ids [batch]. temperature 0 is greedy."""
-    logits = logits.float()
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        probs = _top_p_filter(probs, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+from engines.protocol import SamplingParams
 
 
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+@dataclass
+class TokenLogprobs:
+    """One sampled token's log-probability and the top alternatives at its position."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+class SamplingBatch:
+    """Per-row parameters as device tensors, and per-row token counts for the penalties."""
+
+    def __init__(self, params: Sequence[SamplingParams], prompts: Sequence[Sequence[int]], vocab_size: int,
+                 device: torch.device):
+        rows = len(params)
+        self.params = list(params)
+        self.device = device
+
+        def column(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device)[:, None]
+
+        self.temperature = column([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        self.greedy = torch.tensor([p.greedy for p in params], device=device)
+        self.all_greedy = all(p.greedy for p in params)
+        self.top_p = column([p.top_p for p in params])
+        self.top_k = column([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.long)
+        self.min_p = column([p.min_p for p in params])
+        self.presence = column([p.presence_penalty for p in params])
+        self.frequency = column([p.frequency_penalty for p in params])
+        self.repetition = column([p.repetition_penalty for p in params])
+        self.uses_penalties = any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                                  for p in params)
+        self.bias = None
+        if any(p.logit_bias for p in params):
+            self.bias = torch.zeros(rows, vocab_size, device=device)
+            for row, p in enumerate(params):
+                for token_id, value in p.logit_bias:
+                    self.bias[row, token_id] = value
+        self.output_counts = torch.zeros(rows, vocab_size, dtype=torch.int32, device=device)
+        self.seen_in_prompt = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+        if self.uses_penalties:
+            for row, prompt in enumerate(prompts):
+                self.seen_in_prompt[row, torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
+        self.max_logprobs = max((p.logprobs for p in params if p.logprobs is not None), default=None)
+
+    def record(self, token_ids: torch.Tensor) -> None:
+        """Count the tokens just sampled (one per row) for the penalties."""
+        if self.uses_penalties:
+            self.output_counts.scatter_add_(1, token_ids[:, None], torch.ones_like(token_ids[:, None],
+                                                                                   dtype=torch.int32))
+
+
+def _apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    counts = batch.output_counts
+    seen = batch.seen_in_prompt | (counts > 0)
+    penalised = torch.where(logits > 0, logits / batch.repetition, logits * batch.repetition)
+    logits = torch.where(seen, penalised, logits)
+    logits = logits - batch.frequency * counts - batch.presence * (counts > 0)
+    return logits
+
+
+def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """min_p, then top_k and top_p over the sorted distribution; the top token always stays."""
+    probs = probs.masked_fill(probs < batch.min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
+    ranks = torch.arange(probs.shape[-1], device=probs.device)[None, :]
     cumulative = sorted_probs.cumsum(dim=-1)
-    # Keep a token while the mass before it is under top_p; the top token always stays, so
-    # top_p=0 is greedy.
-    drop = cumulative - sorted_probs >= top_p
+    drop = (ranks >= batch.top_k) | (cumulative - sorted_probs >= batch.top_p)
     drop[..., 0] = False
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     filtered = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch,
+           generators: Sequence[torch.Generator | None]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                  torch.Tensor | None, torch.Tensor | None]:
+    """logits [rows, vocab] -> (token ids [rows], chosen logprobs, top logprob values, top ids).
+
+    The logprob tensors are None unless some row asked for logprobs. Nothing here syncs with the host.
+    """
+    raw = logits.float()
+    logits = raw
+    if batch.uses_penalties:
+        logits = _apply_penalties(logits, batch)
+    if batch.bias is not None:
+        logits = logits + batch.bias
+    chosen = logits.argmax(dim=-1)
+    if not batch.all_greedy:
+        probs = _filter(torch.softmax(logits / batch.temperature, dim=-1), batch)
+        if all(g is generators[0] for g in generators):
+            # One random stream for the batch (one request's n choices): a single draw.
+            drawn = torch.multinomial(probs, 1, generator=generators[0]).squeeze(-1)
+        else:
+            # Rows of different requests keep their own seeded streams.
+            drawn = torch.stack([torch.multinomial(probs[row], 1, generator=generators[row]).squeeze(0)
+                                 for row in range(probs.shape[0])])
+        chosen = torch.where(batch.greedy, chosen, drawn)
+    if batch.max_logprobs is None:
+        return chosen, None, None, None
+    logprobs = torch.log_softmax(raw, dim=-1)
+    chosen_logprobs = logprobs.gather(1, chosen[:, None]).squeeze(1)
+    top_values, top_ids = (logprobs.topk(batch.max_logprobs, dim=-1) if batch.max_logprobs > 0 else (None, None))
+    return chosen, chosen_logprobs, top_values, top_ids
+
+
+def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """Every row with the same temperature and top_p (kept for callers with one set of params)."""
+    params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)] * logits.shape[0]
+    batch = SamplingBatch(params, [[]] * logits.shape[0], logits.shape[-1], logits.device)
+    return sample(logits, batch, [generator] * logits.shape[0])[0]

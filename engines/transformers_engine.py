@@ -25,7 +25,7 @@ from engines.config import ModelConfig
 from engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from engines.devices import resolve_device, resolve_dtype
 from engines.protocol import EngineError, GenerationEngine, GenerationEvent, GenerationRequest, SamplingParams
-from engines.sampler import sample_next_tokens
+from engines.sampler import SamplingBatch, TokenLogprobs, sample
 from engines.sources import resolve_hf_dir
 
 log = logging.getLogger("ozwell.engines")
@@ -55,6 +55,16 @@ class _Choice:
     stops: StopStringMatcher
     completion_tokens: int = 0
     finish_reason: str | None = None
+
+
+def _logprobs_per_row(chosen, top_values, top_ids, k: int | None) -> list[TokenLogprobs] | None:
+    if chosen is None:
+        return None
+    chosen = chosen.tolist()
+    if not k:
+        return [TokenLogprobs(lp, []) for lp in chosen]
+    values, ids = top_values[:, :k].tolist(), top_ids[:, :k].tolist()
+    return [TokenLogprobs(lp, list(zip(i, v))) for lp, i, v in zip(chosen, ids, values)]
 
 
 def _weights_revision(hf_dir: Path) -> str:
@@ -108,6 +118,9 @@ class TransformersEngine(GenerationEngine):
 
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
         if not self.tokenizer.chat_template:
@@ -187,6 +200,8 @@ class TransformersEngine(GenerationEngine):
         if not params.greedy:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        batch = SamplingBatch([params] * n, [prompt] * n, self.model.config.get_text_config().vocab_size,
+                              self.device)
         choices = [
             _Choice(i, IncrementalDetokenizer(self.tokenizer, prompt), StopStringMatcher(params.stop)) for i in range(n)
         ]
@@ -197,35 +212,43 @@ class TransformersEngine(GenerationEngine):
             if job.aborted.is_set():
                 self._finish_all(job, choices, "abort", len(prompt))
                 return
-            next_ids = sample_next_tokens(logits, params.temperature, params.top_p, generator)
+            next_ids, chosen_lp, top_lp, top_ids = sample(logits, batch, [generator] * n)
+            batch.record(next_ids)
+            logprobs = _logprobs_per_row(chosen_lp, top_lp, top_ids, params.logprobs)  # the one host sync
             for choice, token_id in zip(choices, next_ids.tolist()):
                 if choice.finish_reason is None:
-                    self._advance(job, choice, token_id, params, len(prompt))
+                    entry = logprobs[choice.index] if logprobs is not None else None
+                    self._advance(job, choice, token_id, params, len(prompt), entry)
             if all(c.finish_reason is not None for c in choices):
                 return
             logits = self.model(input_ids=next_ids[:, None], cache=cache, use_cache=True).logits[:, -1, :]
         self._finish_all(job, choices, "length", len(prompt))
 
-    def _advance(self, job: _Job, choice: _Choice, token_id: int, params: SamplingParams, prompt_len: int) -> None:
+    def _advance(self, job: _Job, choice: _Choice, token_id: int, params: SamplingParams, prompt_len: int,
+                 logprobs: TokenLogprobs | None) -> None:
         choice.completion_tokens += 1
+        entries = [logprobs] if logprobs is not None else None
         is_stop_token = token_id in params.stop_token_ids or (
             not params.ignore_eos and token_id in self._stop_token_ids
         )
         if is_stop_token:
-            self._finish(job, choice, "stop", prompt_len, [token_id], choice.stops.flush())
+            self._finish(job, choice, "stop", prompt_len, [token_id], choice.stops.flush(), entries)
             return
         text, hit_stop = choice.stops.push(choice.detokenizer.push(token_id))
         if hit_stop:
-            self._finish(job, choice, "stop", prompt_len, [token_id], text)
+            self._finish(job, choice, "stop", prompt_len, [token_id], text, entries)
         elif choice.completion_tokens >= params.max_tokens:
             tail, _ = choice.stops.push(choice.detokenizer.flush())
-            self._finish(job, choice, "length", prompt_len, [token_id], text + tail + choice.stops.flush())
+            self._finish(job, choice, "length", prompt_len, [token_id], text + tail + choice.stops.flush(), entries)
         else:
-            job.emit(GenerationEvent(choice.index, [token_id], text, None, prompt_len, choice.completion_tokens))
+            job.emit(GenerationEvent(choice.index, [token_id], text, None, prompt_len, choice.completion_tokens,
+                                     logprobs=entries))
 
-    def _finish(self, job, choice: _Choice, reason: str, prompt_len: int, token_ids: list[int], text: str) -> None:
+    def _finish(self, job, choice: _Choice, reason: str, prompt_len: int, token_ids: list[int], text: str,
+                logprobs: list | None = None) -> None:
         choice.finish_reason = reason
-        job.emit(GenerationEvent(choice.index, token_ids, text, reason, prompt_len, choice.completion_tokens))
+        job.emit(GenerationEvent(choice.index, token_ids, text, reason, prompt_len, choice.completion_tokens,
+                                 logprobs=logprobs))
 
     def _finish_all(self, job: _Job, choices: list[_Choice], reason: str, prompt_len: int) -> None:
         for choice in choices:

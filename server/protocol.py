@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.errors import UnsupportedParameterError
+from server.errors import InvalidRequestError, UnsupportedParameterError
 
 
 class OpenAIBaseModel(BaseModel):
@@ -60,16 +60,43 @@ class SamplingFields(OpenAIBaseModel):
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    # Known OpenAI fields that are accepted only at their neutral value for now.
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, Any] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    # Extensions beyond OpenAI's API (vLLM's names; the openai SDK sends them with extra_body).
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    ignore_eos: bool | None = None
 
-    NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "frequency_penalty": (None, 0, 0.0),
-        "presence_penalty": (None, 0, 0.0),
-        "logit_bias": (None, {}),
-    }
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > 300:
+            raise ValueError("at most 300 tokens may be biased")
+        for key, bias in value.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, not {key[:20]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
+        return value
+
+    @property
+    def logprobs_k(self) -> int | None:
+        """How many top alternatives per token to return; None: no logprobs at all."""
+        return None
+
+    def sampling_options(self) -> dict:
+        """The engine SamplingParams fields these request fields set."""
+        return {
+            "top_k": self.top_k or 0, "min_p": self.min_p or 0.0,
+            "presence_penalty": self.presence_penalty or 0.0, "frequency_penalty": self.frequency_penalty or 0.0,
+            "repetition_penalty": self.repetition_penalty or 1.0, "ignore_eos": bool(self.ignore_eos),
+            "logit_bias": tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
+            "logprobs": self.logprobs_k,
+        }
 
     @field_validator("stop")
     @classmethod
@@ -109,6 +136,18 @@ class ChatMessage(OpenAIBaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    """`logprobs` is a switch and `top_logprobs` (0-20) the alternatives per token."""
+
+    @property
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError("'logprobs' must be true when 'top_logprobs' is set.", param="top_logprobs",
+                                      code="invalid_value")
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -136,9 +175,6 @@ class ChatCompletionRequest(SamplingFields):
     moderation: Any = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        **SamplingFields.NEUTRAL,
-        "logprobs": (None, False),
-        "top_logprobs": (None, 0),
         "response_format": (None, {"type": "text"}),
         "tools": (None, []),
         "tool_choice": (None, "none"),
@@ -172,10 +208,12 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
 
+    @property
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
+
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        **SamplingFields.NEUTRAL,
         "echo": (None, False),
-        "logprobs": (None,),
         "best_of": (None, 1),
         "suffix": (None, ""),
     }

@@ -14,6 +14,7 @@ from server.services.generation import (
     SSE_DONE,
     Collected,
     build_sampling_params,
+    chat_logprobs,
     new_id,
     off_loop,
     openai_finish_reason,
@@ -127,7 +128,8 @@ class ChatService:
                     "index": index,
                     "message": {"role": "assistant", "content": choice.text, "refusal": None},
                     "finish_reason": choice.finish_reason,
-                    "logprobs": None,
+                    "logprobs": (chat_logprobs(engine, choice.token_ids, choice.logprobs)
+                                 if params.logprobs is not None else None),
                 }
                 for index, choice in sorted(collected.choices.items())
             ],
@@ -152,12 +154,17 @@ class ChatService:
                               "logprobs": None}])
             async for event in stream_events(engine, completion_id, prompt_ids, params):
                 completion_tokens[event.index] = event.completion_tokens
-                if event.text:
+                logprobs = None
+                if params.logprobs is not None and event.logprobs:
+                    logprobs = chat_logprobs(engine, event.token_ids, event.logprobs)
+                if event.text or (logprobs and not event.finish_reason):
+                    # (a token whose text is still held back sends its logprobs with empty content)
                     yield chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None,
-                                  "logprobs": None}])
+                                  "logprobs": logprobs}])
+                    logprobs = None
                 if event.finish_reason:
                     yield chunk([{"index": event.index, "delta": {},
-                                  "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": None}])
+                                  "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band

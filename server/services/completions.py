@@ -15,6 +15,7 @@ from server.services.generation import (
     SSE_DONE,
     Collected,
     build_sampling_params,
+    legacy_logprobs,
     new_id,
     off_loop,
     openai_finish_reason,
@@ -63,7 +64,8 @@ class CompletionService:
             "created": created,
             "model": engine.config.id,
             "choices": [
-                {"index": index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                {"index": index, "text": c.text, "finish_reason": c.finish_reason,
+                 "logprobs": legacy_logprobs(engine, c.token_ids, c.logprobs) if req.logprobs is not None else None}
                 for index, c in sorted(collected.choices.items())
             ],
             "usage": usage(collected.prompt_tokens, collected.completion_tokens),
@@ -111,12 +113,18 @@ class CompletionService:
             return sse({"id": completion_id, "object": "text_completion", "created": created,
                         "model": engine.config.id, "choices": choices, **extra})
 
+        offsets: dict[int, int] = {}
         try:
             async for index, event in self._merged_events(engine, completion_id, prompts, params):
                 completion_tokens[index] = event.completion_tokens
                 reason = openai_finish_reason(event.finish_reason) if event.finish_reason else None
-                if event.text or reason:
-                    yield chunk([{"index": index, "text": event.text, "finish_reason": reason, "logprobs": None}])
+                logprobs = None
+                if req.logprobs is not None and event.logprobs:
+                    logprobs = legacy_logprobs(engine, event.token_ids, event.logprobs, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + sum(len(t) for t in logprobs["tokens"])
+                if event.text or reason or logprobs:
+                    yield chunk([{"index": index, "text": event.text, "finish_reason": reason,
+                                  "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(sum(len(p) for p in prompts), sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band

@@ -84,12 +84,14 @@ def build_sampling_params(
 ) -> SamplingParams:
     """Chat and completions: the request's sampling fields, checked against the engine."""
     return checked_sampling_params(engine, prompt_len, requested_max, prompt_param, temperature=req.temperature,
-                                   top_p=req.top_p, n=req.n or 1, seed=req.seed, stop=req.stop_list)
+                                   top_p=req.top_p, n=req.n or 1, seed=req.seed, stop=req.stop_list,
+                                   **req.sampling_options())
 
 
 def checked_sampling_params(
     engine: GenerationEngine, prompt_len: int, requested_max: int | None, prompt_param: str, *,
-    temperature: float | None, top_p: float | None, n: int = 1, seed: int | None = None, stop: tuple[str, ...] = ()
+    temperature: float | None, top_p: float | None, n: int = 1, seed: int | None = None, stop: tuple[str, ...] = (),
+    **options,
 ) -> SamplingParams:
     """Apply the context limit before any work is queued; no max means 'up to the context'."""
     if requested_max is None:
@@ -104,6 +106,7 @@ def checked_sampling_params(
             n=n,
             seed=seed,
             stop=stop,
+            **options,
         )
         engine.check_request(prompt_len, params, prompt_param)
         return params
@@ -130,6 +133,8 @@ class ChoiceText:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
 
 
 @dataclass
@@ -141,12 +146,39 @@ class Collected:
         choice = self.choices.setdefault(index, ChoiceText())
         choice.text += event.text
         choice.completion_tokens = event.completion_tokens
+        if event.logprobs is not None:
+            choice.token_ids += event.token_ids
+            choice.logprobs += event.logprobs
         if event.finish_reason:
             choice.finish_reason = openai_finish_reason(event.finish_reason)
 
     @property
     def completion_tokens(self) -> int:
         return sum(c.completion_tokens for c in self.choices.values())
+
+
+def _token_entry(engine: GenerationEngine, token_id: int, logprob: float) -> dict:
+    text = engine.token_text(token_id)
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list) -> dict:
+    """OpenAI's chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}], "refusal": null}."""
+    return {"content": [{**_token_entry(engine, token_id, entry.logprob),
+                         "top_logprobs": [_token_entry(engine, i, lp) for i, lp in entry.top]}
+                        for token_id, entry in zip(token_ids, entries)], "refusal": None}
+
+
+def legacy_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list, offset: int = 0) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs (token -> logprob), text_offset."""
+    tokens = [engine.token_text(t) for t in token_ids]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{engine.token_text(i): lp for i, lp in e.top} for e in entries],
+            "text_offset": offsets}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
