@@ -1,0 +1,53 @@
+"""A sequence: the token ids of one choice of one request, and where its KV lives."""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Any
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+class Sequence:
+    def __init__(self, seq_id: str, token_ids: list[int], block_size: int, payload: Any = None):
+        if not token_ids:
+            raise ValueError("a sequence needs at least one token")
+        self.seq_id = seq_id
+        self.token_ids = list(token_ids)
+        self.num_prompt_tokens = len(token_ids)
+        self.block_size = block_size
+        self.block_table: list[int] = []
+        # Tokens whose KV is in the cache: taken from the prefix cache, or computed by a step.
+        self.num_computed_tokens = 0
+        # Of those, how many came from the prefix cache at the last admission.
+        self.num_cached_tokens = 0
+        self.status = SequenceStatus.WAITING
+        self.payload = payload  # the engine's own per-sequence state (params, detokenizer, ...)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def block_tokens(self, index: int) -> list[int]:
+        return self.token_ids[index * self.block_size:(index + 1) * self.block_size]
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
