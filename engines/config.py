@@ -67,6 +67,12 @@ class ModelConfig(BaseModel):
     device: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=8, ge=1, le=4096)
+    # Continuous batching: tokens per step (prefill chunks + decodes), KV block size and cache size
+    # (default: max_num_seqs x max_model_len, at most 131072 tokens), and the waiting-queue bound.
+    max_num_batched_tokens: int = Field(default=512, ge=1)
+    block_size: int = Field(default=16, ge=1, le=1024)
+    kv_cache_tokens: int | None = Field(default=None, ge=16)
+    max_waiting: int = Field(default=256, ge=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None
     # Extra token ids that end generation, beside the tokenizer's EOS (e.g. Gemma's <end_of_turn>).

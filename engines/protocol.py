@@ -18,6 +18,10 @@ class EngineError(Exception):
     """The engine failed while serving a request (a fault inside the model or the step loop)."""
 
 
+class EngineOverloaded(Exception):
+    """The engine's waiting queue is full; try again shortly."""
+
+
 class InvalidGenerationRequest(ValueError):
     """A request the engine cannot run as asked; `param` names the offending field."""
 
@@ -157,6 +161,13 @@ class GenerationEngine(Engine):
     @abc.abstractmethod
     async def abort(self, request_id: str) -> None:
         """Stop a request; its KV memory is released at the next step. Unknown ids are ignored."""
+
+    def check_capacity(self, num_sequences: int) -> None:
+        """Raise EngineOverloaded when the engine will not queue more work now."""
+
+    def stats(self) -> dict:
+        """Waiting and running requests, KV-cache use and the like, for /metrics."""
+        return {}
 
     def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
         """Reject a request that cannot run as asked, before any work is queued."""

@@ -27,7 +27,7 @@ class SamplingBatch:
     """Per-row parameters as device tensors, and per-row token counts for the penalties."""
 
     def __init__(self, params: Sequence[SamplingParams], prompts: Sequence[Sequence[int]], vocab_size: int,
-                 device: torch.device):
+                 device: torch.device, outputs: Sequence[Sequence[int]] | None = None):
         rows = len(params)
         self.params = list(params)
         self.device = device
@@ -57,6 +57,10 @@ class SamplingBatch:
         if self.uses_penalties:
             for row, prompt in enumerate(prompts):
                 self.seen_in_prompt[row, torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
+            for row, output in enumerate(outputs or []):
+                if output:
+                    ids = torch.tensor(list(output), dtype=torch.long, device=device)
+                    self.output_counts[row].scatter_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
         self.max_logprobs = max((p.logprobs for p in params if p.logprobs is not None), default=None)
 
     def record(self, token_ids: torch.Tensor) -> None:

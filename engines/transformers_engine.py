@@ -1,9 +1,10 @@
-"""The first native chat engine: transformers model definitions, run in-process.
+"""The native chat engine: transformers model definitions, continuous batching, paged KV cache.
 
-One worker thread owns the model and runs one request at a time; the n choices of a request are
-decoded together as one batch over a shared prefill. The async front (generate / abort) is the
-interface the continuous-batching engine keeps, so the server will not change when the step
-loop behind it does.
+The async front (generate / abort) hands requests to one worker thread, which runs the step loop:
+take new requests and aborts, let the scheduler pick this step's chunks (decodes and prefill
+chunks, under a token budget), run them as one packed forward pass through the paged model runner,
+sample the sequences whose chunk completed, and stream their events back. Finished and aborted
+sequences leave at once and their KV blocks go back to the pool.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import queue
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,49 +23,70 @@ from pathlib import Path
 import torch
 
 from engines.config import ModelConfig
-from engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from engines.devices import resolve_device, resolve_dtype
-from engines.protocol import EngineError, GenerationEngine, GenerationEvent, GenerationRequest, SamplingParams
+from engines.output import ChoiceOutput
+from engines.paged.block_manager import KVBlockManager
+from engines.paged.model_runner import PagedModelRunner
+from engines.paged.scheduler import Scheduler, SchedulerConfig
+from engines.paged.sequence import Sequence as PagedSequence
+from engines.protocol import (
+    EngineError,
+    EngineOverloaded,
+    GenerationEngine,
+    GenerationEvent,
+    GenerationRequest,
+    InvalidGenerationRequest,
+    SamplingParams,
+)
 from engines.sampler import SamplingBatch, TokenLogprobs, sample
 from engines.sources import resolve_hf_dir
 
 log = logging.getLogger("ozwell.engines")
 
 _DONE = object()
+_SHUTDOWN = object()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     aborted: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
-    queue_time_s: float | None = None
+    started: float | None = None  # when its first chunk was scheduled
+    queue_time_sent: bool = False
+    sequences: list = field(default_factory=list)
+    remaining: int = 0
 
     def emit(self, item) -> None:
-        if isinstance(item, GenerationEvent) and self.queue_time_s is not None:
-            item.queue_time_s, self.queue_time_s = self.queue_time_s, None  # on the first event only
+        if isinstance(item, GenerationEvent) and self.started is not None and not self.queue_time_sent:
+            item.queue_time_s, self.queue_time_sent = self.started - self.submitted, True  # first event only
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
 @dataclass
-class _Choice:
-    index: int
-    detokenizer: IncrementalDetokenizer
-    stops: StopStringMatcher
-    completion_tokens: int = 0
-    finish_reason: str | None = None
+class _SeqState:
+    """The engine's per-sequence state, carried in Sequence.payload."""
+
+    job: _Job
+    output: ChoiceOutput
+    generator: torch.Generator | None
 
 
-def _logprobs_per_row(chosen, top_values, top_ids, k: int | None) -> list[TokenLogprobs] | None:
+def _logprobs_per_row(chosen, top_values, top_ids, ks: list[int | None]) -> list[TokenLogprobs | None]:
     if chosen is None:
-        return None
+        return [None] * len(ks)
     chosen = chosen.tolist()
-    if not k:
-        return [TokenLogprobs(lp, []) for lp in chosen]
-    values, ids = top_values[:, :k].tolist(), top_ids[:, :k].tolist()
-    return [TokenLogprobs(lp, list(zip(i, v))) for lp, i, v in zip(chosen, ids, values)]
+    top = (top_values.tolist(), top_ids.tolist()) if top_values is not None else None
+    rows = []
+    for row, k in enumerate(ks):
+        if k is None:
+            rows.append(None)
+        else:
+            pairs = list(zip(top[1][row][:k], top[0][row][:k])) if (k and top) else []
+            rows.append(TokenLogprobs(chosen[row], pairs))
+    return rows
 
 
 def _weights_revision(hf_dir: Path) -> str:
@@ -83,6 +105,8 @@ class TransformersEngine(GenerationEngine):
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._pending = 0  # sequences queued for the step loop and not yet taken in
+        self._jobs_live: set[_Job] = set()  # owned by the worker thread
         self.model = None
         self.tokenizer = None
 
@@ -93,6 +117,8 @@ class TransformersEngine(GenerationEngine):
         self.device = resolve_device(self.config.device)
         dtype = resolve_dtype(self.config.dtype, self.device)
         hf_dir = resolve_hf_dir(self.config, self._data_dir, self.config.dtype)
+        self.hf_dir = hf_dir
+        self.torch_dtype = dtype
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         template = self.config.resolved_chat_template()
         if template is not None:
@@ -102,7 +128,21 @@ class TransformersEngine(GenerationEngine):
         self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
         self._stop_token_ids = self._collect_stop_token_ids()
         self.revision = _weights_revision(hf_dir)
-        log.info("%s: loaded on %s as %s, context %d", self.config.id, self.device, dtype, self._max_model_len)
+        self._build_kv_cache()
+        log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d", self.config.id,
+                 self.device, dtype, self._max_model_len, self._num_blocks * self.config.block_size,
+                 self.config.block_size)
+
+    def _build_kv_cache(self) -> None:
+        size = self.config.block_size
+        tokens = self.config.kv_cache_tokens or min(self.config.max_num_seqs * self._max_model_len, 1 << 17)
+        self._num_blocks = max(-(-tokens // size), -(-self._max_model_len // size))
+        self.runner = PagedModelRunner(self.model, self._num_blocks, size)
+        self._scheduler = Scheduler(
+            SchedulerConfig(max_num_seqs=self.config.max_num_seqs,
+                            max_num_batched_tokens=self.config.max_num_batched_tokens,
+                            max_waiting=self.config.max_waiting + self.config.max_num_seqs),
+            KVBlockManager(self._num_blocks, size))
 
     def _collect_stop_token_ids(self) -> frozenset[int]:
         ids = set(self.config.stop_token_ids)
@@ -142,7 +182,7 @@ class TransformersEngine(GenerationEngine):
         for job in list(self._jobs.values()):
             job.aborted.set()
         if self._worker is not None:
-            self._queue.put(None)
+            self._queue.put(_SHUTDOWN)
             await asyncio.to_thread(self._worker.join, 30)
             self._worker = None
 
@@ -153,6 +193,7 @@ class TransformersEngine(GenerationEngine):
             raise EngineError(f"request id {request.request_id!r} is already running")
         job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs[request.request_id] = job
+        self._pending += request.params.n
         self._queue.put(job)
         try:
             while True:
@@ -172,85 +213,131 @@ class TransformersEngine(GenerationEngine):
         if job is not None:
             job.aborted.set()
 
-    # ---- worker thread -----------------------------------------------------------------------
+    # ---- capacity ------------------------------------------------------------------------------
+    def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
+        super().check_request(prompt_len, params, prompt_param)
+        blocks = -(-(prompt_len + params.max_tokens) // self.config.block_size)
+        if blocks > self._num_blocks:
+            raise InvalidGenerationRequest(
+                f"The prompt plus max_tokens ({prompt_len + params.max_tokens} tokens) does not fit this model's KV "
+                f"cache ({self._num_blocks * self.config.block_size} tokens).", param=prompt_param,
+                code="context_length_exceeded")
+
+    def check_capacity(self, num_sequences: int) -> None:
+        """Refuse new work when the waiting queue is full (the server answers 429 with Retry-After)."""
+        if self._pending + num_sequences > self.config.max_waiting:
+            raise EngineOverloaded(f"{self._pending} sequences are already waiting for {self.config.id!r}")
+
+    def stats(self) -> dict:
+        scheduler, blocks = self._scheduler, self._scheduler.blocks
+        return {"waiting": len(scheduler.waiting) + self._queue.qsize(), "running": len(scheduler.running),
+                "kv_blocks_used": blocks.num_used_blocks, "kv_blocks_free": blocks.num_free_blocks,
+                "kv_blocks_total": len(blocks.blocks), "prefix_cache_hit_rate": blocks.prefix_hit_rate,
+                "preemptions": scheduler.num_preemptions, "loop_alive": bool(self._worker and self._worker.is_alive())}
+
+    # ---- step loop (worker thread) -----------------------------------------------------------
     def _run_worker(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if job.aborted.is_set():
-                job.emit(_DONE)
-                continue
             try:
-                with torch.inference_mode():
-                    self._run_job(job)
-            except Exception as exc:  # noqa: BLE001 - the fault is reported to the request
-                log.exception("%s: generation failed", self.config.id)
-                job.emit(exc)
+                if self._intake(block=not self._scheduler.has_work) is _SHUTDOWN:
+                    self._abort_everything()
+                    return
+                self._reap_aborted()
+                if self._scheduler.has_work:
+                    with torch.inference_mode():
+                        self._step()
+            except Exception as exc:  # noqa: BLE001 - a fault fails every in-flight request cleanly
+                log.exception("%s: engine step failed; failing %d request(s)", self.config.id, len(self._jobs_live))
+                self._fail_everything(exc)
+
+    def _intake(self, block: bool):
+        try:
+            item = self._queue.get(timeout=None) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        while True:
+            if item is _SHUTDOWN or item is None:
+                return _SHUTDOWN
+            self._admit(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+
+    def _admit(self, job: _Job) -> None:
+        self._pending -= job.request.params.n
+        if job.aborted.is_set():
+            job.emit(_DONE)
+            return
+        self._jobs_live.add(job)
+        params, prompt = job.request.params, job.request.prompt_token_ids
+        for index in range(params.n):
+            generator = None
+            if not params.greedy:
+                generator = torch.Generator(device=self.device)
+                seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(7), "big")
+                generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))  # each choice its own stream
+            output = ChoiceOutput(index, self.tokenizer, prompt, params, self._stop_token_ids)
+            sequence = PagedSequence(f"{job.request.request_id}#{index}", prompt, self.config.block_size,
+                                     _SeqState(job, output, generator))
+            job.sequences.append(sequence)
+            self._scheduler.add(sequence)
+        job.remaining = params.n
+
+    def _reap_aborted(self) -> None:
+        for job in [j for j in self._jobs_live if j.aborted.is_set()]:
+            for sequence in job.sequences:
+                if sequence.payload.output.finish_reason is None:
+                    self._scheduler.finish(sequence)
+                    job.emit(sequence.payload.output.abort())
+            self._close(job)
+
+    def _step(self) -> None:
+        chunks = self._scheduler.schedule()
+        if not chunks:
+            return
+        for chunk in chunks:
+            if chunk.seq.payload.job.started is None:
+                chunk.seq.payload.job.started = time.perf_counter()
+        logits = self.runner.forward(chunks)
+        completing = [chunk.seq for chunk in chunks if chunk.completes]
+        self._scheduler.computed(chunks)
+        if completing:
+            self._sample_and_emit(completing, logits)
+
+    def _sample_and_emit(self, sequences: list, logits: torch.Tensor) -> None:
+        params = [s.payload.output.params for s in sequences]
+        batch = SamplingBatch(params, [s.token_ids[:s.num_prompt_tokens] for s in sequences], logits.shape[-1],
+                              logits.device, outputs=[s.token_ids[s.num_prompt_tokens:] for s in sequences])
+        next_ids, chosen, top_values, top_ids = sample(logits, batch, [s.payload.generator for s in sequences])
+        token_ids = next_ids.tolist()  # the step's one host sync (logprobs ride along when asked)
+        logprobs = _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
+        for sequence, token_id, entry in zip(sequences, token_ids, logprobs):
+            state: _SeqState = sequence.payload
+            sequence.append_token(token_id)
+            event = state.output.push(token_id, entry)
+            state.job.emit(event)
+            if event.finish_reason is not None:
+                self._scheduler.finish(sequence)
+                state.job.remaining -= 1
+                if state.job.remaining == 0:
+                    self._close(state.job)
+
+    def _close(self, job: _Job) -> None:
+        self._jobs_live.discard(job)
+        job.emit(_DONE)
+
+    def _fail_everything(self, exc: Exception) -> None:
+        for job in list(self._jobs_live):
+            for sequence in job.sequences:
+                if sequence.payload.output.finish_reason is None:
+                    sequence.payload.output.finish_reason = "error"
+                    self._scheduler.finish(sequence)
+            self._jobs_live.discard(job)
+            job.emit(exc)
             job.emit(_DONE)
 
-    def _run_job(self, job: _Job) -> None:
-        from transformers import DynamicCache
-
-        job.queue_time_s = time.perf_counter() - job.submitted
-        params: SamplingParams = job.request.params
-        prompt = job.request.prompt_token_ids
-        n = params.n
-        generator = None
-        if not params.greedy:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
-        batch = SamplingBatch([params] * n, [prompt] * n, self.model.config.get_text_config().vocab_size,
-                              self.device)
-        choices = [
-            _Choice(i, IncrementalDetokenizer(self.tokenizer, prompt), StopStringMatcher(params.stop)) for i in range(n)
-        ]
-        input_ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1, :]
-        for _ in range(params.max_tokens):
-            if job.aborted.is_set():
-                self._finish_all(job, choices, "abort", len(prompt))
-                return
-            next_ids, chosen_lp, top_lp, top_ids = sample(logits, batch, [generator] * n)
-            batch.record(next_ids)
-            logprobs = _logprobs_per_row(chosen_lp, top_lp, top_ids, params.logprobs)  # the one host sync
-            for choice, token_id in zip(choices, next_ids.tolist()):
-                if choice.finish_reason is None:
-                    entry = logprobs[choice.index] if logprobs is not None else None
-                    self._advance(job, choice, token_id, params, len(prompt), entry)
-            if all(c.finish_reason is not None for c in choices):
-                return
-            logits = self.model(input_ids=next_ids[:, None], cache=cache, use_cache=True).logits[:, -1, :]
-        self._finish_all(job, choices, "length", len(prompt))
-
-    def _advance(self, job: _Job, choice: _Choice, token_id: int, params: SamplingParams, prompt_len: int,
-                 logprobs: TokenLogprobs | None) -> None:
-        choice.completion_tokens += 1
-        entries = [logprobs] if logprobs is not None else None
-        is_stop_token = token_id in params.stop_token_ids or (
-            not params.ignore_eos and token_id in self._stop_token_ids
-        )
-        if is_stop_token:
-            self._finish(job, choice, "stop", prompt_len, [token_id], choice.stops.flush(), entries)
-            return
-        text, hit_stop = choice.stops.push(choice.detokenizer.push(token_id))
-        if hit_stop:
-            self._finish(job, choice, "stop", prompt_len, [token_id], text, entries)
-        elif choice.completion_tokens >= params.max_tokens:
-            tail, _ = choice.stops.push(choice.detokenizer.flush())
-            self._finish(job, choice, "length", prompt_len, [token_id], text + tail + choice.stops.flush(), entries)
-        else:
-            job.emit(GenerationEvent(choice.index, [token_id], text, None, prompt_len, choice.completion_tokens,
-                                     logprobs=entries))
-
-    def _finish(self, job, choice: _Choice, reason: str, prompt_len: int, token_ids: list[int], text: str,
-                logprobs: list | None = None) -> None:
-        choice.finish_reason = reason
-        job.emit(GenerationEvent(choice.index, token_ids, text, reason, prompt_len, choice.completion_tokens,
-                                 logprobs=logprobs))
-
-    def _finish_all(self, job: _Job, choices: list[_Choice], reason: str, prompt_len: int) -> None:
-        for choice in choices:
-            if choice.finish_reason is None:
-                self._finish(job, choice, reason, prompt_len, [], choice.stops.flush() if reason != "abort" else "")
+    def _abort_everything(self) -> None:
+        for job in list(self._jobs_live):
+            job.aborted.set()
+        self._reap_aborted()

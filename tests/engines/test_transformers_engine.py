@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-import torch
+from tests.reference import greedy_ids
 
 from engines.protocol import ContextLengthExceeded, GenerationRequest, InvalidGenerationRequest, SamplingParams
 
@@ -18,10 +18,7 @@ async def _run(engine, prompt, params, request_id="r1"):
 
 
 def _hf_greedy(engine, prompt, max_new_tokens):
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
-                                    min_new_tokens=max_new_tokens, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    return greedy_ids(engine, prompt, max_new_tokens, exact_length=True)
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma"])

@@ -1,5 +1,4 @@
-import torch
-
+from tests.reference import greedy_text
 from tests.openapi_schemas import assert_valid
 from tests.server.sse import read_sse
 
@@ -7,10 +6,7 @@ HELLO = [{"role": "user", "content": "Hello!"}]
 
 
 def _hf_greedy_text(engine, prompt_ids, max_new_tokens):
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=0)
-    return engine.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    return greedy_text(engine, prompt_ids, max_new_tokens)
 
 
 def test_chat_completion_body_matches_spec_and_greedy_generate(client, registry):

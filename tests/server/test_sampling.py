@@ -7,6 +7,7 @@ import torch
 from engines.protocol import SamplingParams
 from engines.sampler import SamplingBatch, _apply_penalties, sample
 from tests.openapi_schemas import assert_valid
+from tests.reference import greedy_ids, reference_model
 from tests.server.sse import read_sse
 
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -15,7 +16,7 @@ HELLO = [{"role": "user", "content": "Hello!"}]
 def _teacher_forced_logprobs(engine, prompt, completion):
     """The model's log-probability of each completion token, from one forward pass over it all."""
     with torch.inference_mode():
-        logits = engine.model(torch.tensor([prompt + completion])).logits[0].float()
+        logits = reference_model(engine)(torch.tensor([prompt + completion])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return [logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(completion)]
 
@@ -29,10 +30,7 @@ def test_chat_logprobs_match_the_model_and_the_spec(client, registry):
     content = body["choices"][0]["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"] == 8
     prompt = engine.encode_chat(HELLO)
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                                    pad_token_id=0)
-    completion = out[0, len(prompt):].tolist()
+    completion = greedy_ids(engine, prompt, 8, exact_length=True)
     expected = _teacher_forced_logprobs(engine, prompt, completion)
     for entry, want, token_id in zip(content, expected, completion):
         assert math.isclose(entry["logprob"], want, abs_tol=1e-4)

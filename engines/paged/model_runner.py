@@ -1,0 +1,109 @@
+"""The model runner: owns the paged KV cache tensors and runs one packed forward pass per step.
+
+It hooks transformers models through the attention interface: the model is switched to the
+"ozwell_paged" implementation, for which transformers builds no mask, and every attention layer
+calls `paged_attention` below with its new keys and values. The step's layout (which packed token
+belongs to which sequence, where its KV goes, which slots each sequence reads) is set by the runner
+for the duration of the forward pass. Every scheduled token of every sequence is packed into one
+row, with its own position id, so prefill chunks and decodes share the pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engines.paged.scheduler import ScheduledChunk
+
+ATTENTION_NAME = "ozwell_paged"
+_step = threading.local()  # the layout of the forward pass running on this thread
+
+
+@dataclass
+class StepLayout:
+    k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim]
+    v_cache: torch.Tensor
+    slot_mapping: torch.Tensor  # [tokens]: where each packed token's K/V goes
+    query_ranges: list[tuple[int, int]]  # per sequence: its tokens in the packed row
+    context_slots: list[torch.Tensor]  # per sequence: the slots of positions 0..context-1
+    query_positions: list[torch.Tensor]  # per sequence: the positions of its new tokens
+
+
+def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                    **kwargs):
+    """query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim] -> ([1, tokens, heads, dim], None)."""
+    layout: StepLayout = _step.layout
+    layer = module.layer_idx
+    k_cache, v_cache = layout.k_cache[layer], layout.v_cache[layer]
+    k_cache[layout.slot_mapping] = key[0].transpose(0, 1).to(k_cache.dtype)
+    v_cache[layout.slot_mapping] = value[0].transpose(0, 1).to(v_cache.dtype)
+    out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
+    for (start, end), slots, positions in zip(layout.query_ranges, layout.context_slots, layout.query_positions):
+        keys = k_cache[slots].transpose(0, 1)  # [kv_heads, context, dim]
+        values = v_cache[slots].transpose(0, 1)
+        context = torch.arange(slots.shape[0], device=query.device)
+        allowed = context[None, :] <= positions[:, None]
+        if sliding_window is not None:
+            allowed &= context[None, :] > positions[:, None] - sliding_window
+        result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
+                                                attn_mask=allowed[None, None], scale=scaling, enable_gqa=True)
+        out[start:end] = result[0].transpose(0, 1)
+    return out[None], None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, paged_attention)
+
+
+class PagedModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int):
+        _register()
+        model.set_attn_implementation(ATTENTION_NAME)
+        config = model.config.get_text_config()
+        self.model = model
+        self.block_size = block_size
+        self.device = next(model.parameters()).device
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (config.num_hidden_layers, num_blocks * block_size, config.num_key_value_heads, head_dim)
+        dtype = next(model.parameters()).dtype
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def _slots(self, block_table: list[int], start: int, end: int) -> list[int]:
+        size = self.block_size
+        return [block_table[p // size] * size + p % size for p in range(start, end)]
+
+    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
+        in the chunks' order ([completing, vocab])."""
+        tokens, positions, slot_mapping, ranges, context_slots, query_positions, keep = [], [], [], [], [], [], []
+        for chunk in chunks:
+            seq, start = chunk.seq, chunk.seq.num_computed_tokens
+            end = start + chunk.num_tokens
+            offset = len(tokens)
+            tokens += seq.token_ids[start:end]
+            positions += range(start, end)
+            slot_mapping += self._slots(seq.block_table, start, end)
+            ranges.append((offset, offset + chunk.num_tokens))
+            context_slots.append(torch.tensor(self._slots(seq.block_table, 0, end), device=self.device))
+            query_positions.append(torch.arange(start, end, device=self.device))
+            if chunk.completes:
+                keep.append(offset + chunk.num_tokens - 1)
+        _step.layout = StepLayout(self.k_cache, self.v_cache, torch.tensor(slot_mapping, device=self.device),
+                                  ranges, context_slots, query_positions)
+        try:
+            with torch.inference_mode():
+                output = self.model(
+                    input_ids=torch.tensor([tokens], device=self.device),
+                    position_ids=torch.tensor([positions], device=self.device),
+                    use_cache=False,
+                    logits_to_keep=torch.tensor(keep or [0], device=self.device),
+                )
+        finally:
+            _step.layout = None
+        return output.logits[0, : len(keep)]
