@@ -35,7 +35,6 @@ from engines.protocol import (
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
-    InvalidGenerationRequest,
     SamplingParams,
 )
 from engines.sampler import SamplingBatch, TokenLogprobs, sample
@@ -57,6 +56,7 @@ class _Job:
     started: float | None = None  # when its first chunk was scheduled
     queue_time_sent: bool = False
     sequences: list = field(default_factory=list)
+    siblings: list = field(default_factory=list)  # choices 1..n-1, admitted once choice 0's prompt is computed
     remaining: int = 0
 
     def emit(self, item) -> None:
@@ -136,6 +136,7 @@ class TransformersEngine(GenerationEngine):
     def _build_kv_cache(self) -> None:
         size = self.config.block_size
         tokens = self.config.kv_cache_tokens or min(self.config.max_num_seqs * self._max_model_len, 1 << 17)
+        # At least one whole context, so any request that passes the context check can run alone.
         self._num_blocks = max(-(-tokens // size), -(-self._max_model_len // size))
         self.runner = PagedModelRunner(self.model, self._num_blocks, size)
         self._scheduler = Scheduler(
@@ -214,15 +215,6 @@ class TransformersEngine(GenerationEngine):
             job.aborted.set()
 
     # ---- capacity ------------------------------------------------------------------------------
-    def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
-        super().check_request(prompt_len, params, prompt_param)
-        blocks = -(-(prompt_len + params.max_tokens) // self.config.block_size)
-        if blocks > self._num_blocks:
-            raise InvalidGenerationRequest(
-                f"The prompt plus max_tokens ({prompt_len + params.max_tokens} tokens) does not fit this model's KV "
-                f"cache ({self._num_blocks * self.config.block_size} tokens).", param=prompt_param,
-                code="context_length_exceeded")
-
     def check_capacity(self, num_sequences: int) -> None:
         """Refuse new work when the waiting queue is full (the server answers 429 with Retry-After)."""
         if self._pending + num_sequences > self.config.max_waiting:
@@ -281,7 +273,10 @@ class TransformersEngine(GenerationEngine):
             sequence = PagedSequence(f"{job.request.request_id}#{index}", prompt, self.config.block_size,
                                      _SeqState(job, output, generator))
             job.sequences.append(sequence)
-            self._scheduler.add(sequence)
+        # The other choices wait until the first has computed the prompt, then share its KV blocks
+        # through the prefix cache instead of computing them again.
+        self._scheduler.add(job.sequences[0])
+        job.siblings = job.sequences[1:]
         job.remaining = params.n
 
     def _reap_aborted(self) -> None:
@@ -314,6 +309,10 @@ class TransformersEngine(GenerationEngine):
         logprobs = _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
         for sequence, token_id, entry in zip(sequences, token_ids, logprobs):
             state: _SeqState = sequence.payload
+            if state.job.siblings and state.output.index == 0:
+                for sibling in state.job.siblings:
+                    self._scheduler.add(sibling)
+                state.job.siblings = []
             sequence.append_token(token_id)
             event = state.output.push(token_id, entry)
             state.job.emit(event)

@@ -88,6 +88,17 @@ class RateLimitError(OpenAIError):
         self.error_type = kind  # "requests" or "tokens", as OpenAI names the limit that was hit
 
 
+class EngineBusyError(OpenAIError):
+    """The engine's waiting queue is full (429, like a rate limit, with Retry-After)."""
+
+    status_code = 429
+    error_type = "server_overloaded"
+    default_code = "engine_overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class InternalServerError(OpenAIError):
     status_code = 500
     error_type = "server_error"

@@ -11,6 +11,7 @@ from server.context import RequestContext
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.services.files import FileService
 from server.services.generation import (
+    admit,
     SSE_DONE,
     Collected,
     build_sampling_params,
@@ -106,6 +107,7 @@ class ChatService:
         prompt_ids = await off_loop(engine.encode_chat, messages)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")
+        admit(engine, params.n)
         await context.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         completion_id = new_id("chatcmpl")
         created = int(time.time())

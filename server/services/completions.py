@@ -12,6 +12,7 @@ from server.errors import InvalidRequestError
 from server.context import RequestContext
 from server.protocol import CompletionRequest
 from server.services.generation import (
+    admit,
     SSE_DONE,
     Collected,
     build_sampling_params,
@@ -47,6 +48,7 @@ class CompletionService:
         prompts = [await self._prompt_ids(engine, p, i) for i, p in enumerate(req.prompts())]
         params = [build_sampling_params(req, engine, len(ids), req.max_tokens, "prompt") for ids in prompts]
         prompt_tokens = sum(len(ids) for ids in prompts)
+        admit(engine, sum(p.n for p in params))
         await context.reserve_tokens(prompt_tokens + sum(p.max_tokens * p.n for p in params))
         completion_id = new_id("cmpl")
         created = int(time.time())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from engines.protocol import (
     ContextLengthExceeded,
     EngineError,
+    EngineOverloaded,
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
@@ -21,6 +22,7 @@ from engines.protocol import (
 from engines.registry import EngineRegistry, UnknownModel
 from server.errors import (
     ContextLengthExceededError,
+    EngineBusyError,
     InternalServerError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -56,6 +58,14 @@ def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) 
             code="model_not_supported",
         )
     return engine
+
+
+def admit(engine: GenerationEngine, num_sequences: int) -> None:
+    """Refuse with 429 and Retry-After when the engine's waiting queue is full, instead of queueing on."""
+    try:
+        engine.check_capacity(num_sequences)
+    except EngineOverloaded as exc:
+        raise EngineBusyError(f"The model `{engine.config.id}` is busy ({exc}). Please retry shortly.") from None
 
 
 def request_error(exc: InvalidGenerationRequest) -> InvalidRequestError:

@@ -25,7 +25,7 @@ from server.errors import (
 from server.protocol import ResponseRequest
 from server.services.chat import MAX_PROMPT_FILE_BYTES
 from server.services.files import FileService
-from server.services.generation import checked_sampling_params, off_loop, resolve_generation_engine, stream_events
+from server.services.generation import admit, checked_sampling_params, off_loop, resolve_generation_engine, stream_events
 from server.services.response_store import ResponseStore, not_found
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -214,6 +214,7 @@ class ResponseService:
                                        req.truncation or "disabled")
         params = checked_sampling_params(engine, len(prompt_ids), req.max_output_tokens, "input",
                                          temperature=req.temperature, top_p=req.top_p)
+        admit(engine, 1)
         await context.reserve_tokens(len(prompt_ids) + params.max_tokens)
         run = _Run(_id("resp"), req, engine, int(time.time()), prompt_ids)
         if req.stream:

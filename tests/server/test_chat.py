@@ -122,3 +122,15 @@ def test_client_disconnect_aborts_generation(client, registry):
     while engine._jobs and time.time() < deadline:
         time.sleep(0.05)
     assert engine._jobs == {}
+
+
+def test_a_full_waiting_queue_answers_429_with_retry_after(client, registry, monkeypatch):
+    engine = registry.resolve("tiny-llama")
+    monkeypatch.setattr(engine, "_pending", engine.config.max_waiting)  # as if that many were queued
+    response = client.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": HELLO, "max_tokens": 2})
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert_valid(response.json(), "ErrorResponse")
+    assert response.json()["error"]["code"] == "engine_overloaded"
+    monkeypatch.undo()
+    assert client.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": HELLO,
+                                                      "max_tokens": 2}).status_code == 200
