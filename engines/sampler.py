@@ -52,9 +52,11 @@ class SamplingBatch:
             for row, p in enumerate(params):
                 for token_id, value in p.logit_bias:
                     self.bias[row, token_id] = value
-        self.output_counts = torch.zeros(rows, vocab_size, dtype=torch.int32, device=device)
-        self.seen_in_prompt = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+        # [rows, vocab] tables only when some row has a penalty: at a 262k vocabulary they cost.
+        self.output_counts = self.seen_in_prompt = None
         if self.uses_penalties:
+            self.output_counts = torch.zeros(rows, vocab_size, dtype=torch.int32, device=device)
+            self.seen_in_prompt = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
             for row, prompt in enumerate(prompts):
                 self.seen_in_prompt[row, torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
             for row, output in enumerate(outputs or []):

@@ -78,7 +78,9 @@ def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    from engines.devices import resolve_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype("auto", torch.device("cpu"))).eval()
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)

