@@ -19,14 +19,13 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ozwell_server import ROOT, free_port, start_server
+
 CONFIG = ROOT / "model_configs" / "gemma-3-270m.yaml"
 VLLM_PYTHON = ROOT / ".peers" / "vllm" / "bin" / "python"
 
@@ -38,25 +37,6 @@ def prompts(count: int) -> list[str]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, config_dir: Path, data_dir: Path) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(config_dir),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if "it/s]" not in line:
-            print("  server:", line.rstrip(), flush=True)
-        if line.startswith("Ozwell ready on"):
-            return process
-    raise RuntimeError("server exited before it was ready")
 
 
 async def one_stream(http, prompt: str, max_tokens: int) -> dict:

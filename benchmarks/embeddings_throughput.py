@@ -15,14 +15,12 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ozwell_server import ROOT, free_port, start_server
+
 CONFIG = ROOT / "model_configs" / "all-minilm-l6-v2.yaml"
 SENTENCES_PER_REQUEST = 16
 TOPICS = ["the sea", "a small model", "numbers", "the city at night", "a long train journey", "coffee", "rain"]
@@ -32,24 +30,6 @@ def sentences(count: int) -> list[str]:
     # Varied lengths (5 to ~40 words), as real inputs are.
     return [f"Sentence {i} is about {TOPICS[i % len(TOPICS)]}" + " and more words" * (i % 12) + "."
             for i in range(count)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, config_dir: Path, data_dir: Path) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(config_dir),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        print("  server:", line.rstrip(), flush=True)
-        if line.startswith("Ozwell ready on"):
-            return process
-    raise RuntimeError("server exited before it was ready")
 
 
 async def http_run(url: str, key: str, clients: int, requests_per_client: int, pool: list[str]) -> float:

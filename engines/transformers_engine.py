@@ -35,7 +35,6 @@ from engines.protocol import (
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
-    SamplingParams,
 )
 from engines.sampler import SamplingBatch, TokenLogprobs, sample
 from engines.sources import resolve_hf_dir

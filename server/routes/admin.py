@@ -1,4 +1,8 @@
-"""The admin API: keys and usage, for admin-scoped keys only."""
+"""The admin API: keys and usage, for admin-scoped keys only.
+
+An admin key manages its own owner's keys and reads its own owner's usage; another owner's keys
+are 404 to it. The operator manages every owner with the CLI, which works on the database directly.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from server.auth.dependencies import require_scope
+from server.auth.dependencies import Context, require_scope
 from server.auth.keys import ADMIN_SCOPE, KeyAdminError
 from server.db.models import ApiKey
-from server.errors import InvalidRequestError, NotFoundError
+from server.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from server.protocol import OpenAIBaseModel
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require_scope(ADMIN_SCOPE)])
@@ -42,10 +46,20 @@ def key_object(key: ApiKey) -> dict:
             "revoked_at": _epoch(key.revoked_at)}
 
 
+def _visible(context, owner: str | None) -> bool:
+    return context.caller is None or owner == context.caller.owner
+
+
 @router.post("/keys", status_code=201)
-async def create_key(body: CreateKeyRequest, request: Request) -> JSONResponse:
+async def create_key(body: CreateKeyRequest, request: Request, context: Context) -> JSONResponse:
+    fields = body.model_dump()
+    if context.caller is not None:
+        if fields["owner"] not in (None, context.caller.owner):
+            raise PermissionDeniedError("An admin key makes keys for its own owner only; use `ozwell keys create` "
+                                        "for other owners.", param="owner", code="insufficient_scope")
+        fields["owner"] = context.caller.owner
     try:
-        record, plaintext = await asyncio.to_thread(request.app.state.keys.create, **body.model_dump())
+        record, plaintext = await asyncio.to_thread(request.app.state.keys.create, **fields)
     except KeyAdminError as exc:
         raise InvalidRequestError(str(exc), code="invalid_value") from None
     # The only time the key is shown.
@@ -53,15 +67,19 @@ async def create_key(body: CreateKeyRequest, request: Request) -> JSONResponse:
 
 
 @router.get("/keys")
-async def list_keys(request: Request) -> dict:
+async def list_keys(request: Request, context: Context) -> dict:
     keys = await asyncio.to_thread(request.app.state.keys.list)
-    return {"object": "list", "data": [key_object(k) for k in keys]}
+    return {"object": "list", "data": [key_object(k) for k in keys if _visible(context, k.owner)]}
+
+
+def _owned_key(request: Request, context, key_id: str) -> ApiKey | None:
+    return next((k for k in request.app.state.keys.list() if k.id == key_id and _visible(context, k.owner)), None)
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(key_id: str, request: Request) -> dict:
+async def revoke_key(key_id: str, request: Request, context: Context) -> dict:
     key = None
-    if key_id.startswith("key_"):  # by id only here; the CLI also takes a prefix
+    if await asyncio.to_thread(_owned_key, request, context, key_id) is not None:  # by id only here
         key = await asyncio.to_thread(request.app.state.keys.revoke, key_id)
     if key is None:
         raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")
@@ -69,9 +87,12 @@ async def revoke_key(key_id: str, request: Request) -> dict:
 
 
 @router.get("/usage")
-async def read_usage(request: Request, key_id: str | None = None,
+async def read_usage(request: Request, context: Context, key_id: str | None = None,
                      since: int | None = Query(default=None, description="epoch seconds"),
                      limit: int = Query(default=1000, ge=1, le=10000)) -> dict:
+    if key_id is not None and await asyncio.to_thread(_owned_key, request, context, key_id) is None:
+        raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")
     since_dt = datetime.fromtimestamp(since, UTC) if since is not None else None
-    rows = await asyncio.to_thread(request.app.state.usage.query, key_id, since_dt, limit)
+    owner = None if context.caller is None else context.caller.owner
+    rows = await asyncio.to_thread(request.app.state.usage.query, key_id, since_dt, limit, owner)
     return {"object": "list", "data": rows}

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import base64
 
-import numpy as np
 import torch
 
 from engines.embedding_engine import SentenceTransformersEngine
-from engines.registry import EngineRegistry, UnknownModel
+from engines.registry import EngineRegistry
 from server.context import RequestContext
-from server.errors import InvalidRequestError, ModelNotFoundError
+from server.errors import InvalidRequestError
 from server.protocol import EmbeddingRequest
-from server.services.generation import off_loop
+from server.services.generation import off_loop, resolve_engine
 
 
 def _resolve(registry: EngineRegistry, model: str) -> SentenceTransformersEngine:
-    try:
-        engine = registry.resolve(model)
-    except UnknownModel:
-        raise ModelNotFoundError(model) from None
-    if not isinstance(engine, SentenceTransformersEngine):
-        raise InvalidRequestError(
-            f"The model `{model}` is a {engine.config.task.value} model and cannot create embeddings; "
-            "use an embedding model (see /v1/models).", param="model", code="model_not_supported")
-    return engine
+    return resolve_engine(registry, model, SentenceTransformersEngine,
+                          "cannot create embeddings; use an embedding model (see /v1/models).")
 
 
 def _check_dimensions(engine: SentenceTransformersEngine, dimensions: int | None) -> None:

@@ -45,19 +45,22 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) -> GenerationEngine:
+def resolve_engine(registry: EngineRegistry, model: str, kind: type, refusal: str):
+    """The engine behind a model name or alias: 404 if none, 400 if it is not of the kind the route needs."""
     try:
         engine = registry.resolve(model)
     except UnknownModel:
         raise ModelNotFoundError(model) from None
-    if not isinstance(engine, GenerationEngine):
-        raise InvalidRequestError(
-            f"The model `{model}` is an {engine.config.task.value} model and cannot serve {route}; "
-            "use /v1/embeddings for it.",
-            param="model",
-            code="model_not_supported",
-        )
+    if not isinstance(engine, kind):
+        task = engine.config.task.value
+        article = "an" if task[0] in "aeiou" else "a"
+        raise InvalidRequestError(f"The model `{model}` is {article} {task} model and {refusal}",
+                                  param="model", code="model_not_supported")
     return engine
+
+
+def resolve_generation_engine(registry: EngineRegistry, model: str, route: str) -> GenerationEngine:
+    return resolve_engine(registry, model, GenerationEngine, f"cannot serve {route}; use /v1/embeddings for it.")
 
 
 def admit(engine: GenerationEngine, num_sequences: int) -> None:

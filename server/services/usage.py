@@ -21,8 +21,11 @@ class UsageService:
                                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                     status=status, latency_ms=latency_ms, created_at=datetime.now(UTC)))
 
-    def query(self, key_id: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[dict]:
+    def query(self, key_id: str | None = None, since: datetime | None = None, limit: int = 1000,
+              owner: str | None = None) -> list[dict]:
         statement = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)
+        if owner is not None:
+            statement = statement.where(UsageRecord.owner == owner)
         if key_id:
             statement = statement.where(UsageRecord.key_id == key_id)
         if since:

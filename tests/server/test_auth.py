@@ -41,7 +41,8 @@ def _error(response, status, error_type, code):
 
 
 def _new_key(app, **kwargs) -> str:
-    return app.state.keys.create(**{"name": "t", **kwargs})[1]
+    """A key of the session admin key's owner ("tests"), unless another owner is given."""
+    return app.state.keys.create(**{"name": "t", "owner": "tests", **kwargs})[1]
 
 
 def _api_routes(routes):
@@ -135,6 +136,26 @@ def test_admin_api_creates_lists_and_reads_usage(client):
     _error(client.post("/v1/admin/keys", json={"name": "x", "plan": "platinum"}), 400, "invalid_request_error",
            "invalid_value")
     _error(client.delete("/v1/admin/keys/key_doesnotexist"), 404, "invalid_request_error", "key_not_found")
+
+
+def test_one_owners_admin_key_cannot_see_anothers_keys_or_usage(app, client):
+    a_admin = _new_key(app, name="a-admin", owner="tenant-a", admin=True, plan="pro")
+    b_key, b_plain = app.state.keys.create(name="b-worker", owner="tenant-b", plan="pro")
+    with as_key(client, b_plain):
+        client.get("/v1/models")  # tenant-b has usage now
+    with as_key(client, a_admin):
+        listed = client.get("/v1/admin/keys").json()["data"]
+        assert listed and {k["owner"] for k in listed} == {"tenant-a"}
+        _error(client.delete(f"/v1/admin/keys/{b_key.id}"), 404, "invalid_request_error", "key_not_found")
+        _error(client.get("/v1/admin/usage", params={"key_id": b_key.id}), 404, "invalid_request_error",
+               "key_not_found")
+        assert {r["owner"] for r in client.get("/v1/admin/usage").json()["data"]} <= {"tenant-a"}
+        _error(client.post("/v1/admin/keys", json={"name": "x", "owner": "tenant-b"}), 403, "permission_error",
+               "insufficient_scope")
+        made = client.post("/v1/admin/keys", json={"name": "a-worker"}).json()
+        assert made["owner"] == "tenant-a"
+    with as_key(client, b_plain):
+        assert client.get("/v1/models").status_code == 200  # untouched by tenant-a's admin
 
 
 def test_free_plan_30_concurrent_requests_exactly_20_pass(app, client):
