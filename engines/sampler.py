@@ -124,11 +124,3 @@ def sample(logits: torch.Tensor, batch: SamplingBatch,
     chosen_logprobs = logprobs.gather(1, chosen[:, None]).squeeze(1)
     top_values, top_ids = (logprobs.topk(batch.max_logprobs, dim=-1) if batch.max_logprobs > 0 else (None, None))
     return chosen, chosen_logprobs, top_values, top_ids
-
-
-def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                       generator: torch.Generator | None) -> torch.Tensor:
-    """Every row with the same temperature and top_p (kept for callers with one set of params)."""
-    params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)] * logits.shape[0]
-    batch = SamplingBatch(params, [[]] * logits.shape[0], logits.shape[-1], logits.device)
-    return sample(logits, batch, [generator] * logits.shape[0])[0]

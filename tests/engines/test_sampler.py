@@ -1,6 +1,14 @@
 import torch
 
-from engines.sampler import sample_next_tokens
+from engines.protocol import SamplingParams
+from engines.sampler import SamplingBatch, sample
+
+
+def sample_next_tokens(logits, temperature, top_p, generator):
+    """Every row with the same temperature and top_p, one random stream."""
+    params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)] * logits.shape[0]
+    batch = SamplingBatch(params, [[]] * logits.shape[0], logits.shape[-1], logits.device)
+    return sample(logits, batch, [generator] * logits.shape[0])[0]
 
 
 def test_temperature_zero_and_top_p_zero_are_greedy():
