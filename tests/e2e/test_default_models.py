@@ -69,8 +69,12 @@ def sdk(server):
 
 
 def _converted_dir(data_dir: Path, model_id: str) -> Path:
-    (found,) = [p for p in (data_dir / "models" / model_id).iterdir() if (p / ".ozwell-complete").is_file()]
-    return found
+    """The converted copy the server loaded for the shipped config (the data dir may hold older ones)."""
+    from engines import sources
+    from engines.config import load_model_config
+
+    config = load_model_config(ROOT / "model_configs" / f"{model_id}.yaml")
+    return sources.converted_gguf_dir(config, sources.locate(config, data_dir), data_dir, config.dtype)
 
 
 def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> str:
