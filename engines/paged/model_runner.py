@@ -11,7 +11,7 @@ row, with its own position id, so prefill chunks and decodes share the pass.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,21 @@ class StepLayout:
     query_ranges: list[tuple[int, int]]  # per sequence: its tokens in the packed row
     context_slots: list[torch.Tensor]  # per sequence: the slots of positions 0..context-1
     query_positions: list[torch.Tensor]  # per sequence: the positions of its new tokens
+    _masks: dict = field(default_factory=dict)
+
+    def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
+        """Sequence `index`'s [new tokens, context] mask: causal, and windowed on sliding layers.
+
+        The same for every layer of a kind, so it is built once a step, not once a layer."""
+        key = (index, sliding_window)
+        if key not in self._masks:
+            positions = self.query_positions[index]
+            context = torch.arange(self.context_slots[index].shape[0], device=positions.device)
+            allowed = context[None, :] <= positions[:, None]
+            if sliding_window is not None:
+                allowed &= context[None, :] > positions[:, None] - sliding_window
+            self._masks[key] = allowed[None, None]
+        return self._masks[key]
 
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
@@ -41,15 +56,12 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     k_cache[layout.slot_mapping] = key[0].transpose(0, 1).to(k_cache.dtype)
     v_cache[layout.slot_mapping] = value[0].transpose(0, 1).to(v_cache.dtype)
     out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
-    for (start, end), slots, positions in zip(layout.query_ranges, layout.context_slots, layout.query_positions):
+    for index, ((start, end), slots) in enumerate(zip(layout.query_ranges, layout.context_slots)):
         keys = k_cache[slots].transpose(0, 1)  # [kv_heads, context, dim]
         values = v_cache[slots].transpose(0, 1)
-        context = torch.arange(slots.shape[0], device=query.device)
-        allowed = context[None, :] <= positions[:, None]
-        if sliding_window is not None:
-            allowed &= context[None, :] > positions[:, None] - sliding_window
         result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
-                                                attn_mask=allowed[None, None], scale=scaling, enable_gqa=True)
+                                                attn_mask=layout.mask(index, sliding_window), scale=scaling,
+                                                enable_gqa=True)
         out[start:end] = result[0].transpose(0, 1)
     return out[None], None
 
@@ -74,33 +86,35 @@ class PagedModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
 
-    def _slots(self, block_table: list[int], start: int, end: int) -> list[int]:
-        size = self.block_size
-        return [block_table[p // size] * size + p % size for p in range(start, end)]
+    def _slots(self, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Cache slots of token positions: block id x block size + offset in the block."""
+        return block_table[positions // self.block_size] * self.block_size + positions % self.block_size
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
         in the chunks' order ([completing, vocab])."""
-        tokens, positions, slot_mapping, ranges, context_slots, query_positions, keep = [], [], [], [], [], [], []
+        tokens, ranges, context_slots, query_positions, keep, new_slots = [], [], [], [], [], []
         for chunk in chunks:
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
             end = start + chunk.num_tokens
             offset = len(tokens)
             tokens += seq.token_ids[start:end]
-            positions += range(start, end)
-            slot_mapping += self._slots(seq.block_table, start, end)
             ranges.append((offset, offset + chunk.num_tokens))
-            context_slots.append(torch.tensor(self._slots(seq.block_table, 0, end), device=self.device))
+            # the slots of every position up to `end`; the new tokens' are its tail
+            context_slots.append(self._slots(torch.tensor(seq.block_table, device=self.device),
+                                             torch.arange(end, device=self.device)))
             query_positions.append(torch.arange(start, end, device=self.device))
+            new_slots.append(context_slots[-1][start:])
             if chunk.completes:
                 keep.append(offset + chunk.num_tokens - 1)
-        _step.layout = StepLayout(self.k_cache, self.v_cache, torch.tensor(slot_mapping, device=self.device),
-                                  ranges, context_slots, query_positions)
+        positions = torch.cat(query_positions)
+        _step.layout = StepLayout(self.k_cache, self.v_cache, torch.cat(new_slots), ranges, context_slots,
+                                  query_positions)
         try:
             with torch.inference_mode():
                 output = self.model(
                     input_ids=torch.tensor([tokens], device=self.device),
-                    position_ids=torch.tensor([positions], device=self.device),
+                    position_ids=positions[None],
                     use_cache=False,
                     logits_to_keep=torch.tensor(keep or [0], device=self.device),
                 )
