@@ -18,6 +18,10 @@ class EngineError(Exception):
     """The engine failed while serving a request (a fault inside the model or the step loop)."""
 
 
+class EngineUnavailable(EngineError):
+    """The engine is down (its loop died or gave up after repeated faults); it serves nothing now."""
+
+
 class EngineOverloaded(Exception):
     """The engine's waiting queue is full; try again shortly."""
 
@@ -130,6 +134,10 @@ class Engine(abc.ABC):
 
     async def stop(self) -> None:
         """Abort in-flight work and release resources."""
+
+    def health(self) -> str | None:
+        """None while the engine serves; otherwise why it does not (a dead or stalled loop), for /ready."""
+        return None
 
 
 class GenerationEngine(Engine):

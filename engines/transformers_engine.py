@@ -32,6 +32,7 @@ from engines.paged.sequence import Sequence as PagedSequence
 from engines.protocol import (
     EngineError,
     EngineOverloaded,
+    EngineUnavailable,
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
@@ -98,8 +99,17 @@ def _weights_revision(hf_dir: Path) -> str:
 
 
 class TransformersEngine(GenerationEngine):
+    # A fault fails the requests in flight and the loop goes on with a clean batch; this many faults
+    # in a row, with no good step between them, and the engine gives up and reports itself dead.
+    MAX_CONSECUTIVE_FAULTS = 3
+    # A step that runs longer than this makes health() report a stalled loop.
+    STALL_AFTER_S = 120.0
+
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
+        self._dead: str | None = None
+        self._faults = 0  # consecutive
+        self._step_started: float | None = None
         self._data_dir = Path(data_dir)
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue = queue.Queue()
@@ -186,7 +196,19 @@ class TransformersEngine(GenerationEngine):
             await asyncio.to_thread(self._worker.join, 30)
             self._worker = None
 
+    def health(self) -> str | None:
+        if self._dead:
+            return self._dead
+        if self._worker is None or not self._worker.is_alive():
+            return "the step loop is not running"
+        started = self._step_started
+        if started is not None and time.monotonic() - started > self.STALL_AFTER_S:
+            return f"the step loop is stalled: one step has run for {time.monotonic() - started:.0f}s"
+        return None
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        if self._dead:
+            raise EngineUnavailable(f"the engine for {self.config.id!r} is down: {self._dead}")
         if self._worker is None:
             raise EngineError(f"engine for {self.config.id!r} is not running")
         if request.request_id in self._jobs:
@@ -195,11 +217,16 @@ class TransformersEngine(GenerationEngine):
         self._jobs[request.request_id] = job
         self._pending += request.params.n
         self._queue.put(job)
+        if self._dead:  # the loop gave up while this job was being queued: it will never be taken in
+            self._jobs.pop(request.request_id, None)
+            raise EngineUnavailable(f"the engine for {self.config.id!r} is down: {self._dead}")
         try:
             while True:
                 item = await job.events.get()
                 if item is _DONE:
                     return
+                if isinstance(item, EngineUnavailable):
+                    raise item
                 if isinstance(item, BaseException):
                     raise EngineError(f"generation failed in {self.config.id!r}") from item
                 yield item
@@ -228,6 +255,13 @@ class TransformersEngine(GenerationEngine):
 
     # ---- step loop (worker thread) -----------------------------------------------------------
     def _run_worker(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._give_up(f"the step loop died: {exc!r}")
+            raise
+
+    def _loop(self) -> None:
         while True:
             try:
                 if self._intake(block=not self._scheduler.has_work) is _SHUTDOWN:
@@ -235,11 +269,37 @@ class TransformersEngine(GenerationEngine):
                     return
                 self._reap_aborted()
                 if self._scheduler.has_work:
+                    self._step_started = time.monotonic()
                     with torch.inference_mode():
                         self._step()
-            except Exception as exc:  # noqa: BLE001 - a fault fails every in-flight request cleanly
-                log.exception("%s: engine step failed; failing %d request(s)", self.config.id, len(self._jobs_live))
+                    self._step_started = None
+                    self._faults = 0
+            except Exception as exc:
+                self._step_started = None
+                self._faults += 1
+                log.exception("%s: engine step failed (%d in a row); failing %d request(s)", self.config.id,
+                              self._faults, len(self._jobs_live))
                 self._fail_everything(exc)
+                if self._faults >= self.MAX_CONSECUTIVE_FAULTS:
+                    self._give_up(f"{self._faults} engine steps failed in a row, the last with {exc!r}")
+                    return
+
+    def _give_up(self, reason: str) -> None:
+        """Mark the engine dead, and fail everything it holds or has queued."""
+        if self._dead is None:
+            self._dead = reason
+            log.error("%s: engine is down: %s", self.config.id, reason)
+        failure = EngineUnavailable(f"the engine for {self.config.id!r} is down: {reason}")
+        self._fail_everything(failure)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job):
+                self._pending -= item.request.params.n
+                item.emit(failure)
+                item.emit(_DONE)
 
     def _intake(self, block: bool):
         try:

@@ -15,19 +15,22 @@ from server.auth.keys import KeyService
 from server.auth.plans import Plans
 from server.db.database import Database
 from server.errors import install_error_handlers
-from server.middleware import RateLimitHeadersAndUsage
+from server.lifecycle import Lifecycle
+from server.metrics import Metrics
+from server.middleware import RateLimitHeadersAndUsage, RequestGuard, RequestLimits
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, health, models, responses as responses_routes
+from server.routes import admin, chat, completions, embeddings, health, metrics, models
 from server.routes import files as files_routes
+from server.routes import responses as responses_routes
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.files import FileService
+from server.services.generation import Observers
 from server.services.response_store import ResponseStore
 from server.services.responses import ResponseService
 from server.services.usage import UsageService
 from server.settings import Settings
-
 
 log = logging.getLogger("ozwell.server")
 
@@ -41,7 +44,7 @@ async def _sweep_forever(files: FileService, responses: ResponseStore, interval_
             old = await asyncio.to_thread(responses.sweep)
             if removed or old:
                 log.info("swept %d expired file(s) and %d old response(s)", removed, old)
-        except Exception:  # noqa: BLE001 - keep sweeping
+        except Exception:
             log.exception("sweep failed")
 
 
@@ -79,13 +82,21 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     app.state.usage = UsageService(database) if database else None
     app.state.limiter = limiter or InMemoryRateLimiter()
     app.state.files = files
-    app.state.chat = ChatService(registry, files)
-    app.state.completions = CompletionService(registry)
+    app.state.metrics = Metrics(registry)
+    app.state.lifecycle = Lifecycle()
+    observers = Observers(app.state.metrics, app.state.lifecycle)
+    app.state.chat = ChatService(registry, files, observers)
+    app.state.completions = CompletionService(registry, observers)
     app.state.embeddings = EmbeddingService(registry)
-    app.state.responses = ResponseService(registry, responses, files)
+    app.state.responses = ResponseService(registry, responses, files, observers)
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.usage)
+    # Added last, so it is the outermost: it sees every request first and every response to its end.
+    app.add_middleware(RequestGuard, lifecycle=app.state.lifecycle, metrics=app.state.metrics, limits=RequestLimits(
+        max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes,
+        max_header_count=settings.max_header_count, max_header_bytes=settings.max_header_bytes,
+        max_headers_total_bytes=settings.max_headers_total_bytes))
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   files_routes.router, responses_routes.router, admin.router):
+                   files_routes.router, responses_routes.router, admin.router, metrics.router):
         app.include_router(router)
     return app

@@ -105,6 +105,29 @@ class InternalServerError(OpenAIError):
     default_code = "internal_error"
 
 
+class ServiceUnavailableError(OpenAIError):
+    """503 with Retry-After: the server is draining for shutdown, or a model's engine is down."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+
+    def __init__(self, message: str, code: str | None = None, retry_after_s: int = 5):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class RequestTooLargeError(OpenAIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class HeadersTooLargeError(OpenAIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_headers_too_large"
+
+
 def error_response(exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
@@ -146,7 +169,8 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
-    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        request.state.error_type = exc.error_type  # for the metrics (which limit refused a request)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -163,6 +187,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             err: OpenAIError = NotFoundError(f"Invalid URL ({request.method} {request.url.path})",
                                              code="unknown_url")
+        elif exc.status_code == 413:
+            err = RequestTooLargeError(str(exc.detail))
         elif exc.status_code == 405:
             err = MethodNotAllowedError(f"Method {request.method} is not allowed for {request.url.path}")
         else:

@@ -31,6 +31,13 @@ class Settings(BaseModel):
     owner_quota_bytes: int = Field(default=10 * 1024 * 1024 * 1024, ge=1)
     sweep_interval_s: float = Field(default=60.0, gt=0)  # expired files and old responses
     response_retention_s: float = Field(default=30 * 24 * 3600, gt=0)  # stored responses are kept this long
+    # Request limits: a JSON body (uploads have max_upload_bytes), and headers (count, one, all).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_header_count: int = Field(default=100, ge=8)
+    max_header_bytes: int = Field(default=8 * 1024, ge=256)
+    max_headers_total_bytes: int = Field(default=32 * 1024, ge=1024)
+    # On SIGTERM: how long in-flight requests may run on before they are cut.
+    drain_timeout_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:

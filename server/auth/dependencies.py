@@ -16,7 +16,7 @@ from server.context import RequestContext
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.ratelimit import rate_limit_headers
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/ready"})  # probes: liveness and readiness
 
 def _route_path(request: Request) -> str:
     route = request.scope.get("route")

@@ -6,14 +6,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from engines.registry import EngineRegistry
-from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.context import RequestContext
+from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.services.files import FileService
 from server.services.generation import (
-    admit,
     SSE_DONE,
     Collected,
+    Observers,
+    admit,
     build_sampling_params,
     chat_logprobs,
     new_id,
@@ -89,8 +90,10 @@ def template_messages(messages: list[ChatMessage], file_text: FileText | None = 
 
 
 class ChatService:
-    def __init__(self, registry: EngineRegistry, files: FileService | None = None):
+    def __init__(self, registry: EngineRegistry, files: FileService | None = None,
+                 observers: Observers | None = None):
         self.registry = registry
+        self.observers = observers
         self.files = files
 
     def file_reader(self, owner: str) -> FileText | None:
@@ -116,7 +119,7 @@ class ChatService:
             return self._stream(req, context, engine, completion_id, created, model, prompt_ids, params)
         collected = Collected(prompt_tokens=len(prompt_ids))
         try:
-            async for event in stream_events(engine, completion_id, prompt_ids, params):
+            async for event in stream_events(engine, completion_id, prompt_ids, params, self.observers):
                 collected.add(event, event.index)
         finally:
             await context.settle(len(prompt_ids), collected.completion_tokens)
@@ -154,7 +157,7 @@ class ChatService:
             for index in range(params.n):
                 yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                               "logprobs": None}])
-            async for event in stream_events(engine, completion_id, prompt_ids, params):
+            async for event in stream_events(engine, completion_id, prompt_ids, params, self.observers):
                 completion_tokens[event.index] = event.completion_tokens
                 logprobs = None
                 if params.logprobs is not None and event.logprobs:
@@ -169,7 +172,7 @@ class ChatService:
                                   "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
-        except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+        except Exception as exc:
             yield sse_error(exc)
         finally:
             await context.settle(len(prompt_ids), sum(completion_tokens.values()))

@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 
 from engines.protocol import GenerationEngine, GenerationEvent, SamplingParams
 from engines.registry import EngineRegistry
-from server.errors import InvalidRequestError
 from server.context import RequestContext
+from server.errors import InvalidRequestError
 from server.protocol import CompletionRequest
 from server.services.generation import (
-    admit,
     SSE_DONE,
     Collected,
+    Observers,
+    admit,
     build_sampling_params,
     legacy_logprobs,
     new_id,
@@ -29,8 +30,9 @@ from server.services.generation import (
 
 
 class CompletionService:
-    def __init__(self, registry: EngineRegistry):
+    def __init__(self, registry: EngineRegistry, observers: Observers | None = None):
         self.registry = registry
+        self.observers = observers
 
     async def _prompt_ids(self, engine: GenerationEngine, prompt: str | list[int], i: int) -> list[int]:
         if isinstance(prompt, str):
@@ -83,7 +85,8 @@ class CompletionService:
 
         async def pump(i: int) -> None:
             try:
-                async for event in stream_events(engine, f"{completion_id}-{i}", prompts[i], params[i]):
+                async for event in stream_events(engine, f"{completion_id}-{i}", prompts[i], params[i],
+                                               self.observers):
                     await queue.put((i * params[i].n + event.index, event))
                 await queue.put(finished)
             except BaseException as exc:
@@ -129,7 +132,7 @@ class CompletionService:
                                   "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(sum(len(p) for p in prompts), sum(completion_tokens.values())))
-        except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+        except Exception as exc:
             yield sse_error(exc)
         finally:
             await context.settle(sum(len(p) for p in prompts), sum(completion_tokens.values()))

@@ -13,6 +13,7 @@ from engines.protocol import (
     ContextLengthExceeded,
     EngineError,
     EngineOverloaded,
+    EngineUnavailable,
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
@@ -27,7 +28,10 @@ from server.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     OpenAIError,
+    ServiceUnavailableError,
 )
+from server.lifecycle import Lifecycle
+from server.metrics import Metrics
 from server.protocol import SamplingFields
 
 log = logging.getLogger("ozwell.server")
@@ -127,17 +131,51 @@ def checked_sampling_params(
         raise request_error(exc) from None
 
 
+@dataclass
+class Observers:
+    """What watches generations besides the client: metrics, and the life cycle's drain."""
+
+    metrics: Metrics | None = None
+    lifecycle: Lifecycle | None = None
+
+
+def shutting_down_error() -> ServiceUnavailableError:
+    return ServiceUnavailableError("The server is shutting down and stopped this request before it finished. "
+                                   "Please retry.", code="server_shutting_down")
+
+
 async def stream_events(
-    engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams
+    engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams,
+    observers: Observers | None = None,
 ) -> AsyncIterator[GenerationEvent]:
-    """The engine's events; an engine fault becomes a 500-shaped error; leaving early aborts."""
+    """The engine's events. An engine fault becomes a 500-shaped error, a dead engine a 503, and a
+    request cut by the shutdown drain a 503 `server_shutting_down`; leaving early aborts."""
+    observers = observers or Observers()
+    lifecycle = observers.lifecycle
+    trace = observers.metrics.trace(engine.config.id, len(prompt_ids)) if observers.metrics else None
+    registration = lifecycle.register(engine, request_id) if lifecycle else None
+    fault = False
     try:
         async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params)):
+            if trace is not None:
+                trace.event(event.index, len(event.token_ids), event.completion_tokens, event.finish_reason)
+            if event.finish_reason == "abort" and lifecycle is not None and lifecycle.was_cut(request_id):
+                raise shutting_down_error()
             yield event
+    except EngineUnavailable as exc:
+        fault = True
+        log.error("engine down on %s: %s", request_id, exc)
+        raise ServiceUnavailableError(f"The model `{engine.config.id}` is unavailable: its engine is down.",
+                                      code="engine_unavailable", retry_after_s=30) from exc
     except EngineError as exc:
+        fault = True
         log.error("engine error on %s: %s", request_id, exc.__cause__ or exc)
         raise InternalServerError("The model failed while generating a response.") from exc
     finally:
+        if registration is not None:
+            lifecycle.unregister(registration)
+        if trace is not None:
+            trace.finished(fault)
         await engine.abort(request_id)
 
 

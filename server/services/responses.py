@@ -25,7 +25,14 @@ from server.errors import (
 from server.protocol import ResponseRequest
 from server.services.chat import MAX_PROMPT_FILE_BYTES
 from server.services.files import FileService
-from server.services.generation import admit, checked_sampling_params, off_loop, resolve_generation_engine, stream_events
+from server.services.generation import (
+    Observers,
+    admit,
+    checked_sampling_params,
+    off_loop,
+    resolve_generation_engine,
+    stream_events,
+)
 from server.services.response_store import ResponseStore, not_found
 
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -188,8 +195,10 @@ class _Run:
 
 
 class ResponseService:
-    def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileService | None):
+    def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileService | None,
+                 observers: Observers | None = None):
         self.registry = registry
+        self.observers = observers
         self.store = store
         self.files = files
 
@@ -228,7 +237,7 @@ class ResponseService:
 
     async def _generate(self, run: _Run, params) -> AsyncIterator[str]:
         """Drive the engine, filling `run`; yields each text delta."""
-        async for event in stream_events(run.engine, run.id, run.prompt_ids, params):
+        async for event in stream_events(run.engine, run.id, run.prompt_ids, params, self.observers):
             if event.queue_time_s is not None:
                 run.queue_time_s = event.queue_time_s
             if run.first_token_at is None and event.token_ids:

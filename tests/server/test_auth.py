@@ -54,15 +54,18 @@ def _api_routes(routes):
             yield from _api_routes(route.original_router.routes)
 
 
-def test_every_route_but_health_refuses_a_missing_key(app, client):
+def test_every_route_but_the_probes_refuses_a_missing_key(app, client):
+    from server.auth.dependencies import PUBLIC_PATHS
+
+    assert PUBLIC_PATHS == {"/health", "/ready"}
     checked = 0
     with as_key(client, None):
         for route in _api_routes(app.routes):
             path = route.path.replace("{model_id:path}", "gpt-4").replace("{key_id}", "key_x")
             for method in route.methods:
                 response = client.request(method, path, json={})
-                if route.path == "/health":
-                    assert response.status_code == 200
+                if route.path in PUBLIC_PATHS:
+                    assert response.status_code == 200, (route.path, response.text)
                 else:
                     _error(response, 401, "authentication_error", "invalid_api_key")
                     checked += 1
