@@ -103,6 +103,13 @@ class SentenceTransformersEngine(Engine):
             if not item.future.done():
                 item.future.cancel()
 
+    def health(self) -> str | None:
+        if self._batcher is None:
+            return "the batcher is not running"
+        if self._batcher.done():
+            return "the batcher stopped"
+        return None
+
     async def embed(self, token_ids: Sequence[list[int]]) -> torch.Tensor:
         """One vector per input (a float32 [n, dim] CPU tensor), as the model's config normalises it."""
         if self._batcher is None:
