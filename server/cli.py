@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--owner-quota-mb", type=int, default=10240, help="file storage per owner (default 10240)")
     serve.add_argument("--response-retention-days", type=float, default=30.0,
                        help="how long stored responses are kept (default 30)")
+    serve.add_argument("--max-body-mb", type=float, default=8.0,
+                       help="largest JSON request body, refused with 413 before parsing (default 8)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="on SIGTERM, seconds in-flight requests may run on before they are cut (default 30)")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="also serve /metrics without a key on this port (default: only /metrics for admin keys)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     _add_store_args(serve)
     models = sub.add_parser("models", help="list the models the configs define")
     models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
@@ -102,7 +109,11 @@ def _first_run_admin_key(keys, data_dir: Path) -> None:
     print(plaintext, flush=True)
 
 
-def _serve(settings: Settings, log_level: str, database_url: str | None) -> int:
+def _serve(settings: Settings, log_level: str, database_url: str | None, metrics_port: int | None = None,
+           metrics_host: str = "127.0.0.1") -> int:
+    import asyncio
+    import signal
+
     import uvicorn
 
     from engines.config import load_model_configs
@@ -122,16 +133,48 @@ def _serve(settings: Settings, log_level: str, database_url: str | None) -> int:
     registry = EngineRegistry.from_configs(configs, settings.data_dir, progress=lambda m: print(m, flush=True))
     app = create_app(settings, registry, database=database)
 
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host, registry=app.state.metrics.registry)
+        print(f"Metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
+
     class _Server(uvicorn.Server):
+        """uvicorn, with a graceful drain on the first SIGTERM or Ctrl-C (server/lifecycle.py); a second forces."""
+
+        _loop: asyncio.AbstractEventLoop | None = None
+        _drain: asyncio.Task | None = None
+
         async def startup(self, sockets=None) -> None:
+            self._loop = asyncio.get_running_loop()
             await super().startup(sockets)
             if self.started:
                 port = self.servers[0].sockets[0].getsockname()[1] if self.servers else settings.port
                 print(f"Ozwell ready on http://{settings.host}:{port}/v1 "
                       f"(models: {', '.join(registry.names())})", flush=True)
 
+        def handle_exit(self, sig, frame) -> None:
+            if self._loop is None or not self.started:
+                return super().handle_exit(sig, frame)
+            if self._drain is None and not self.should_exit:
+                print(f"Received {signal.Signals(sig).name}: draining (up to {settings.drain_timeout_s:.0f}s)",
+                      flush=True)
+                self._loop.call_soon_threadsafe(self._start_drain)
+            else:  # a second signal: stop now
+                self.should_exit = self.force_exit = True
+
+        def _start_drain(self) -> None:
+            self._drain = self._loop.create_task(self._drain_then_exit())
+
+        async def _drain_then_exit(self) -> None:
+            try:
+                await app.state.lifecycle.drain(settings.drain_timeout_s)
+            finally:
+                self.should_exit = True
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            access_log=log_level == "debug")
+                            access_log=log_level == "debug", timeout_graceful_shutdown=5,
+                            h11_max_incomplete_event_size=settings.max_headers_total_bytes + 1024)
     _Server(config).run()
     return 0
 
@@ -142,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from engines.config import ConfigError
-
     from pydantic import ValidationError
 
+    from engines.config import ConfigError
     from server.auth.keys import KeyAdminError
 
     try:
@@ -160,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                             database_url=args.database_url, auth=not args.no_auth,
                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                             owner_quota_bytes=args.owner_quota_mb * 1024 * 1024,
-                            response_retention_s=args.response_retention_days * 86400, **extra)
-        return _serve(settings, args.log_level, args.database_url)
+                            response_retention_s=args.response_retention_days * 86400,
+                            max_body_bytes=int(args.max_body_mb * 1024 * 1024), drain_timeout_s=args.drain_timeout,
+                            **extra)
+        return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)
         return 2

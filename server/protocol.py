@@ -124,6 +124,9 @@ class SamplingFields(OpenAIBaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+MAX_MESSAGES = 2048  # as OpenAI caps a conversation
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -148,7 +151,7 @@ class ChatCompletionRequest(SamplingFields):
             raise InvalidRequestError("'logprobs' must be true when 'top_logprobs' is set.", param="top_logprobs",
                                       code="invalid_value")
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     safety_identifier: str | None = Field(default=None, max_length=64)
