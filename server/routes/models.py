@@ -11,6 +11,20 @@ def _model(name: str, registry: EngineRegistry) -> dict:
     return {"id": name, "object": "model", "created": registry.created, "owned_by": "ozwell"}
 
 
+def _details(name: str, registry: EngineRegistry) -> dict:
+    """The `ozwell` extension of a retrieved model: where and how it runs. OpenAI's Model schema
+    allows more properties, and the SDKs keep them (`model.model_extra["ozwell"]`)."""
+    engine = registry.resolve(name)
+    config = engine.config
+    details = {"model": config.id, "task": config.task.value, "engine": config.engine.value,
+               "device": config.device, "requested_device": registry.requested_devices.get(config.id, config.device),
+               "revision": engine.revision}
+    max_model_len = getattr(engine, "max_model_len", None)
+    if isinstance(max_model_len, int):
+        details["max_model_len"] = max_model_len
+    return details
+
+
 def _allowed(context, registry: EngineRegistry, name: str) -> bool:
     return context.caller is None or context.caller.may_use_model(registry.resolve(name).config.names)
 
@@ -32,4 +46,4 @@ async def retrieve_model(model_id: str, request: Request, context: Context) -> d
     if not allowed:
         raise PermissionDeniedError(f"This API key may not use the model `{model_id}`.", param="model",
                                     code="model_not_allowed")
-    return _model(model_id, registry)
+    return {**_model(model_id, registry), "ozwell": _details(model_id, registry)}

