@@ -187,6 +187,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             err: OpenAIError = NotFoundError(f"Invalid URL ({request.method} {request.url.path})",
                                              code="unknown_url")
+        elif exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body (bad UTF-8)
+            err = InvalidRequestError("We could not parse the JSON body of your request (it must be UTF-8 JSON).",
+                                      code="invalid_json")
         elif exc.status_code == 413:
             err = RequestTooLargeError(str(exc.detail))
         elif exc.status_code == 405:

@@ -60,9 +60,15 @@ def _message_text(message: ChatMessage, i: int, file_text: FileText | None = Non
                                   param=f"messages[{i}].content")
     if isinstance(message.content, str):
         return message.content
+    if not message.content:
+        raise InvalidRequestError(f"messages[{i}].content must not be an empty array.",
+                                  param=f"messages[{i}].content", code="invalid_value")
     texts = []
     for j, part in enumerate(message.content):
         kind = part.get("type")
+        if kind is None:
+            raise InvalidRequestError(f"Missing required parameter: 'messages[{i}].content[{j}].type'.",
+                                      param=f"messages[{i}].content[{j}].type", code="missing_required_parameter")
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "file" and message.role == "user":
@@ -71,7 +77,7 @@ def _message_text(message: ChatMessage, i: int, file_text: FileText | None = Non
             raise InvalidRequestError(
                 f"Content part type {kind!r} is not supported in messages[{i}].content[{j}]; this server supports "
                 "text parts, and in user messages file parts with the file_id of an uploaded UTF-8 text file.",
-                param=f"messages[{i}].content[{j}].type",
+                param=f"messages[{i}].content[{j}].type", code="unsupported_value",
             )
     return "".join(texts)
 
