@@ -44,7 +44,7 @@ async def _sweep_forever(files: FileService, responses: ResponseStore, interval_
             old = await asyncio.to_thread(responses.sweep)
             if removed or old:
                 log.info("swept %d expired file(s) and %d old response(s)", removed, old)
-        except Exception:
+        except Exception:  # noqa: BLE001 - keep sweeping
             log.exception("sweep failed")
 
 

@@ -77,7 +77,7 @@ class RateLimitHeadersAndUsage:
                 endpoint=getattr(route, "path", scope.get("path", "")), prompt_tokens=context.prompt_tokens,
                 completion_tokens=context.completion_tokens, status=status,
                 latency_ms=int((time.perf_counter() - started) * 1000))
-        except Exception:
+        except Exception:  # noqa: BLE001 - metering must not break a response that was already sent
             log.exception("could not write the usage record")
 
 

@@ -178,7 +178,7 @@ class ChatService:
                                   "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
         finally:
             await context.settle(len(prompt_ids), sum(completion_tokens.values()))

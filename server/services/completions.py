@@ -132,7 +132,7 @@ class CompletionService:
                                   "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(sum(len(p) for p in prompts), sum(completion_tokens.values())))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
         finally:
             await context.settle(sum(len(p) for p in prompts), sum(completion_tokens.values()))

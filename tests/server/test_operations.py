@@ -31,7 +31,7 @@ def _metric(text: str, name: str, default: float | None = None, **labels) -> flo
     """The value of one sample in Prometheus text (`default` where the series has not started yet)."""
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # the exposition sorts labels
     pattern = re.compile(rf"^{re.escape(name)}(\{{{re.escape(wanted)}\}})? (\S+)$" if wanted else
-                         rf"^{re.escape(name)} (\S+)$", re.M)
+                         rf"^{re.escape(name)} (\S+)$", re.MULTILINE)
     match = pattern.search(text)
     if match is None and default is not None:
         return default
