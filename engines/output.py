@@ -6,7 +6,7 @@ strings, and the max_tokens cut, with the finish reason on the last event.
 
 from __future__ import annotations
 
-from engines.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from engines.detokenizer import StopStringMatcher, detokenizer_for
 from engines.protocol import GenerationEvent, SamplingParams
 
 
@@ -16,7 +16,7 @@ class ChoiceOutput:
         self.index = index
         self.params = params
         self.prompt_len = len(prompt_token_ids)
-        self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids)
+        self._detokenizer = detokenizer_for(tokenizer, prompt_token_ids)
         self._stops = StopStringMatcher(params.stop)
         self._stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
         self.completion_tokens = 0
