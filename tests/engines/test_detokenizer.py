@@ -1,6 +1,11 @@
 import pytest
 
-from engines.detokenizer import IncrementalDetokenizer, StopStringMatcher, StreamDetokenizer, detokenizer_for
+from engines.detokenizer import (
+    IncrementalDetokenizer,
+    StopStringMatcher,
+    StreamDetokenizer,
+    detokenizer_for,
+)
 
 
 def test_stop_string_split_across_deltas_is_held_then_cut():
