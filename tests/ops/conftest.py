@@ -64,8 +64,12 @@ def metric_samples(server: ServerProcess) -> dict[tuple[str, tuple], float]:
     """GET /metrics (admin key) -> {(sample name, sorted labels): value}."""
     response = httpx.get(server.url + "/metrics", headers=server.headers, timeout=10)
     assert response.status_code == 200, response.text
+    return parse_samples(response.text)
+
+
+def parse_samples(text: str) -> dict[tuple[str, tuple], float]:
     samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -76,15 +80,23 @@ def gauge(samples: dict, name: str, model: str = MODEL) -> float:
 
 
 def engine_gauges(server: ServerProcess, model: str = MODEL) -> dict[str, float]:
-    samples = metric_samples(server)
+    return parse_gauges(metric_samples(server), model)
+
+
+def parse_gauges(samples: dict | str, model: str = MODEL) -> dict[str, float]:
+    """The engine gauges the tier asserts on, from parsed samples or the exposition text."""
+    if isinstance(samples, str):
+        samples = parse_samples(samples)
     return {name: gauge(samples, f"ozwell:{name}", model) for name in (
         "num_requests_running", "num_requests_waiting", "kv_cache_blocks_used", "kv_cache_blocks_free")}
 
 
-def wait_until_idle(server: ServerProcess, within_s: float, model: str = MODEL) -> tuple[float, dict]:
-    """Poll /metrics until nothing runs or waits and no KV block is used; (seconds it took, last gauges).
-    Gives up after `within_s` and returns the last reading, for the caller to assert on."""
-    started = time.perf_counter()
+def wait_until_idle(server: ServerProcess, within_s: float, model: str = MODEL,
+                    since: float | None = None) -> tuple[float, dict]:
+    """Poll /metrics until nothing runs or waits and no KV block is used; (seconds it took, counted from
+    `since` (a perf_counter time) or from now, and the last gauges). Gives up after `within_s` and
+    returns the last reading, for the caller to assert on."""
+    started = time.perf_counter() if since is None else since
     while True:
         gauges = engine_gauges(server, model)
         elapsed = time.perf_counter() - started
