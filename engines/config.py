@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -198,9 +205,8 @@ def load_model_config(path: Path) -> ModelConfig:
         config = ModelConfig(**raw, config_path=path.resolve())
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from None
-    if config.chat_template and "{" not in config.chat_template:
-        if not (path.parent / config.chat_template).is_file():
-            raise ConfigError(f"{path}: field 'chat_template': file {config.chat_template!r} not found beside the config")
+    if config.chat_template and "{" not in config.chat_template and not (path.parent / config.chat_template).is_file():
+        raise ConfigError(f"{path}: field 'chat_template': file {config.chat_template!r} not found beside the config")
     return config
 
 

