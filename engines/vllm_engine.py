@@ -30,6 +30,7 @@ from engines.output import ChoiceOutput
 from engines.protocol import (
     EngineError,
     EngineOverloaded,
+    EngineUnavailable,
     GenerationEngine,
     GenerationEvent,
     GenerationRequest,
@@ -105,20 +106,28 @@ def weights_revision(hf_dir: Path) -> str:
 
 @contextmanager
 def _worker_environment(device: str, options: VllmOptions):
-    """vLLM's child processes read their device and KV-cache size from the environment at start."""
-    saved = dict(os.environ)
+    """vLLM's child processes read their devices and KV-cache size from the environment at start;
+    the variables are set while vLLM starts them, so each vLLM model gets its own."""
+    wanted = {}
     if device.startswith("cuda:"):
         first = int(device.split(":")[1])
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(options.tensor_parallel_size))
+        wanted["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(options.tensor_parallel_size))
     if options.cpu_kvcache_space_gb is not None:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{options.cpu_kvcache_space_gb:g}"
-    # Children are spawned, not forked: a fork would copy this process's threads and CUDA state.
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        wanted["VLLM_CPU_KVCACHE_SPACE"] = f"{options.cpu_kvcache_space_gb:g}"
+    # Children are spawned, not forked: a fork would copy this process's threads (the server's,
+    # the native engines') and CUDA state.
+    if "VLLM_WORKER_MULTIPROC_METHOD" not in os.environ:
+        wanted["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _Choices:
@@ -252,8 +261,8 @@ class VllmEngine(GenerationEngine):
 
     # ---- generation -------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        if self.engine is None or self.engine.errored:
-            raise EngineError(f"engine for {self.config.id!r} is not running")
+        if self.health() is not None:
+            raise EngineUnavailable(f"the engine for {self.config.id!r} is down: {self.health()}")
         if request.request_id in self._live:
             raise EngineError(f"request id {request.request_id!r} is already running")
         choices = _Choices(self, request)
@@ -277,7 +286,9 @@ class VllmEngine(GenerationEngine):
                 yield output.abort()
         except (GeneratorExit, EngineError):
             raise
-        except Exception as exc:  # vLLM's engine died or refused the request
+        except Exception as exc:  # vLLM's engine died, or failed this request
+            if self.health() is not None:
+                raise EngineUnavailable(f"the engine for {self.config.id!r} is down: {self.health()}") from exc
             raise EngineError(f"generation failed in {self.config.id!r}: {exc}") from exc
         finally:
             self._live.pop(request.request_id, None)

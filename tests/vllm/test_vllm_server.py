@@ -30,7 +30,7 @@ MESSAGES = [{"role": "user", "content": "Write a story about number 7:"}]
 def _vllm_python() -> str:
     python = os.environ.get("OZWELL_VLLM_PYTHON") or str(DEFAULT_PYTHON)
     if not Path(python).is_file():
-        pytest.skip(f"no vLLM python: set OZWELL_VLLM_PYTHON, or run .ci/run to make {DEFAULT_PYTHON} "
+        pytest.skip(f"no vLLM python: set OZWELL_VLLM_PYTHON, or run .ci/vllm-venv to make {DEFAULT_PYTHON} "
                     "(README: the vLLM tier)")
     probe = subprocess.run([python, "-c", "import vllm, sqlalchemy, alembic, fastapi, uvicorn, server.cli"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
@@ -201,3 +201,17 @@ def test_client_disconnect_aborts_and_the_server_still_serves(server, sdk):
     waited = time.perf_counter() - started
     assert reply.usage.completion_tokens == 2
     assert waited < max(full_time / 2, 0.05), (waited, full_time)
+
+
+def test_ready_and_metrics_read_the_vllm_engine(server, sdk):
+    sdk.chat.completions.create(model="tiny-vllm", messages=MESSAGES, temperature=0, max_tokens=4)
+    ready = httpx.get(f"{server.url}/ready", headers=server.headers)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line.startswith("ozwell:") and 'model_name="tiny-vllm"' in line}
+    free = samples['ozwell:kv_cache_blocks_free{model_name="tiny-vllm"}']
+    used = samples['ozwell:kv_cache_blocks_used{model_name="tiny-vllm"}']
+    assert free > 0 and used >= 0
+    assert samples['ozwell:engine_healthy{model_name="tiny-vllm"}'] == 1.0
+    assert samples['ozwell:num_requests_waiting{model_name="tiny-vllm"}'] == 0.0
