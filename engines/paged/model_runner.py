@@ -24,16 +24,23 @@ _step = threading.local()  # the layout of the forward pass running on this thre
 
 @dataclass
 class StepLayout:
+    """Where the step's tokens are. Sequences that decode one token are attended together in one
+    padded batch ([decoding, heads, 1, dim] against [decoding, kv_heads, longest context, dim]);
+    a sequence that prefills a chunk is attended on its own."""
+
     k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim]
     v_cache: torch.Tensor
     slot_mapping: torch.Tensor  # [tokens]: where each packed token's K/V goes
-    query_ranges: list[tuple[int, int]]  # per sequence: its tokens in the packed row
-    context_slots: list[torch.Tensor]  # per sequence: the slots of positions 0..context-1
-    query_positions: list[torch.Tensor]  # per sequence: the positions of its new tokens
+    query_ranges: list[tuple[int, int]]  # per prefilling sequence: its tokens in the packed row
+    context_slots: list[torch.Tensor]  # per prefilling sequence: the slots of positions 0..context-1
+    query_positions: list[torch.Tensor]  # per prefilling sequence: the positions of its new tokens
+    decode_rows: torch.Tensor | None = None  # [decoding]: each decoding sequence's token in the packed row
+    decode_slots: torch.Tensor | None = None  # [decoding, longest context], padded with slot 0
+    decode_lengths: torch.Tensor | None = None  # [decoding]: context length, the new token included
     _masks: dict = field(default_factory=dict)
 
     def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
-        """Sequence `index`'s [new tokens, context] mask: causal, and windowed on sliding layers.
+        """Prefilling sequence `index`'s [new tokens, context] mask: causal, and windowed on sliding layers.
 
         The same for every layer of a kind, so it is built once a step, not once a layer."""
         key = (index, sliding_window)
@@ -46,6 +53,18 @@ class StepLayout:
             self._masks[key] = allowed[None, None]
         return self._masks[key]
 
+    def decode_mask(self, sliding_window: int | None) -> torch.Tensor:
+        """[decoding, 1, 1, longest context]: each decoding sequence's real context (and window)."""
+        key = ("decode", sliding_window)
+        if key not in self._masks:
+            lengths = self.decode_lengths
+            context = torch.arange(self.decode_slots.shape[1], device=lengths.device)
+            allowed = context[None, :] < lengths[:, None]
+            if sliding_window is not None:
+                allowed &= context[None, :] >= lengths[:, None] - sliding_window
+            self._masks[key] = allowed[:, None, None, :]
+        return self._masks[key]
+
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
                     **kwargs):
@@ -56,6 +75,14 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     k_cache[layout.slot_mapping] = key[0].transpose(0, 1).to(k_cache.dtype)
     v_cache[layout.slot_mapping] = value[0].transpose(0, 1).to(v_cache.dtype)
     out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
+    if layout.decode_rows is not None:
+        rows = layout.decode_rows
+        keys = k_cache[layout.decode_slots].transpose(1, 2)  # [decoding, kv_heads, context, dim]
+        values = v_cache[layout.decode_slots].transpose(1, 2)
+        queries = query[0][:, rows].transpose(0, 1)[:, :, None]  # [decoding, heads, 1, dim]
+        result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=layout.decode_mask(sliding_window),
+                                                scale=scaling, enable_gqa=True)
+        out[rows] = result[:, :, 0]
     for index, ((start, end), slots) in enumerate(zip(layout.query_ranges, layout.context_slots)):
         keys = k_cache[slots].transpose(0, 1)  # [kv_heads, context, dim]
         values = v_cache[slots].transpose(0, 1)
@@ -93,23 +120,38 @@ class PagedModelRunner:
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
         in the chunks' order ([completing, vocab])."""
-        tokens, ranges, context_slots, query_positions, keep, new_slots = [], [], [], [], [], []
+        tokens, ranges, context_slots, query_positions, keep, new_slots, positions = [], [], [], [], [], [], []
+        decode_rows, decode_tables, decode_lengths = [], [], []
         for chunk in chunks:
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
             end = start + chunk.num_tokens
             offset = len(tokens)
             tokens += seq.token_ids[start:end]
+            positions.append(torch.arange(start, end))
+            if chunk.completes:
+                keep.append(offset + chunk.num_tokens - 1)
+            if chunk.num_tokens == 1 and start > 0:  # a decode: attended in the batch
+                decode_rows.append(offset)
+                decode_tables.append(seq.block_table)
+                decode_lengths.append(end)
+                continue
             ranges.append((offset, offset + chunk.num_tokens))
             # the slots of every position up to `end`; the new tokens' are its tail
             context_slots.append(self._slots(torch.tensor(seq.block_table, device=self.device),
                                              torch.arange(end, device=self.device)))
             query_positions.append(torch.arange(start, end, device=self.device))
-            new_slots.append(context_slots[-1][start:])
-            if chunk.completes:
-                keep.append(offset + chunk.num_tokens - 1)
-        positions = torch.cat(query_positions)
-        _step.layout = StepLayout(self.k_cache, self.v_cache, torch.cat(new_slots), ranges, context_slots,
-                                  query_positions)
+        positions = torch.cat(positions).to(self.device)
+        layout = StepLayout(self.k_cache, self.v_cache, torch.empty(0), ranges, context_slots, query_positions)
+        if decode_rows:
+            self._decode_layout(layout, decode_rows, decode_tables, decode_lengths)
+        slot_mapping = torch.empty(len(tokens), dtype=torch.long, device=self.device)
+        for (start, end), slots, pos in zip(ranges, context_slots, query_positions):
+            slot_mapping[start:end] = slots[pos[0]:]
+        if decode_rows:
+            last = layout.decode_lengths - 1
+            slot_mapping[layout.decode_rows] = layout.decode_slots.gather(1, last[:, None])[:, 0]
+        layout.slot_mapping = slot_mapping
+        _step.layout = layout
         try:
             with torch.inference_mode():
                 output = self.model(
@@ -121,3 +163,18 @@ class PagedModelRunner:
         finally:
             _step.layout = None
         return output.logits[0, : len(keep)]
+
+    def _decode_layout(self, layout: StepLayout, rows: list[int], tables: list[list[int]],
+                       lengths: list[int]) -> None:
+        """Padded slot table of the decoding sequences: [decoding, longest context]."""
+        longest = max(lengths)
+        width = -(-longest // self.block_size)
+        table = torch.zeros(len(tables), width, dtype=torch.long)
+        for i, blocks in enumerate(tables):
+            used = blocks[:width]
+            table[i, :len(used)] = torch.tensor(used, dtype=torch.long)
+        offsets = torch.arange(self.block_size)
+        slots = (table[:, :, None] * self.block_size + offsets).reshape(len(tables), -1)[:, :longest]
+        layout.decode_rows = torch.tensor(rows, device=self.device)
+        layout.decode_slots = slots.to(self.device)
+        layout.decode_lengths = torch.tensor(lengths, device=self.device)
