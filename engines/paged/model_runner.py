@@ -120,7 +120,7 @@ class PagedModelRunner:
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
         in the chunks' order ([completing, vocab])."""
-        tokens, ranges, context_slots, query_positions, keep, new_slots, positions = [], [], [], [], [], [], []
+        tokens, ranges, context_slots, query_positions, keep, positions = [], [], [], [], [], []
         decode_rows, decode_tables, decode_lengths = [], [], []
         for chunk in chunks:
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
