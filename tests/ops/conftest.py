@@ -1,6 +1,6 @@
 """The real-process tier for operations (issue #9): `ozwell serve` as a subprocess on loopback, driven
 over real sockets. One tiny random-weight Llama is built here; one server is shared by the load, soak,
-disconnect and event-loop tests (session scope), and the durability test runs its own pair of processes
+disconnect and event-loop tests (package scope), and the durability test runs its own pair of processes
 (one killed with SIGKILL, one restarted on the same data dir).
 
 Every test is bounded in count and time; the whole tier runs in about two minutes on two idle cores.
@@ -49,9 +49,9 @@ max_waiting: 512
     return config_dir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ops_server(ops_config_dir, tmp_path_factory):
-    """One shared server. Its first-run admin key is enterprise with 10,000 requests/min, far above
+    """One server shared by this package's tests, stopped when they are done. Its first-run admin key is enterprise with 10,000 requests/min, far above
     what the tier sends in any minute."""
     server = ServerProcess(ops_config_dir, tmp_path_factory.mktemp("ops-data")).start()
     try:
