@@ -1,5 +1,12 @@
 """The event loop stays free: /health answers within 100 ms while a hostile 1 MB prompt is tokenized
-(it ends in 400 context_length_exceeded)."""
+(it ends in 400 context_length_exceeded).
+
+Where the time goes (py-spy --gil, 2026-11-25): the Rust encode (1-2 s) releases the GIL, but building
+the Python id lists (transformers' `_convert_encoding`: `e.ids`, `e.attention_mask`) and dropping the
+~450k-token `tokenizers.Encoding` at the end of `TransformersEngine.encode_chat` hold it for 20-110 ms in
+single C calls, so the loop stalls for that long although the work runs in a thread. Probes peak at 30-70
+ms on an idle 2-core box and pass 100 ms there under CPU contention. The fix belongs in the engine: refuse
+a prompt whose text cannot fit the context before tokenizing it."""
 
 from __future__ import annotations
 
@@ -43,11 +50,13 @@ def test_health_answers_within_100ms_while_a_1mb_prompt_is_processed(ops_server)
         assert probe.get("/health").status_code == 200  # the connection is open before the clock starts
         sender = threading.Thread(target=send_big_request)
         sender.start()
-        while sender.is_alive():
+        while True:  # at least one probe, however fast the refusal
             started = time.perf_counter()
             response = probe.get("/health")
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200 and response.json() == {"status": "ok"}
+            if not sender.is_alive():
+                break
             time.sleep(POLL_EVERY_S)
         sender.join()
 
@@ -58,6 +67,6 @@ def test_health_answers_within_100ms_while_a_1mb_prompt_is_processed(ops_server)
     took = outcome["ended"] - outcome["started"]
     print(f"1 MB prompt refused after {took:.2f}s; {len(latencies)} health probes, max "
           f"{max(latencies) * 1000:.1f} ms, mean {sum(latencies) / len(latencies) * 1000:.1f} ms")
-    # The probes really overlapped the work: it took a while and was probed all along.
-    assert took > 0.2 and len(latencies) >= took / (POLL_EVERY_S + MAX_HEALTH_LATENCY_S)
+    # The probes covered the whole request, one every 20 ms (plus its own answer time) at the least.
+    assert len(latencies) >= took / (POLL_EVERY_S + MAX_HEALTH_LATENCY_S)
     assert max(latencies) < MAX_HEALTH_LATENCY_S, sorted(latencies)[-5:]
