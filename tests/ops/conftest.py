@@ -51,8 +51,8 @@ max_waiting: 512
 
 @pytest.fixture(scope="package")
 def ops_server(ops_config_dir, tmp_path_factory):
-    """One server shared by this package's tests, stopped when they are done. Its first-run admin key is enterprise with 10,000 requests/min, far above
-    what the tier sends in any minute."""
+    """One server shared by this package's tests, stopped when they are done. Its first-run admin key
+    is enterprise with 10,000 requests/min, far above what the tier sends in any minute."""
     server = ServerProcess(ops_config_dir, tmp_path_factory.mktemp("ops-data")).start()
     try:
         yield server
