@@ -177,10 +177,12 @@ class TransformersEngine(GenerationEngine):
             raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         # The template writes BOS itself where the model wants it.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
+                                     "messages")
 
     def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
+                                     "prompt")
 
     # ---- async front -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,7 +276,7 @@ class TransformersEngine(GenerationEngine):
                         self._step()
                     self._step_started = None
                     self._faults = 0
-            except Exception as exc:  # noqa: BLE001 - a fault fails every in-flight request cleanly
+            except Exception as exc:
                 self._step_started = None
                 self._faults += 1
                 log.exception("%s: engine step failed (%d in a row); failing %d request(s)", self.config.id,

@@ -239,10 +239,12 @@ class VllmEngine(GenerationEngine):
         if not self.tokenizer.chat_template:
             raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
+                                     "messages")
 
     def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
+                                     "prompt")
 
     # ---- life cycle -----------------------------------------------------------------------
     async def stop(self) -> None:

@@ -110,8 +110,14 @@ def fit_prompt(engine: GenerationEngine, system: list[dict], history: list[dict]
     turns = history + current
     dropped = 0
     while True:
-        prompt = engine.encode_chat(system + turns[dropped:])
         room = max_output if max_output is not None else 1
+        try:
+            prompt = engine.encode_chat(system + turns[dropped:])
+        except ContextLengthExceeded as exc:  # far over the context: refused before it was all tokenized
+            if truncation != "auto" or dropped >= len(turns) - 1:
+                raise ContextLengthExceeded(str(exc), param="input") from None
+            dropped += 1
+            continue
         if len(prompt) + room <= engine.max_model_len:
             return prompt, dropped
         if truncation != "auto" or dropped >= len(turns) - 1:
@@ -210,7 +216,7 @@ class ResponseService:
         owner = context.owner
         file_text = None
         if self.files is not None:
-            file_text = lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)  # noqa: E731
+            file_text = lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
         current, items = await off_loop(parse_input, req.input, file_text)
         history: list[dict] = []
         if req.previous_response_id:

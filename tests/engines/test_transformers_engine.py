@@ -3,9 +3,14 @@
 import asyncio
 
 import pytest
-from tests.reference import greedy_ids
 
-from engines.protocol import ContextLengthExceeded, GenerationRequest, InvalidGenerationRequest, SamplingParams
+from engines.protocol import (
+    ContextLengthExceeded,
+    GenerationRequest,
+    InvalidGenerationRequest,
+    SamplingParams,
+)
+from tests.reference import greedy_ids
 
 
 def _engine(registry, name):
@@ -97,3 +102,35 @@ def test_context_limit_and_n_cap_are_checked_before_queueing(registry):
     engine.check_request(100, SamplingParams(max_tokens=28), "prompt")
     with pytest.raises(InvalidGenerationRequest, match="max_num_seqs"):
         engine.check_request(1, SamplingParams(max_tokens=1, n=engine.config.max_num_seqs + 1), "prompt")
+
+
+def test_a_prompt_far_over_the_context_is_refused_from_a_prefix(registry):
+    from engines.protocol import ContextLengthExceeded
+
+    engine = registry.resolve("tiny-llama")  # context 128
+    seen = []
+
+    def tokenize(text):
+        seen.append(len(text))
+        return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    hostile = "word " * 200_000  # 1 MB
+    with pytest.raises(ContextLengthExceeded) as refused:
+        engine.bounded_tokenize(hostile, tokenize, "prompt")
+    assert refused.value.param == "prompt"
+    assert seen == [(128 + 1) * 8]  # only the prefix was tokenized, never the megabyte
+
+
+def test_a_long_text_that_fits_is_tokenized_whole_and_exactly(registry):
+    engine = registry.resolve("tiny-llama")
+    text = "<|im_start|>" * 110  # 1320 characters, more than 8 per token of context, in 110 tokens
+    expected = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(text) > (128 + 1) * 8 and len(expected) == 110
+    seen = []
+
+    def tokenize(t):
+        seen.append(len(t))
+        return engine.tokenizer(t, add_special_tokens=False)["input_ids"]
+
+    assert engine.bounded_tokenize(text, tokenize, "prompt") == expected
+    assert seen == [(128 + 1) * 8, len(text)]  # the prefix was not conclusive, so the whole text counted

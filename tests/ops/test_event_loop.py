@@ -1,12 +1,11 @@
-"""The event loop stays free: /health answers within 100 ms while a hostile 1 MB prompt is tokenized
+"""The event loop stays free: /health answers within 100 ms while a hostile 1 MB prompt is processed
 (it ends in 400 context_length_exceeded).
 
-Where the time goes (py-spy --gil, 2026-11-25): the Rust encode (1-2 s) releases the GIL, but building
-the Python id lists (transformers' `_convert_encoding`: `e.ids`, `e.attention_mask`) and dropping the
-~450k-token `tokenizers.Encoding` at the end of `TransformersEngine.encode_chat` hold it for 20-110 ms in
-single C calls, so the loop stalls for that long although the work runs in a thread. Probes peak at 30-70
-ms on an idle 2-core box and pass 100 ms there under CPU contention. The fix belongs in the engine: refuse
-a prompt whose text cannot fit the context before tokenizing it."""
+Why this needed a fix (py-spy --gil, 2026-11-25): the Rust encode releases the GIL, but building the
+Python id lists (transformers' `_convert_encoding`) and dropping a ~450k-token `tokenizers.Encoding` held
+it for 20-110 ms in single C calls, so the loop stalled that long although the work ran in a thread.
+Engines now tokenize a long text by a prefix first (`GenerationEngine.bounded_tokenize`) and refuse it
+when the prefix alone is over the context, so the megabyte is never turned into Python ids."""
 
 from __future__ import annotations
 

@@ -204,3 +204,14 @@ def test_truncation_disabled_refuses_and_auto_drops_oldest_turns(client):
     assert kept.status_code == 200
     body = kept.json()
     assert body["truncation"] == "auto" and body["usage"]["input_tokens"] + 16 <= 128
+
+
+def test_truncation_auto_drops_a_turn_far_over_the_context(client):
+    turns = [{"role": "user", "content": "huge " * 100_000}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "Hi"}]
+    refused = client.post("/v1/responses", json={**BASE, "input": turns})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and (error["code"], error["param"]) == ("context_length_exceeded", "input")
+    kept = client.post("/v1/responses", json={**BASE, "input": turns, "truncation": "auto"})
+    assert kept.status_code == 200
+    assert kept.json()["usage"]["input_tokens"] < 40  # only the short turns are left
