@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +33,12 @@ from engines.protocol import (
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
-    GenerationEngine,
     GenerationEvent,
     GenerationRequest,
 )
 from engines.sampler import SamplingBatch, TokenLogprobs, sample
 from engines.sources import resolve_hf_dir
+from engines.tokenization import HFTokenizerEngine
 
 log = logging.getLogger("ozwell.engines")
 
@@ -98,7 +98,7 @@ def _weights_revision(hf_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-class TransformersEngine(GenerationEngine):
+class TransformersEngine(HFTokenizerEngine):
     # A fault fails the requests in flight and the loop goes on with a clean batch; this many faults
     # in a row, with no good step between them, and the engine gives up and reports itself dead.
     MAX_CONSECUTIVE_FAULTS = 3
@@ -135,7 +135,7 @@ class TransformersEngine(GenerationEngine):
         self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(self.device).eval()
         hf_config = self.model.config.get_text_config()
         self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
-        self._stop_token_ids = self._collect_stop_token_ids()
+        self._stop_token_ids = self.stop_token_ids_with(self.model.generation_config.eos_token_id)
         self.revision = _weights_revision(hf_dir)
         self._build_kv_cache()
         log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d", self.config.id,
@@ -154,35 +154,12 @@ class TransformersEngine(GenerationEngine):
                             max_waiting=self.config.max_waiting + self.config.max_num_seqs),
             KVBlockManager(self._num_blocks, size))
 
-    def _collect_stop_token_ids(self) -> frozenset[int]:
-        ids = set(self.config.stop_token_ids)
-        eos = self.model.generation_config.eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return frozenset(ids)
-
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
 
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        if not self.tokenizer.chat_template:
-            raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        # The template writes BOS itself where the model wants it.
-        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
-                                     "messages")
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
-                                     "prompt")
 
     # ---- async front -----------------------------------------------------------------------
     async def start(self) -> None:

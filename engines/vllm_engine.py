@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
 
@@ -31,13 +31,13 @@ from engines.protocol import (
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
-    GenerationEngine,
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
 )
 from engines.sampler import TokenLogprobs
 from engines.sources import resolve_hf_dir
+from engines.tokenization import HFTokenizerEngine
 
 log = logging.getLogger("ozwell.engines")
 
@@ -153,7 +153,7 @@ class _Choices:
         return time.monotonic() - self.submitted  # an upper bound: it includes the prefill
 
 
-class VllmEngine(GenerationEngine):
+class VllmEngine(HFTokenizerEngine):
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
         self._data_dir = Path(data_dir)
@@ -183,7 +183,7 @@ class VllmEngine(GenerationEngine):
             generation = GenerationConfig.from_pretrained(hf_dir)
         except OSError:
             generation = GenerationConfig.from_model_config(hf_config)
-        self.stop_token_ids = self._collect_stop_token_ids(generation.eos_token_id)
+        self.stop_token_ids = self.stop_token_ids_with(generation.eos_token_id)
         self.revision = weights_revision(hf_dir)
         self._stats = _StatsRecorder(None)
         with _worker_environment(self.device, self.options):
@@ -218,33 +218,12 @@ class VllmEngine(GenerationEngine):
             disable_log_stats=False,  # the per-request queue times and the scheduler figures need them
         )
 
-    def _collect_stop_token_ids(self, eos) -> frozenset[int]:
-        ids = set(self.config.stop_token_ids)
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return frozenset(ids)
-
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
 
     def vocab_size(self) -> int:
         return self._vocab_size
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        if not self.tokenizer.chat_template:
-            raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
-                                     "messages")
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
-                                     "prompt")
 
     # ---- life cycle -----------------------------------------------------------------------
     async def stop(self) -> None:

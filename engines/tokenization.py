@@ -1,0 +1,36 @@
+"""What every engine over a Hugging Face tokenizer shares: chat templates, prompts and stop tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engines.protocol import GenerationEngine
+
+
+class HFTokenizerEngine(GenerationEngine):
+    """A generation engine whose `tokenizer` is a transformers tokenizer, set when it loads."""
+
+    tokenizer = None
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        # The template writes BOS itself where the model wants it.
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
+                                     "messages")
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
+                                     "prompt")
+
+    def stop_token_ids_with(self, eos: int | list[int] | None) -> frozenset[int]:
+        """The config's stop tokens, the model's EOS (one id or several) and the tokenizer's."""
+        ids = set(self.config.stop_token_ids)
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
