@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks import engines/ from this checkout, installed or not
+    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ sequences leave at once and their KV blocks go back to the pool.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
@@ -44,6 +45,31 @@ log = logging.getLogger("ozwell.engines")
 
 _DONE = object()
 _SHUTDOWN = object()
+
+
+class _TokenRate:
+    """Generated tokens per second over about the last `window_s` seconds; written by the step loop,
+    read by /metrics on another thread (no iteration, so no lock)."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self.total = 0
+        self._marks: collections.deque[tuple[float, int]] = collections.deque()  # (time, total before the step)
+
+    def add(self, count: int) -> None:
+        now = time.monotonic()
+        self._marks.append((now, self.total))
+        self.total += count
+        while now - self._marks[0][0] > self.window_s:
+            self._marks.popleft()
+
+    def per_second(self) -> float:
+        try:
+            since, total_then = self._marks[0]
+        except IndexError:
+            return 0.0
+        span = time.monotonic() - since
+        return (self.total - total_then) / span if span > 0 else 0.0
 
 
 @dataclass(eq=False)
@@ -110,6 +136,7 @@ class TransformersEngine(HFTokenizerEngine):
         self._dead: str | None = None
         self._faults = 0  # consecutive
         self._step_started: float | None = None
+        self._generated = _TokenRate()
         self._data_dir = Path(data_dir)
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue = queue.Queue()
@@ -230,7 +257,9 @@ class TransformersEngine(HFTokenizerEngine):
         return {"waiting": len(scheduler.waiting) + self._queue.qsize(), "running": len(scheduler.running),
                 "kv_blocks_used": blocks.num_used_blocks, "kv_blocks_free": blocks.num_free_blocks,
                 "kv_blocks_total": len(blocks.blocks), "prefix_cache_hit_rate": blocks.prefix_hit_rate,
-                "preemptions": scheduler.num_preemptions, "loop_alive": bool(self._worker and self._worker.is_alive())}
+                "preemptions": scheduler.num_preemptions, "loop_alive": bool(self._worker and self._worker.is_alive()),
+                "generation_tokens_total": self._generated.total,
+                "generation_tokens_per_s": self._generated.per_second()}
 
     # ---- step loop (worker thread) -----------------------------------------------------------
     def _run_worker(self) -> None:
@@ -344,6 +373,7 @@ class TransformersEngine(HFTokenizerEngine):
                               logits.device, outputs=[s.token_ids[s.num_prompt_tokens:] for s in sequences])
         next_ids, chosen, top_values, top_ids = sample(logits, batch, [s.payload.generator for s in sequences])
         token_ids = next_ids.tolist()  # the step's one host sync (logprobs ride along when asked)
+        self._generated.add(len(token_ids))
         logprobs = _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
         for sequence, token_id, entry in zip(sequences, token_ids, logprobs):
             state: _SeqState = sequence.payload

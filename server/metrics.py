@@ -52,6 +52,9 @@ class _EngineCollector(Collector):
                                      labels=["model_name"])
         preemptions = GaugeMetricFamily("ozwell:num_preemptions", "Sequences preempted since start.",
                                         labels=["model_name"])
+        throughput = GaugeMetricFamily("ozwell:avg_generation_throughput_toks_per_s",
+                                       "Tokens the engine generated per second, over about the last 10 s.",
+                                       labels=["model_name"])
         healthy = GaugeMetricFamily("ozwell:engine_healthy", "1 while the engine's loop is alive, else 0.",
                                     labels=["model_name"])
         for engine in self._registry.engines:
@@ -73,7 +76,9 @@ class _EngineCollector(Collector):
                 hit_rate.add_metric(name, stats["prefix_cache_hit_rate"])
             if "preemptions" in stats:
                 preemptions.add_metric(name, stats["preemptions"])
-        yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, healthy)
+            if "generation_tokens_per_s" in stats:
+                throughput.add_metric(name, stats["generation_tokens_per_s"])
+        yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, throughput, healthy)
 
 
 class Metrics:

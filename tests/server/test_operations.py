@@ -64,6 +64,7 @@ def test_metrics_count_a_chat_and_read_the_engine(client):
     assert _metric(after, "ozwell:kv_cache_usage_perc", model_name="tiny-llama") == 0
     assert 0 <= _metric(after, "ozwell:prefix_cache_hit_rate", model_name="tiny-llama") <= 1
     assert _metric(after, "ozwell:engine_healthy", model_name="all-minilm-l6-v2") == 1
+    assert _metric(after, "ozwell:avg_generation_throughput_toks_per_s", model_name="tiny-llama") > 0
 
 
 def test_metrics_need_an_admin_key(app, client):
