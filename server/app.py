@@ -17,7 +17,7 @@ from server.db.database import Database
 from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
-from server.middleware import RateLimitHeadersAndUsage, RequestGuard, RequestLimits
+from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
 from server.routes import admin, chat, completions, embeddings, health, metrics, models
 from server.routes import files as files_routes
@@ -92,10 +92,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.usage)
     # Added last, so it is the outermost: it sees every request first and every response to its end.
-    app.add_middleware(RequestGuard, lifecycle=app.state.lifecycle, metrics=app.state.metrics, limits=RequestLimits(
-        max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes,
-        max_header_count=settings.max_header_count, max_header_bytes=settings.max_header_bytes,
-        max_headers_total_bytes=settings.max_headers_total_bytes))
+    app.add_middleware(RequestGuard, limits=settings, lifecycle=app.state.lifecycle, metrics=app.state.metrics)
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    files_routes.router, responses_routes.router, admin.router, metrics.router):
         app.include_router(router)

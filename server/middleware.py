@@ -12,7 +12,6 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,17 +23,9 @@ from server.errors import (
 )
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
+from server.settings import Settings
 
 log = logging.getLogger("ozwell.server")
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    max_body_bytes: int
-    max_upload_bytes: int
-    max_header_count: int
-    max_header_bytes: int
-    max_headers_total_bytes: int
 
 
 class RateLimitHeadersAndUsage:
@@ -102,7 +93,7 @@ class RequestGuard:
     structured log line and the HTTP metrics. The log line never holds a key or a prompt.
     """
 
-    def __init__(self, app, *, limits: RequestLimits, lifecycle: Lifecycle, metrics: Metrics | None):
+    def __init__(self, app, *, limits: Settings, lifecycle: Lifecycle, metrics: Metrics | None):
         self.app = app
         self.limits = limits
         self.lifecycle = lifecycle

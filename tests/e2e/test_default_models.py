@@ -4,61 +4,30 @@ the official openai SDK over loopback."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.openapi_schemas import assert_valid
+from tests.process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = Path(os.environ.get("OZWELL_E2E_DATA_DIR") or tmp_path_factory.mktemp("e2e-data"))
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(ROOT / "model_configs"),
-         "--data-dir", str(data_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("Ozwell ready on"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.time() + READY_TIMEOUT_S
-    while not ready.wait(1):
-        if process.poll() is not None or time.time() > deadline:
-            process.kill()
-            pytest.fail("ozwell serve did not become ready:\n" + "".join(lines[-40:]))
-    # The first start with an empty key store made an admin key and kept it in a 0600 file.
-    key = (data_dir / "admin_key").read_text().strip()
-    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir, "lines": lines, "key": key}
-    process.terminate()
+    process = ServerProcess(ROOT / "model_configs", data_dir)
     try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        process.start(READY_TIMEOUT_S)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    # The first start with an empty key store made an admin key and kept it in a 0600 file.
+    yield {"url": process.url, "data_dir": data_dir, "lines": process.lines, "key": process.key}
+    process.stop()
 
 
 @pytest.fixture(scope="module")
