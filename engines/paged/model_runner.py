@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from engines.paged.cpu_linears import pack_cpu_linears
 from engines.paged.scheduler import ScheduledChunk
 
 ATTENTION_NAME = "ozwell_paged"
@@ -95,8 +96,8 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
 
 
 def _tall_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head as weight @ hidden^T, one tall GEMM. On a CPU this ran 2x faster than
-    hidden @ weight^T for 8-64 rows against Gemma's 262k x 640 head (fp32, 2-core AVX2: 99 against
+    """Where oneDNN cannot pack the linears: the LM head as weight @ hidden^T, one tall GEMM. On a
+    CPU this ran 2x faster than hidden @ weight^T for 8-64 rows against Gemma's 262k x 640 head (fp32, 2-core AVX2: 99 against
     212 ms at 8 rows, 224 against 361 at 32), and the head is most of a decode step's matmul time."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     return (self.weight @ flat.t()).t().contiguous().reshape(*hidden.shape[:-1], -1)
@@ -119,9 +120,10 @@ class PagedModelRunner:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         shape = (config.num_hidden_layers, num_blocks * block_size, config.num_key_value_heads, head_dim)
         dtype = next(model.parameters()).dtype
-        head = model.get_output_embeddings()
-        if self.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
-            head.forward = types.MethodType(_tall_head_forward, head)
+        if self.device.type == "cpu" and not pack_cpu_linears(model):
+            head = model.get_output_embeddings()
+            if type(head) is torch.nn.Linear and head.bias is None:
+                head.forward = types.MethodType(_tall_head_forward, head)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
 
