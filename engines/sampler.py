@@ -94,6 +94,25 @@ def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
+ARGMAX_BLOCK = 4096
+
+
+def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)`, the same indices (the first maximum of each row), in two passes over blocks.
+
+    On a CPU, argmax runs at about 1 ns an element, while a max reduction is vectorised: for 32 rows of
+    Gemma's 262k vocabulary 10.7 against 1.7 ms. So: the max of each block of 4096, the first block
+    that holds the row's max, and argmax within that block only.
+    """
+    rows, vocab = logits.shape
+    if logits.device.type != "cpu" or vocab % ARGMAX_BLOCK or vocab == ARGMAX_BLOCK:
+        return logits.argmax(dim=-1)
+    blocks = logits.reshape(rows, vocab // ARGMAX_BLOCK, ARGMAX_BLOCK)
+    best_block = blocks.amax(dim=-1).argmax(dim=-1)  # the first block whose max is the row's max
+    within = blocks[torch.arange(rows, device=logits.device), best_block].argmax(dim=-1)
+    return best_block * ARGMAX_BLOCK + within
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch,
            generators: Sequence[torch.Generator | None]) -> tuple[torch.Tensor, torch.Tensor | None,
                                                                   torch.Tensor | None, torch.Tensor | None]:
@@ -107,7 +126,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch,
         logits = _apply_penalties(logits, batch)
     if batch.bias is not None:
         logits = logits + batch.bias
-    chosen = logits.argmax(dim=-1)
+    chosen = greedy_argmax(logits)
     if not batch.all_greedy:
         probs = _filter(torch.softmax(logits / batch.temperature, dim=-1), batch)
         if all(g is generators[0] for g in generators):

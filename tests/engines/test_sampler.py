@@ -1,7 +1,7 @@
 import torch
 
 from engines.protocol import SamplingParams
-from engines.sampler import SamplingBatch, sample
+from engines.sampler import ARGMAX_BLOCK, SamplingBatch, greedy_argmax, sample
 
 
 def sample_next_tokens(logits, temperature, top_p, generator):
@@ -32,3 +32,19 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(tokens.tolist()) == {0, 1}
     share = (tokens == 0).float().mean().item()
     assert 0.55 < share < 0.70  # 0.5 / 0.8 = 0.625
+
+
+def test_blocked_greedy_argmax_is_argmax_with_ties_and_nan():
+    vocab = ARGMAX_BLOCK * 8
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, vocab, generator=generator)
+    logits[1, [5, ARGMAX_BLOCK + 7, vocab - 1]] = 50.0  # ties across blocks: the first wins
+    logits[2, [ARGMAX_BLOCK * 3 + 9, ARGMAX_BLOCK * 3 + 2]] = 50.0  # ties inside one block
+    logits[3, vocab - 1] = 50.0  # the very last token
+    logits[4, ARGMAX_BLOCK * 5 + 1] = float("nan")  # argmax treats NaN as the max
+    logits[5] = -1.0  # a flat row: token 0
+    expected = logits.argmax(dim=-1)
+    assert torch.equal(greedy_argmax(logits), expected)
+    assert expected[1:4].tolist() == [5, ARGMAX_BLOCK * 3 + 2, vocab - 1] and expected[5] == 0
+    small = torch.randn(3, 1000, generator=generator)  # a vocabulary off the block size takes argmax itself
+    assert torch.equal(greedy_argmax(small), small.argmax(dim=-1))
