@@ -7,6 +7,7 @@ temperature, min_p, top_k and top_p, and a draw. Log-probabilities are taken fro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,23 +95,24 @@ def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
-ARGMAX_BLOCK = 4096
+ARGMAX_BLOCK = 4096  # the largest block; a vocabulary it does not divide takes its largest power-of-two divisor
 
 
 def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
     """`logits.argmax(-1)`, the same indices (the first maximum of each row), in two passes over blocks.
 
     On a CPU, argmax runs at about 1 ns an element, while a max reduction is vectorised: for 32 rows of
-    Gemma's 262k vocabulary 10.7 against 1.7 ms. So: the max of each block of 4096, the first block
-    that holds the row's max, and argmax within that block only.
+    Gemma's 262k vocabulary 10.7 against 2.2 ms, of Qwen's 152k (blocks of 128) 6.5 against 1.0. So:
+    the max of each block, the first block that holds the row's max, and argmax within that block only.
     """
     rows, vocab = logits.shape
-    if logits.device.type != "cpu" or vocab % ARGMAX_BLOCK or vocab == ARGMAX_BLOCK:
+    block = math.gcd(vocab, ARGMAX_BLOCK)
+    if logits.device.type != "cpu" or block < 64 or block == vocab:
         return logits.argmax(dim=-1)
-    blocks = logits.reshape(rows, vocab // ARGMAX_BLOCK, ARGMAX_BLOCK)
+    blocks = logits.reshape(rows, vocab // block, block)
     best_block = blocks.amax(dim=-1).argmax(dim=-1)  # the first block whose max is the row's max
     within = blocks[torch.arange(rows, device=logits.device), best_block].argmax(dim=-1)
-    return best_block * ARGMAX_BLOCK + within
+    return best_block * block + within
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch,

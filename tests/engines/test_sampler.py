@@ -46,5 +46,8 @@ def test_blocked_greedy_argmax_is_argmax_with_ties_and_nan():
     expected = logits.argmax(dim=-1)
     assert torch.equal(greedy_argmax(logits), expected)
     assert expected[1:4].tolist() == [5, ARGMAX_BLOCK * 3 + 2, vocab - 1] and expected[5] == 0
-    small = torch.randn(3, 1000, generator=generator)  # a vocabulary off the block size takes argmax itself
+    odd = torch.randn(3, 128 * 37, generator=generator)  # blocks of 128: 4096 does not divide it
+    odd[0, [128 * 36 + 5, 128 * 36 + 1]] = 50.0
+    assert torch.equal(greedy_argmax(odd), odd.argmax(dim=-1)) and greedy_argmax(odd)[0] == 128 * 36 + 1
+    small = torch.randn(3, 1000, generator=generator)  # blocks of 8 would gain nothing: argmax itself
     assert torch.equal(greedy_argmax(small), small.argmax(dim=-1))
