@@ -282,7 +282,7 @@ class TransformersEngine(HFTokenizerEngine):
                         self._step()
                     self._step_started = None
                     self._faults = 0
-            except Exception as exc:
+            except Exception as exc:  # broad on purpose: a fault fails every in-flight request cleanly
                 self._step_started = None
                 self._faults += 1
                 log.exception("%s: engine step failed (%d in a row); failing %d request(s)", self.config.id,

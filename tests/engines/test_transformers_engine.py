@@ -105,8 +105,6 @@ def test_context_limit_and_n_cap_are_checked_before_queueing(registry):
 
 
 def test_a_prompt_far_over_the_context_is_refused_from_a_prefix(registry):
-    from engines.protocol import ContextLengthExceeded
-
     engine = registry.resolve("tiny-llama")  # context 128
     seen = []
 
