@@ -40,6 +40,15 @@ class ContextLengthExceeded(InvalidGenerationRequest):
         super().__init__(message, param=param, code="context_length_exceeded")
 
 
+# The smallest temperature other than 0 (greedy). The sampler divides float32 logits by it: at 1e-50 the
+# temperature itself is 0 in float32 and the draw fails on inf/nan; at 1e-4 a logit would have to pass
+# 3e34 to overflow, far beyond any model's (logit_bias adds at most 100, repetition_penalty divides by at most 10).
+MIN_TEMPERATURE = 1e-4
+# Bounds of fields that become int64 tensors or generator seeds (a larger Python int cannot be packed).
+MAX_TOP_K = 2**31 - 1
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
@@ -63,14 +72,20 @@ class SamplingParams:
             raise InvalidGenerationRequest("max_tokens must be at least 1", param="max_tokens")
         if not 0.0 <= self.temperature <= 2.0:
             raise InvalidGenerationRequest("temperature must be between 0 and 2", param="temperature")
+        if 0.0 < self.temperature < MIN_TEMPERATURE:
+            raise InvalidGenerationRequest(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}",
+                                           param="temperature")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise InvalidGenerationRequest("seed must fit in 64 bits", param="seed")
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidGenerationRequest("top_p must be between 0 and 1", param="top_p")
         if self.n < 1:
             raise InvalidGenerationRequest("n must be at least 1", param="n")
         if any(not s for s in self.stop):
             raise InvalidGenerationRequest("stop strings must not be empty", param="stop")
-        if self.top_k < -1:
-            raise InvalidGenerationRequest("top_k must be -1, 0 (off) or a positive number", param="top_k")
+        if not -1 <= self.top_k <= MAX_TOP_K:
+            raise InvalidGenerationRequest("top_k must be -1, 0 (off) or a positive number within the vocabulary",
+                                           param="top_k")
         if not 0.0 <= self.min_p <= 1.0:
             raise InvalidGenerationRequest("min_p must be between 0 and 1", param="min_p")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -142,7 +157,7 @@ class Engine(abc.ABC):
 
 # A text longer than this many characters per token of context is first tokenized by such a prefix
 # (see GenerationEngine.bounded_tokenize); the margin covers tokens merged across the cut.
-_PROBE_CHARS_PER_TOKEN = 8
+PROBE_CHARS_PER_TOKEN = 8
 _PROBE_CUT_MARGIN = 32
 
 
@@ -157,7 +172,7 @@ class GenerationEngine(Engine):
         work ran in a thread. So a long text is first tokenized by a prefix of 8 characters per token of
         context; if that prefix alone is over the context, the prompt is refused. Otherwise the whole text is
         tokenized, and the count stays exact."""
-        probe = (self.max_model_len + 1) * _PROBE_CHARS_PER_TOKEN
+        probe = (self.max_model_len + 1) * PROBE_CHARS_PER_TOKEN
         if len(text) > probe:
             head = len(tokenize(text[:probe]))
             if head > self.max_model_len + _PROBE_CUT_MARGIN:
@@ -177,6 +192,20 @@ class GenerationEngine(Engine):
     @abc.abstractmethod
     def encode_text(self, text: str) -> list[int]:
         """Tokenize a raw prompt, with the tokenizer's special tokens (blocking)."""
+
+    @abc.abstractmethod
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's token count, in one batched call (blocking). A text far over the context is counted
+        by a prefix, so its count is only known to be over `max_model_len`."""
+
+    @abc.abstractmethod
+    def max_token_chars(self) -> int:
+        """The most characters one token of this vocabulary stands for, so a text of c characters has at
+        least c / max_token_chars() tokens: a bound read without tokenizing."""
+
+    def min_prompt_tokens(self, text: str) -> int:
+        """A cheap lower bound on the tokens of `text` (at least 1), for admission before tokenizing."""
+        return max(1, -(-len(text) // self.max_token_chars()))
 
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
@@ -207,6 +236,9 @@ class GenerationEngine(Engine):
         if bad:
             raise InvalidGenerationRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
                                            f"(0..{vocab - 1}).", param="logit_bias", code="invalid_value")
+        if params.top_k > vocab:
+            raise InvalidGenerationRequest(f"top_k={params.top_k} is more than this model's vocabulary ({vocab} "
+                                           "tokens).", param="top_k", code="invalid_value")
         if params.n > self.config.max_num_seqs:
             raise InvalidGenerationRequest(
                 f"n={params.n} is more than this model's max_num_seqs ({self.config.max_num_seqs}).", param="n",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engines.protocol import GenerationEngine
+from engines.protocol import PROBE_CHARS_PER_TOKEN, GenerationEngine
 
 
 class HFTokenizerEngine(GenerationEngine):
     """A generation engine whose `tokenizer` is a transformers tokenizer, set when it loads."""
 
     tokenizer = None
+    _max_token_chars: int | None = None
 
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -26,6 +27,21 @@ class HFTokenizerEngine(GenerationEngine):
     def encode_text(self, text: str) -> list[int]:
         return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],
                                      "prompt")
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        cap = (self.max_model_len + 1) * PROBE_CHARS_PER_TOKEN
+        encoded = self.tokenizer([t[:cap] for t in texts], add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def max_token_chars(self) -> int:
+        if self._max_token_chars is None:
+            # Decoded one by one would take seconds for a 262k vocabulary; the raw token strings are at least
+            # as long as the text a token stands for (byte-level BPE writes one character per byte, and
+            # SentencePiece writes its space marker in the space's place), so their longest is a safe bound.
+            longest = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+            added = max((len(t) for t in self.tokenizer.get_added_vocab()), default=1)
+            self._max_token_chars = max(longest, added, 1)
+        return self._max_token_chars
 
     def stop_token_ids_with(self, eos: int | list[int] | None) -> frozenset[int]:
         """The config's stop tokens, the model's EOS (one id or several) and the tokenizer's."""

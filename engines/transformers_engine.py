@@ -367,14 +367,44 @@ class TransformersEngine(HFTokenizerEngine):
         if completing:
             self._sample_and_emit(completing, logits)
 
-    def _sample_and_emit(self, sequences: list, logits: torch.Tensor) -> None:
+    def _sample(self, sequences: list, logits: torch.Tensor) -> tuple[list[int], list[TokenLogprobs | None]]:
         params = [s.payload.output.params for s in sequences]
         batch = SamplingBatch(params, [s.token_ids[:s.num_prompt_tokens] for s in sequences], logits.shape[-1],
                               logits.device, outputs=[s.token_ids[s.num_prompt_tokens:] for s in sequences])
         next_ids, chosen, top_values, top_ids = sample(logits, batch, [s.payload.generator for s in sequences])
         token_ids = next_ids.tolist()  # the step's one host sync (logprobs ride along when asked)
+        return token_ids, _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
+
+    def _sample_isolated(self, sequences: list, logits: torch.Tensor) -> tuple[list, list[int], list]:
+        """Sample the batch; if that raises, sample row by row and fail only the requests whose rows raise.
+
+        Sampling is a pure function of one row's logits and parameters, so a row that fails alone is that
+        request's fault: its job fails, its batch-mates go on, and the engine's fault count is not touched.
+        A broken device shows up in the next forward pass, which does count."""
+        try:
+            return sequences, *self._sample(sequences, logits)
+        except Exception as exc:  # noqa: BLE001 - find the rows that caused it
+            log.warning("%s: sampling a batch of %d failed (%r); sampling row by row", self.config.id,
+                        len(sequences), exc)
+        sampled = []
+        for row, sequence in enumerate(sequences):
+            job = sequence.payload.job
+            if job not in self._jobs_live:  # a sibling row already failed this request
+                continue
+            try:
+                ids, entries = self._sample([sequence], logits[row:row + 1])
+            except Exception as exc:  # noqa: BLE001 - this request's own fault
+                log.warning("%s: request %s failed in the sampler: %r", self.config.id, job.request.request_id,
+                            exc)
+                self._fail_job(job, exc)
+                continue
+            sampled.append((sequence, ids[0], entries[0]))
+        sampled = [row for row in sampled if row[0].payload.job in self._jobs_live]
+        return [r[0] for r in sampled], [r[1] for r in sampled], [r[2] for r in sampled]
+
+    def _sample_and_emit(self, sequences: list, logits: torch.Tensor) -> None:
+        sequences, token_ids, logprobs = self._sample_isolated(sequences, logits)
         self._generated.add(len(token_ids))
-        logprobs = _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
         for sequence, token_id, entry in zip(sequences, token_ids, logprobs):
             state: _SeqState = sequence.payload
             if state.job.siblings and state.output.index == 0:
@@ -394,15 +424,20 @@ class TransformersEngine(HFTokenizerEngine):
         self._jobs_live.discard(job)
         job.emit(_DONE)
 
+    def _fail_job(self, job: _Job, exc: BaseException) -> None:
+        """End one request with an error; its sequences leave the scheduler and free their KV blocks."""
+        for sequence in job.sequences:
+            if sequence.payload.output.finish_reason is None:
+                sequence.payload.output.finish_reason = "error"
+                self._scheduler.finish(sequence)
+        job.siblings = []
+        self._jobs_live.discard(job)
+        job.emit(exc)
+        job.emit(_DONE)
+
     def _fail_everything(self, exc: Exception) -> None:
         for job in list(self._jobs_live):
-            for sequence in job.sequences:
-                if sequence.payload.output.finish_reason is None:
-                    sequence.payload.output.finish_reason = "error"
-                    self._scheduler.finish(sequence)
-            self._jobs_live.discard(job)
-            job.emit(exc)
-            job.emit(_DONE)
+            self._fail_job(job, exc)
 
     def _abort_everything(self) -> None:
         for job in list(self._jobs_live):

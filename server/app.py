@@ -72,8 +72,9 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
             await registry.stop()
 
     # Deny by default: every route authenticates unless its path is in PUBLIC_PATHS.
+    # No trailing-slash redirects: their Location is built from the Host header (an open redirect).
     app = FastAPI(title="Ozwell", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None, dependencies=[Depends(authenticate)])
+                  openapi_url=None, dependencies=[Depends(authenticate)], redirect_slashes=False)
     app.state.settings = settings
     app.state.registry = registry
     app.state.auth_enabled = settings.auth

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds in-flight requests may run on before they are cut (default 30)")
     serve.add_argument("--metrics-port", type=int, default=None,
-                       help="also serve /metrics without a key on this port (default: only /metrics for admin keys)")
+                       help="also serve /metrics without a key on this port (default: only /metrics for operator keys)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     _add_store_args(serve)
     models = sub.add_parser("models", help="list the models the configs define")
@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tpm", type=int, default=None, help="tokens per minute (overrides the plan)")
     create.add_argument("--scopes", nargs="+", default=None, help="default: every API scope but admin")
     create.add_argument("--models", nargs="+", default=None, help="models the key may use (default: all)")
-    create.add_argument("--admin", action="store_true", help="add the admin scope")
+    create.add_argument("--admin", action="store_true", help="add the admin scope (its owner's keys and usage)")
+    create.add_argument("--operator", action="store_true",
+                        help="add the operator scope (server-wide /metrics and /ready's reasons)")
     create.add_argument("--plans-file", type=Path, default=None)
     _add_store_args(create)
     listing = keys_sub.add_parser("list", help="list keys (no secrets)")
@@ -98,7 +100,7 @@ def _first_run_admin_key(keys, data_dir: Path) -> None:
     if keys.count_active():
         return
     record, plaintext = keys.create(name="admin", owner="admin", plan="enterprise", rpm=10_000, tpm=100_000_000,
-                                    admin=True)
+                                    admin=True, operator=True)
     path = data_dir / "admin_key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -172,9 +174,12 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
             finally:
                 self.should_exit = True
 
+    from server.http_protocol import GuardedHttpProtocol
+
+    # The request line and the headers together: the header limit plus room for a long URL.
+    http = GuardedHttpProtocol.with_limits(settings.max_headers_total_bytes + 16 * 1024, settings.header_timeout_s)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            access_log=log_level == "debug", timeout_graceful_shutdown=5,
-                            h11_max_incomplete_event_size=settings.max_headers_total_bytes + 1024)
+                            access_log=log_level == "debug", timeout_graceful_shutdown=5, http=http)
     _Server(config).run()
     return 0
 
@@ -221,7 +226,8 @@ def _keys_command(args) -> int:
     keys = _key_service(args)
     if args.keys_command == "create":
         record, plaintext = keys.create(name=args.name, owner=args.owner, plan=args.plan, rpm=args.rpm,
-                                        tpm=args.tpm, scopes=args.scopes, models=args.models, admin=args.admin)
+                                        tpm=args.tpm, scopes=args.scopes, models=args.models, admin=args.admin,
+                                        operator=args.operator)
         print(f"created {record.id} ({record.prefix}..., plan {record.plan}, scopes {' '.join(record.scopes)})")
         print("The key is shown only this once:")
         print(plaintext)

@@ -40,14 +40,23 @@ class RequestContext:
                                         code="model_not_allowed")
 
     async def reserve_tokens(self, amount: int) -> None:
-        """Hold `amount` tokens of this minute's budget, or refuse with 429."""
+        """Hold `amount` tokens of this minute's budget, or refuse with 429.
+
+        Called twice by a request whose cost grows with its input: first with a cheap lower bound, before
+        any templating or tokenizing (so a key over its limit costs the server nothing), then with the
+        exact need, which resizes the same reservation. A refusal gives back what was held."""
         if self.caller is None or self.limiter is None:
             return
         limit = self.caller.limits.tpm
-        decision, reservation = await self.limiter.reserve_tokens(self.caller.key_id, limit, amount)
+        if self._reservation is None:
+            decision, reservation = await self.limiter.reserve_tokens(self.caller.key_id, limit, amount)
+        else:
+            reservation = self._reservation
+            decision = await self.limiter.resize(reservation, limit, amount)
         self.headers = rate_limit_headers(self.requests_state, decision.state,
                                           None if decision.allowed else decision.retry_after_s)
         if not decision.allowed:
+            await self.release()
             if decision.never:
                 message = (f"Request too large: it needs {amount} tokens (prompt + max_tokens), more than this "
                            f"key's limit of {limit} tokens per minute. Lower max_tokens or the prompt.")
@@ -57,6 +66,12 @@ class RequestContext:
                            f"Please try again in {decision.retry_after_s:.1f}s.")
             raise RateLimitError(message, "tokens", self.headers)
         self._reservation = reservation
+
+    async def release(self) -> None:
+        """Give back a reservation the request will not use (it failed before generating)."""
+        if self._reservation is not None:
+            reservation, self._reservation = self._reservation, None
+            await self.limiter.reconcile(reservation, 0)
 
     async def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Record what the request really used and give back what it reserved beyond that."""

@@ -122,6 +122,14 @@ class RequestTooLargeError(OpenAIError):
     default_code = "request_too_large"
 
 
+class RequestTimeoutError(OpenAIError):
+    """The request's headers or body did not arrive in time (408)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class HeadersTooLargeError(OpenAIError):
     status_code = 431
     error_type = "invalid_request_error"
@@ -192,6 +200,8 @@ def install_error_handlers(app: FastAPI) -> None:
                                       code="invalid_json")
         elif exc.status_code == 413:
             err = RequestTooLargeError(str(exc.detail))
+        elif exc.status_code == 408:
+            err = RequestTimeoutError(str(exc.detail))
         elif exc.status_code == 405:
             err = MethodNotAllowedError(f"Method {request.method} is not allowed for {request.url.path}")
         else:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.errors import (
     HeadersTooLargeError,
     OpenAIError,
+    RequestTimeoutError,
     RequestTooLargeError,
     ServiceUnavailableError,
 )
@@ -83,11 +84,17 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"The request body is larger than this server accepts ({limit} bytes).")
 
 
+class BodyTimeout(StarletteHTTPException):
+    def __init__(self, timeout_s: float):
+        super().__init__(408, f"The request body stopped arriving: no bytes for {timeout_s:g}s.")
+
+
 class RequestGuard:
     """The outermost middleware (pure ASGI, so it sees streams to their end).
 
     Per request, in order: a request id (the client's `x-request-id` when it is sane, else a new
-    one), echoed in the response; header count and size limits (431); 503 with Retry-After while
+    one), echoed in the response; header count and size limits (431; the head's total size and arrival
+    time are also bounded while it is parsed, in server/http_protocol.py); 503 with Retry-After while
     the server drains; the body size limit (413 from Content-Length before anything is read, or as
     soon as a chunked body passes it); in-flight accounting for the drain; and at the end one
     structured log line and the HTTP metrics. The log line never holds a key or a prompt.
@@ -128,6 +135,9 @@ class RequestGuard:
             except BodyTooLarge as exc:  # a chunked body passed the limit outside FastAPI's body parsing
                 if outcome["status"] == 0:
                     await _send_error(send_with_id, RequestTooLargeError(exc.detail))
+            except BodyTimeout as exc:
+                if outcome["status"] == 0:
+                    await _send_error(send_with_id, RequestTimeoutError(exc.detail))
             finally:
                 if not probe:
                     self.lifecycle.request_finished()
@@ -164,16 +174,28 @@ class RequestGuard:
         return None
 
     def _limited(self, scope, receive):
+        """The body's size limit, and its idle timeout: until the body is complete, each message must come
+        within body_timeout_s (later receives wait for a disconnect, and may wait as long as they like)."""
         limit = self._body_limit(scope)
+        timeout = self.limits.body_timeout_s
         seen = 0
+        complete = False
 
         async def receive_limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         return receive_limited

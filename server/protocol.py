@@ -11,7 +11,19 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engines.protocol import MAX_TOP_K, MIN_TEMPERATURE, SEED_RANGE
 from server.errors import InvalidRequestError, UnsupportedParameterError
+
+# Every integer a client sends is bounded here, before it reaches a tensor, a database column or a
+# datetime: Python ints are unbounded, and one past int64 faulted the sampler (issue #23).
+INT32_MAX = 2**31 - 1
+
+
+def check_temperature(value: float | None) -> float | None:
+    """0 (greedy) or at least MIN_TEMPERATURE: see engines/protocol.py for why the floor is safe in float32."""
+    if value is not None and 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+    return value
 
 
 class OpenAIBaseModel(BaseModel):
@@ -56,7 +68,7 @@ class SamplingFields(OpenAIBaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
     stop: StopField = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -64,7 +76,7 @@ class SamplingFields(OpenAIBaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     # Extensions beyond OpenAI's API (vLLM's names; the openai SDK sends them with extra_body).
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     ignore_eos: bool | None = None
@@ -77,11 +89,16 @@ class SamplingFields(OpenAIBaseModel):
         if len(value) > 300:
             raise ValueError("at most 300 tokens may be biased")
         for key, bias in value.items():
-            if not key.lstrip("-").isdigit():
+            if not key.lstrip("-").isdigit() or len(key) > 12:
                 raise ValueError(f"keys must be token ids, not {key[:20]!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"the bias of token {key} must be between -100 and 100")
         return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, value: float | None) -> float | None:
+        return check_temperature(value)
 
     @property
     def logprobs_k(self) -> int | None:
@@ -152,8 +169,8 @@ class ChatCompletionRequest(SamplingFields):
                                       code="invalid_value")
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     safety_identifier: str | None = Field(default=None, max_length=64)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -205,7 +222,7 @@ PromptField = str | list[str] | list[int] | list[list[int]]
 
 class CompletionRequest(SamplingFields):
     prompt: PromptField
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
     echo: bool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=0, le=20)
@@ -247,7 +264,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     model: str
     input: PromptField
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=INT32_MAX)
     user: str | None = None
 
     @field_validator("input")
@@ -281,7 +298,7 @@ class ResponseRequest(OpenAIBaseModel):
     model: str
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    max_output_tokens: int | None = Field(default=None, ge=16)
+    max_output_tokens: int | None = Field(default=None, ge=16, le=INT32_MAX)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     metadata: dict[str, str] | None = None
@@ -302,10 +319,10 @@ class ResponseRequest(OpenAIBaseModel):
     text: dict[str, Any] | None = None
     conversation: Any = None
     context_management: Any = None
-    max_tool_calls: int | None = None
+    max_tool_calls: int | None = Field(default=None, ge=0, le=INT32_MAX)
     prompt: Any = None
     service_tier: str | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     prompt_cache_options: Any = None
@@ -319,6 +336,11 @@ class ResponseRequest(OpenAIBaseModel):
         "top_logprobs": (None, 0), "prompt_cache_key": (None,), "prompt_cache_retention": (None,),
         "prompt_cache_options": (None,), "moderation": (None,),
     }
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, value: float | None) -> float | None:
+        return check_temperature(value)
 
     @field_validator("metadata")
     @classmethod

@@ -52,6 +52,11 @@ class RateLimiter(abc.ABC):
         """Reserve tokens for a request, or refuse."""
 
     @abc.abstractmethod
+    async def resize(self, reservation: Reservation, limit: int, amount: int) -> Decision:
+        """Raise (or lower) a held reservation to `amount`, or refuse and leave it as it was. A request
+        reserves a cheap lower bound before its expensive work, then its exact need after."""
+
+    @abc.abstractmethod
     async def reconcile(self, reservation: Reservation, actual: int) -> None:
         """Set a reservation to the tokens really used (refunding the rest)."""
 
@@ -115,6 +120,22 @@ class InMemoryRateLimiter(RateLimiter):
             return Decision(False, log.state(limit, now), retry_after_s=log.wait_for(amount, limit, now)), None
         entry = log.add(amount, now)
         return Decision(True, log.state(limit, now)), Reservation(key, entry)
+
+    async def resize(self, reservation: Reservation, limit: int, amount: int) -> Decision:
+        log, now = self._log(self._tokens, reservation.key)
+        entry = reservation.entry
+        present = any(e is entry for e in log.entries)
+        held = entry[1] if present else 0
+        if amount > limit:
+            return Decision(False, log.state(limit, now), retry_after_s=WINDOW_S, never=True)
+        if log.total - held + amount > limit:
+            return Decision(False, log.state(limit, now), retry_after_s=log.wait_for(amount - held, limit, now))
+        if present:
+            log.total += amount - held
+            entry[1] = amount
+        else:  # the lower bound already left the window (the work took over a minute)
+            reservation.entry = log.add(amount, now)
+        return Decision(True, log.state(limit, now))
 
     async def reconcile(self, reservation: Reservation, actual: int) -> None:
         log, _ = self._log(self._tokens, reservation.key)

@@ -36,6 +36,10 @@ class Settings(BaseModel):
     max_header_count: int = Field(default=100, ge=8)
     max_header_bytes: int = Field(default=8 * 1024, ge=256)
     max_headers_total_bytes: int = Field(default=32 * 1024, ge=1024)
+    # A request's head must arrive within this many seconds of its first byte (408 after); its body may
+    # go this long without a byte (408 after).
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
     # On SIGTERM: how long in-flight requests may run on before they are cut.
     drain_timeout_s: float = Field(default=30.0, ge=0)
 

@@ -6,13 +6,13 @@ The app installs `authenticate` as a global dependency (deny by default); router
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.auth.keys import ADMIN_SCOPE
+from server.auth.keys import ADMIN_SCOPE, Caller
 from server.context import RequestContext
+from server.executors import run_auth
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.ratelimit import rate_limit_headers
 
@@ -36,7 +36,7 @@ async def authenticate(request: Request) -> None:
         raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer ozw_...'.")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("Malformed Authorization header: expected 'Bearer ozw_...'.")
-    caller = await asyncio.to_thread(state.keys.authenticate, token.strip())
+    caller = await run_auth(state.keys.authenticate, token.strip())
     if caller is None:
         raise AuthenticationError("Incorrect API key provided.")
     decision = await state.limiter.hit_request(caller.key_id, caller.limits.rpm)
@@ -48,6 +48,17 @@ async def authenticate(request: Request) -> None:
         raise RateLimitError(
             f"Rate limit reached on requests per minute (RPM): limit {caller.limits.rpm}. "
             f"Please try again in {decision.retry_after_s:.1f}s.", "requests", context.headers)
+
+
+async def optional_caller(request: Request) -> Caller | None:
+    """The caller of a public route who presents a valid key, else None (probes need no key, so no 401)."""
+    state = request.app.state
+    if not state.auth_enabled:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return await run_auth(state.keys.authenticate, token.strip())
 
 
 def require_scope(scope: str):

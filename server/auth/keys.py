@@ -19,8 +19,11 @@ from server.db.models import ApiKey
 
 KEY_PREFIX = "ozw_"
 API_SCOPES = ("models", "chat", "completions", "embeddings", "files", "responses")
-ADMIN_SCOPE = "admin"
-ALL_SCOPES = (*API_SCOPES, ADMIN_SCOPE)
+ADMIN_SCOPE = "admin"  # the admin API: its own owner's keys and usage
+OPERATOR_SCOPE = "operator"  # server-wide views: /metrics, and /ready's reasons
+ALL_SCOPES = (*API_SCOPES, ADMIN_SCOPE, OPERATOR_SCOPE)
+# The largest per-key rpm or tpm (the columns are integers; a bigger number is a typo or an attack).
+MAX_LIMIT = 10**12
 _VISIBLE_PREFIX = 12  # "ozw_" + 8 characters, enough to tell keys apart in a list
 _TOUCH_EVERY = timedelta(seconds=60)
 
@@ -56,6 +59,14 @@ class KeyAdminError(ValueError):
     """A key operation that cannot be done (bad plan, ambiguous prefix, ...)."""
 
 
+class GrantError(KeyAdminError):
+    """A key asked to mint a key with more than it holds itself (403)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 class KeyService:
     def __init__(self, database: Database, plans: Plans):
         self.database = database
@@ -63,18 +74,35 @@ class KeyService:
 
     def create(self, name: str, owner: str | None = None, plan: str = "free", rpm: int | None = None,
                tpm: int | None = None, scopes: list[str] | None = None, models: list[str] | None = None,
-               admin: bool = False) -> tuple[ApiKey, str]:
-        """Make a key; the plaintext is returned once and never stored."""
+               admin: bool = False, operator: bool = False, grantor: Caller | None = None) -> tuple[ApiKey, str]:
+        """Make a key; the plaintext is returned once and never stored.
+
+        `scopes` None means every API scope (or, for a grantor, every API scope it holds itself); an
+        empty list is refused. With a `grantor` (the admin key of an API call) the new key gets nothing
+        its grantor lacks: no scope, no model, no higher plan and no higher rpm or tpm."""
+        for field_name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not 1 <= value <= MAX_LIMIT:
+                raise KeyAdminError(f"{field_name} must be between 1 and {MAX_LIMIT}")
         try:
-            self.plans.limits_for(plan, rpm, tpm)
+            limits = self.plans.limits_for(plan, rpm, tpm)
         except ValueError as exc:
             raise KeyAdminError(str(exc)) from None
-        chosen = list(scopes) if scopes else list(API_SCOPES)
+        if scopes is not None and not scopes:
+            raise KeyAdminError("scopes must name at least one scope (leave it out for the default)")
+        if scopes is not None:
+            chosen = list(dict.fromkeys(scopes))
+        elif grantor is not None:
+            chosen = [s for s in API_SCOPES if s in grantor.scopes]
+        else:
+            chosen = list(API_SCOPES)
         unknown = [s for s in chosen if s not in ALL_SCOPES]
         if unknown:
             raise KeyAdminError(f"unknown scope(s) {', '.join(unknown)}; scopes are {', '.join(ALL_SCOPES)}")
-        if admin and ADMIN_SCOPE not in chosen:
-            chosen.append(ADMIN_SCOPE)
+        for flag, scope in ((admin, ADMIN_SCOPE), (operator, OPERATOR_SCOPE)):
+            if flag and scope not in chosen:
+                chosen.append(scope)
+        if grantor is not None:
+            models = self._check_grant(grantor, plan, limits, chosen, models)
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         record = ApiKey(
             id="key_" + secrets.token_hex(12), key_hash=hash_key(plaintext), prefix=plaintext[:_VISIBLE_PREFIX],
@@ -84,6 +112,27 @@ class KeyService:
         with self.database.session() as session, session.begin():
             session.add(record)
         return record, plaintext
+
+    def _check_grant(self, grantor: Caller, plan: str, limits: Limits, scopes: list[str],
+                     models: list[str] | None) -> list[str] | None:
+        """Refuse anything above the grantor; returns the models the new key gets."""
+        extra = [s for s in scopes if s not in grantor.scopes]
+        if extra:
+            raise GrantError(f"This key cannot grant scope(s) it does not hold: {', '.join(extra)}.", "scopes")
+        if self.plans.rank(plan) > self.plans.rank(grantor.plan):
+            raise GrantError(f"This key cannot grant the plan {plan!r}, above its own ({grantor.plan!r}).", "plan")
+        for field_name in ("rpm", "tpm"):
+            mine, theirs = getattr(limits, field_name), getattr(grantor.limits, field_name)
+            if mine > theirs:
+                raise GrantError(f"This key cannot grant {field_name} {mine}, above its own ({theirs}).", field_name)
+        if grantor.models is None:
+            return models
+        if not models:
+            return sorted(grantor.models)  # a restricted key makes keys restricted the same way
+        outside = [m for m in models if m not in grantor.models]
+        if outside:
+            raise GrantError(f"This key cannot grant model(s) it may not use: {', '.join(outside)}.", "models")
+        return models
 
     def list(self) -> list[ApiKey]:
         with self.database.session() as session:

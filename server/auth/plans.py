@@ -14,8 +14,8 @@ DEFAULT_PLANS_FILE = Path(__file__).resolve().parents[1] / "plans.yaml"
 class PlanLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=10**12)
+    tpm: int | None = Field(default=None, ge=1, le=10**12)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class Plans:
     @property
     def names(self) -> list[str]:
         return list(self._plans)
+
+    def rank(self, plan: str) -> int:
+        """Plans are listed from the lowest to the highest (free, pro, enterprise); an admin key may
+        grant its own plan or a lower one."""
+        return self.names.index(plan) if plan in self._plans else len(self._plans)
 
     def limits_for(self, plan: str, rpm: int | None, tpm: int | None) -> Limits:
         if plan not in self._plans:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -48,8 +49,22 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(data_dir: Path) -> None:
+    """The default SQLite file is made 0600 before SQLite opens it (its -wal and -shm files take the same
+    mode from it): it holds key hashes and stored responses with inlined file text."""
+    path = Path(data_dir) / "ozwell.db"
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm", "-journal"):
+        sidecar = path.with_name(path.name + suffix)
+        if sidecar.exists():
+            os.chmod(sidecar, 0o600)
+
+
 def open_database(url: str | None, data_dir: Path) -> Database:
     Path(data_dir).mkdir(parents=True, exist_ok=True)
+    if url is None:
+        _private_sqlite_file(data_dir)
     database = Database(url or default_url(data_dir))
     database.upgrade()
     return database

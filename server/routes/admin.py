@@ -14,10 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from server.auth.dependencies import Context, require_scope
-from server.auth.keys import ADMIN_SCOPE, KeyAdminError
+from server.auth.keys import ADMIN_SCOPE, MAX_LIMIT, GrantError, KeyAdminError
 from server.db.models import ApiKey
 from server.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from server.protocol import OpenAIBaseModel
+
+_LAST_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require_scope(ADMIN_SCOPE)])
 
@@ -25,12 +27,13 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require_sco
 class CreateKeyRequest(OpenAIBaseModel):
     name: str = Field(min_length=1, max_length=200)
     owner: str | None = Field(default=None, min_length=1, max_length=200)
-    plan: str = "free"
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    scopes: list[str] | None = None
-    models: list[str] | None = None
+    plan: str = Field(default="free", max_length=64)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    scopes: list[str] | None = Field(default=None, max_length=16)
+    models: list[str] | None = Field(default=None, max_length=256)
     admin: bool = False
+    operator: bool = False
 
 
 def _epoch(value: datetime | None) -> int | None:
@@ -59,7 +62,9 @@ async def create_key(body: CreateKeyRequest, request: Request, context: Context)
                                         "for other owners.", param="owner", code="insufficient_scope")
         fields["owner"] = context.caller.owner
     try:
-        record, plaintext = await asyncio.to_thread(request.app.state.keys.create, **fields)
+        record, plaintext = await asyncio.to_thread(request.app.state.keys.create, **fields, grantor=context.caller)
+    except GrantError as exc:
+        raise PermissionDeniedError(str(exc), param=exc.param, code="insufficient_scope") from None
     except KeyAdminError as exc:
         raise InvalidRequestError(str(exc), code="invalid_value") from None
     # The only time the key is shown.
@@ -88,7 +93,7 @@ async def revoke_key(key_id: str, request: Request, context: Context) -> dict:
 
 @router.get("/usage")
 async def read_usage(request: Request, context: Context, key_id: str | None = None,
-                     since: int | None = Query(default=None, description="epoch seconds"),
+                     since: int | None = Query(default=None, ge=0, le=_LAST_EPOCH, description="epoch seconds"),
                      limit: int = Query(default=1000, ge=1, le=10000)) -> dict:
     if key_id is not None and await asyncio.to_thread(_owned_key, request, context, key_id) is None:
         raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth.dependencies import Context, require_scope
-from server.services.files import FileService, sanitise_filename
+from server.services.files import FileService, content_disposition
 
 router = APIRouter(prefix="/v1/files", tags=["files"], dependencies=[require_scope("files")])
 _CHUNK = 1 << 20
@@ -51,10 +51,9 @@ async def file_content(file_id: str, request: Request, context: Context) -> Stre
         finally:
             handle.close()
 
-    name = sanitise_filename(record.filename).replace('"', "")
     return StreamingResponse(chunks(), media_type="application/octet-stream",
                              headers={"Content-Length": str(record.bytes),
-                                      "Content-Disposition": f'attachment; filename="{name}"'})
+                                      "Content-Disposition": content_disposition(record.filename)})
 
 
 @router.delete("/{file_id}")

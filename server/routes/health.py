@@ -1,6 +1,9 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from server.auth.dependencies import optional_caller
+from server.auth.keys import OPERATOR_SCOPE
+
 router = APIRouter(tags=["health"])
 
 
@@ -12,12 +15,24 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Every configured model is loaded and each engine's loop is alive; 503 otherwise, and while draining."""
+    """Every configured model is loaded and each engine's loop is alive; 503 otherwise, and while draining.
+
+    Probes need no key, so a down engine is only "down" here; why (an exception's text) is logged, and
+    shown to a caller whose key has the operator scope."""
     state = request.app.state
     models = {}
+    operator = None
     for engine in state.registry.engines:
         problem = engine.health()
-        models[engine.config.id] = {"status": "ok"} if problem is None else {"status": "down", "reason": problem}
+        if problem is None:
+            models[engine.config.id] = {"status": "ok"}
+            continue
+        models[engine.config.id] = {"status": "down"}
+        if operator is None:
+            caller = await optional_caller(request)
+            operator = not state.auth_enabled or (caller is not None and OPERATOR_SCOPE in caller.scopes)
+        if operator:
+            models[engine.config.id]["reason"] = problem
     draining = state.lifecycle.draining
     ok = not draining and all(m["status"] == "ok" for m in models.values())
     body = {"status": "ready" if ok else "draining" if draining else "not_ready", "models": models}

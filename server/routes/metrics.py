@@ -1,13 +1,13 @@
 from fastapi import APIRouter, Request, Response
 
 from server.auth.dependencies import require_scope
-from server.auth.keys import ADMIN_SCOPE
+from server.auth.keys import OPERATOR_SCOPE
 from server.metrics import CONTENT_TYPE
 
-router = APIRouter(tags=["metrics"], dependencies=[require_scope(ADMIN_SCOPE)])
+router = APIRouter(tags=["metrics"], dependencies=[require_scope(OPERATOR_SCOPE)])
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition, for admin keys (or, unauthenticated, on the separate --metrics-port)."""
+    """Prometheus exposition, for keys with the operator scope (or, unauthenticated, on the separate --metrics-port)."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

@@ -5,14 +5,14 @@ from fastapi import APIRouter, Query, Request
 from server.auth.dependencies import Context, require_scope
 from server.errors import UnsupportedParameterError
 from server.protocol import ResponseRequest
-from server.routes.sse import json_or_sse
+from server.routes.sse import respond
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"], dependencies=[require_scope("responses")])
 
 
 @router.post("")
 async def create_response(body: ResponseRequest, request: Request, context: Context):
-    return json_or_sse(await request.app.state.responses.create(body, context))
+    return await respond(request, context, request.app.state.responses.create(body, context))
 
 
 @router.get("/{response_id}")

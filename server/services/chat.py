@@ -20,6 +20,7 @@ from server.services.generation import (
     new_id,
     off_loop,
     openai_finish_reason,
+    prompt_floor,
     resolve_generation_engine,
     sse,
     sse_error,
@@ -82,6 +83,13 @@ def _message_text(message: ChatMessage, i: int, file_text: FileText | None = Non
     return "".join(texts)
 
 
+def _plain_text(message: ChatMessage) -> str:
+    """The message's inline text (file parts are not read here), for the cheap bound on its tokens."""
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(p.get("text", "") for p in message.content or [] if isinstance(p.get("text"), str))
+
+
 def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
     rendered = []
     for i, message in enumerate(messages):
@@ -111,12 +119,16 @@ class ChatService:
         req.reject_unsupported()
         engine = resolve_generation_engine(self.registry, req.model, "/v1/chat/completions")
         context.check_model(req.model, engine.config.names)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        n = req.n or 1
+        # Admission before work: the engine's queue, then a lower bound of the tokens, before templating.
+        admit(engine, n)
+        floor = min(prompt_floor(engine, [_plain_text(m) for m in req.messages]), engine.max_model_len)
+        await context.reserve_tokens(floor + (requested or 1) * n)
         # Off the loop: file parts read the database and the disk.
         messages = await off_loop(template_messages, req.messages, self.file_reader(context.owner))
         prompt_ids = await off_loop(engine.encode_chat, messages)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")
-        admit(engine, params.n)
         await context.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         completion_id = new_id("chatcmpl")
         created = int(time.time())

@@ -21,6 +21,7 @@ from server.services.generation import (
     new_id,
     off_loop,
     openai_finish_reason,
+    prompt_floor,
     resolve_generation_engine,
     sse,
     sse_error,
@@ -47,10 +48,14 @@ class CompletionService:
         req.reject_unsupported()
         engine = resolve_generation_engine(self.registry, req.model, "/v1/completions")
         context.check_model(req.model, engine.config.names)
-        prompts = [await self._prompt_ids(engine, p, i) for i, p in enumerate(req.prompts())]
+        raw = req.prompts()
+        n = req.n or 1
+        # Admission before work: the engine's queue and a lower bound of the tokens, before tokenizing.
+        admit(engine, len(raw) * n)
+        await context.reserve_tokens(prompt_floor(engine, raw) + len(raw) * (req.max_tokens or 1) * n)
+        prompts = [await self._prompt_ids(engine, p, i) for i, p in enumerate(raw)]
         params = [build_sampling_params(req, engine, len(ids), req.max_tokens, "prompt") for ids in prompts]
         prompt_tokens = sum(len(ids) for ids in prompts)
-        admit(engine, sum(p.n for p in params))
         await context.reserve_tokens(prompt_tokens + sum(p.max_tokens * p.n for p in params))
         completion_id = new_id("cmpl")
         created = int(time.time())

@@ -52,7 +52,10 @@ class EmbeddingService:
     async def create(self, req: EmbeddingRequest, context: RequestContext) -> dict:
         engine = _resolve(self.registry, req.model)
         context.check_model(req.model, engine.config.names)
-        token_ids = await off_loop(engine.tokenize, req.inputs())
+        inputs = req.inputs()
+        # Admission before tokenizing: every input is at least one token.
+        await context.reserve_tokens(len(inputs))
+        token_ids = await off_loop(engine.tokenize, inputs)
         prompt_tokens = sum(len(ids) for ids in token_ids)
         _check_dimensions(engine, req.dimensions)
         await context.reserve_tokens(prompt_tokens)

@@ -17,7 +17,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import unquote
+import unicodedata
+from urllib.parse import quote, unquote
 
 from sqlalchemy import and_, func, or_, select
 
@@ -34,7 +35,7 @@ TEXT_SUFFIXES = {"", ".txt", ".md", ".markdown", ".json", ".jsonl", ".csv", ".ts
                  ".cpp", ".go", ".rs", ".sh", ".sql", ".tex"}
 _TMP_PREFIX = ".upload-"
 _FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORM_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 
 
 class PayloadTooLargeError(OpenAIError):
@@ -43,16 +44,29 @@ class PayloadTooLargeError(OpenAIError):
     default_code = "file_too_large"
 
 
+def _displayable(char: str) -> bool:
+    # Cc: C0, DEL and C1 controls; Cf: format characters such as U+202E (right-to-left override) and
+    # zero-width ones; Zl and Zp: U+2028 and U+2029, which break lines in headers and logs.
+    return unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp")
+
+
 def sanitise_filename(raw: str | None) -> str:
-    """A name for display only: no path, no control characters, at most 255 bytes of UTF-8.
+    """A name for display only: no path, no control or format characters, at most 255 bytes of UTF-8.
 
     Clients percent-encode CR, LF and quotes in multipart filenames (as the HTML spec says), so the
     escapes are decoded first and the result cleaned like any raw name.
     """
     name = unquote(raw or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = _CONTROL.sub("", name).strip().lstrip(".") or "file"
+    name = "".join(c for c in name if _displayable(c)).strip().lstrip(".") or "file"
     encoded = name.encode("utf-8")[:255]
     return encoded.decode("utf-8", "ignore") or "file"
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback for old clients, and the UTF-8 name percent-encoded in filename*."""
+    name = sanitise_filename(filename)
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def file_object(record: StoredFile) -> dict:
@@ -69,6 +83,8 @@ class FileService:
         self.dir = Path(data_dir) / "files"
         self.max_file_bytes = max_file_bytes
         self.owner_quota_bytes = owner_quota_bytes
+        self._inflight: dict[str, int] = {}  # owner -> bytes of uploads not yet stored (event loop only)
+        self._locks: dict[str, asyncio.Lock] = {}  # owner -> held while an upload's row goes in (kept)
 
     # ---- start-up and sweeping ------------------------------------------------------------
     def prepare(self) -> None:
@@ -99,28 +115,39 @@ class FileService:
                                       .where(StoredFile.owner == owner)))
 
     async def upload(self, owner: str, content_type: str, chunks: AsyncIterator[bytes]) -> dict:
-        quota_left = self.owner_quota_bytes - await asyncio.to_thread(self._used_bytes, owner)
-        limit = min(self.max_file_bytes, max(quota_left, 0))
+        """Stream one multipart upload to disk, within the per-file cap and the owner's quota.
 
-        def too_large() -> Exception:
-            if limit == self.max_file_bytes:
-                return PayloadTooLargeError(f"The file is larger than the maximum of {self.max_file_bytes} bytes.",
-                                            param="file")
-            return PayloadTooLargeError(
-                f"This upload would exceed your storage quota of {self.owner_quota_bytes} bytes "
-                f"({max(quota_left, 0)} bytes left). Delete files to make room.", param="file",
-                code="quota_exceeded")
+        The quota holds under concurrency: every byte in flight counts against its owner as it arrives
+        (`_inflight`, changed only on the event loop, so each check-and-add is atomic), and the final check
+        (stored bytes + bytes in flight) and the row's insert run under the owner's lock, so two uploads
+        cannot both pass on the same room. Bytes in flight count until the row that holds them exists."""
+        used = await asyncio.to_thread(self._used_bytes, owner)
+        counted = 0
+
+        def account(total: int) -> None:
+            nonlocal counted
+            self._inflight[owner] = self._inflight.get(owner, 0) + total - counted
+            counted = total
+            if total > self.max_file_bytes:
+                raise PayloadTooLargeError(f"The file is larger than the maximum of {self.max_file_bytes} bytes.",
+                                           param="file")
+            if used + self._inflight[owner] > self.owner_quota_bytes:
+                raise self._quota_error(used, self._inflight[owner] - total)
 
         file_id = "file-" + secrets.token_hex(16)
         temp = self.dir / f"{_TMP_PREFIX}{file_id}"
+        try:
+            reader = MultipartFormReader(content_type, None, account, _FORM_FIELDS)
+        except UploadError as exc:
+            raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from None
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as sink:
-                reader = MultipartFormReader(content_type, sink, limit, too_large)
+                reader.sink = sink
                 try:
                     await reader.read(chunks)
                 except UploadError as exc:
-                    raise InvalidRequestError(str(exc), param="file") from None
+                    raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from None
                 fields = reader.fields
                 purpose = self._check_fields(fields)
                 expires_at = self._expires_at(fields)
@@ -131,10 +158,32 @@ class FileService:
             record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(reader.filename),
                                 purpose=purpose, bytes=reader.file_bytes, created_at=int(time.time()),
                                 expires_at=expires_at)
-            await asyncio.to_thread(self._commit, temp, record)
+            lock = self._locks.setdefault(owner, asyncio.Lock())
+            async with lock:
+                stored = await asyncio.to_thread(self._used_bytes, owner)
+                in_flight = self._inflight.get(owner, 0)
+                if stored + in_flight > self.owner_quota_bytes:
+                    raise self._quota_error(stored, in_flight - counted)
+                await asyncio.to_thread(self._commit, temp, record)
+                self._release(owner, counted)  # the row holds these bytes now
+                counted = 0
             return file_object(record)
         finally:
+            self._release(owner, counted)
             temp.unlink(missing_ok=True)
+
+    def _release(self, owner: str, counted: int) -> None:
+        left = self._inflight.get(owner, 0) - counted
+        if left:
+            self._inflight[owner] = left
+            return
+        self._inflight.pop(owner, None)
+
+    def _quota_error(self, stored: int, others_in_flight: int) -> PayloadTooLargeError:
+        left = max(self.owner_quota_bytes - stored - others_in_flight, 0)
+        return PayloadTooLargeError(
+            f"This upload would exceed your storage quota of {self.owner_quota_bytes} bytes ({left} bytes left, "
+            "counting uploads still in progress). Delete files to make room.", param="file", code="quota_exceeded")
 
     def _commit(self, temp: Path, record: StoredFile) -> None:
         os.replace(temp, self.dir / record.id)
@@ -159,11 +208,6 @@ class FileService:
         if purpose not in PURPOSES:
             raise InvalidRequestError(f"Invalid value for 'purpose': {purpose!r}; use one of {', '.join(PURPOSES)}.",
                                       param="purpose", code="invalid_value")
-        unknown = set(fields) - {"purpose", "expires_after[anchor]", "expires_after[seconds]"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name,
-                                      code="unknown_parameter")
         return purpose
 
     @staticmethod

@@ -30,6 +30,7 @@ from server.errors import (
     OpenAIError,
     ServiceUnavailableError,
 )
+from server.executors import run_cpu
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 from server.protocol import SamplingFields
@@ -75,6 +76,14 @@ def admit(engine: GenerationEngine, num_sequences: int) -> None:
         raise EngineBusyError(f"The model `{engine.config.id}` is busy ({exc}). Please retry shortly.") from None
 
 
+def prompt_floor(engine: GenerationEngine, prompts: list[str | list[int]], cap: int | None = None) -> int:
+    """A lower bound on the prompt tokens, read without templating or tokenizing: what a request reserves
+    of its key's tokens per minute before that work (see RequestContext.reserve_tokens). Each prompt counts
+    at most `cap` (default: the context), since a longer one is refused or truncated."""
+    cap = engine.max_model_len if cap is None else cap
+    return sum(min(len(p) if isinstance(p, list) else engine.min_prompt_tokens(p), cap) for p in prompts)
+
+
 def request_error(exc: InvalidGenerationRequest) -> InvalidRequestError:
     """An engine's refusal of a request, as the OpenAI error a client gets."""
     if isinstance(exc, ContextLengthExceeded) or exc.code == "context_length_exceeded":
@@ -83,11 +92,12 @@ def request_error(exc: InvalidGenerationRequest) -> InvalidRequestError:
 
 
 async def off_loop(func: Callable, *args):
-    """Tokenizer and template work runs in a thread so the event loop keeps answering."""
+    """Tokenizer and template work runs on the bounded CPU pool (server/executors.py), so the event loop
+    keeps answering and key lookups never wait behind it."""
     from jinja2 import TemplateError
 
     try:
-        return await asyncio.to_thread(func, *args)
+        return await run_cpu(func, *args)
     except TemplateError as exc:  # the chat template refused these messages (e.g. role order)
         raise InvalidRequestError(f"The model's chat template rejected the messages: {exc}", param="messages") from None
     except InvalidGenerationRequest as exc:
