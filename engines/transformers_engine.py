@@ -88,7 +88,10 @@ class _Job:
     def emit(self, item) -> None:
         if isinstance(item, GenerationEvent) and self.started is not None and not self.queue_time_sent:
             item.queue_time_s, self.queue_time_sent = self.started - self.submitted, True  # first event only
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+            self.aborted.set()
 
 
 @dataclass

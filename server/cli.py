@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long stored responses are kept (default 30)")
     serve.add_argument("--max-body-mb", type=float, default=8.0,
                        help="largest JSON request body, refused with 413 before parsing (default 8)")
+    serve.add_argument("--header-timeout", type=float, default=15.0,
+                       help="seconds a request's headers may take to arrive, from their first byte (default 15)")
+    serve.add_argument("--body-timeout", type=float, default=60.0,
+                       help="seconds a request body may go without a byte before a 408 (default 60)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds in-flight requests may run on before they are cut (default 30)")
     serve.add_argument("--metrics-port", type=int, default=None,
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                             owner_quota_bytes=args.owner_quota_mb * 1024 * 1024,
                             response_retention_s=args.response_retention_days * 86400,
                             max_body_bytes=int(args.max_body_mb * 1024 * 1024), drain_timeout_s=args.drain_timeout,
+                            header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                             **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:

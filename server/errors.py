@@ -141,7 +141,7 @@ def error_response(exc: OpenAIError) -> JSONResponse:
 
 
 def _param_from_loc(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
     text = ""
     for part in parts:
         if isinstance(part, int):

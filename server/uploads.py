@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from typing import BinaryIO
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 MAX_FIELD_BYTES = 4096  # one text field's value
@@ -58,10 +59,13 @@ class MultipartFormReader:
         })
 
     async def read(self, chunks: AsyncIterator[bytes]) -> None:
-        async for chunk in chunks:
-            if chunk:
-                self._parser.write(chunk)
-        self._parser.finalize()
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    self._parser.write(chunk)
+            self._parser.finalize()
+        except FormParserError as exc:  # a malformed form, or a part header over the parser's own limit
+            raise UploadError(f"The multipart form could not be read: {exc}.", param=None) from None
         if not self._saw_file:
             raise UploadError(f"Missing the '{self._file_field}' file part.")
 

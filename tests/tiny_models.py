@@ -55,13 +55,14 @@ def _ids(tokenizer_dir: Path) -> dict:
             "pad_token_id": tok.pad_token_id}
 
 
-def build_tiny_llama(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+def build_tiny_llama(out_dir: Path, tokenizer_dir: Path, seed: int = 0, max_position_embeddings: int = 256) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=256, **_ids(tokenizer_dir))
+                         num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
+                         **_ids(tokenizer_dir))
     return _save(LlamaForCausalLM(config), out_dir, tokenizer_dir)
 
 

@@ -355,3 +355,16 @@ def test_drain_lets_short_work_finish_and_cuts_the_rest(own_client):
     assert own_client.get("/health").status_code == 200
     assert own_client.get("/ready").json()["status"] == "draining"
     assert lifecycle.in_flight == 0
+
+
+def test_ready_tells_why_an_engine_is_down_only_to_an_operator_key(app, client, admin_key, monkeypatch):
+    engine = app.state.registry.resolve("tiny-gemma")
+    monkeypatch.setattr(engine, "health", lambda: "RuntimeError('secret path /srv/weights')")
+    _, worker = app.state.keys.create(name="ready-worker", plan="pro")
+    anonymous = client.get("/ready", headers={"Authorization": ""})
+    assert anonymous.status_code == 503
+    assert anonymous.json()["models"]["tiny-gemma"] == {"status": "down"} and "secret" not in anonymous.text
+    plain = client.get("/ready", headers={"Authorization": f"Bearer {worker}"})
+    assert plain.json()["models"]["tiny-gemma"] == {"status": "down"}
+    operator = client.get("/ready")  # the session's key has the operator scope
+    assert "secret path" in operator.json()["models"]["tiny-gemma"]["reason"]
