@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long stored responses are kept (default 30)")
     serve.add_argument("--max-body-mb", type=float, default=8.0,
                        help="largest JSON request body, refused with 413 before parsing (default 8)")
+    serve.add_argument("--owner-rpm", type=int, default=None,
+                       help="requests per minute for all of an owner's keys together (default: no owner limit)")
+    serve.add_argument("--owner-tpm", type=int, default=None,
+                       help="tokens per minute for all of an owner's keys together (default: no owner limit)")
     serve.add_argument("--header-timeout", type=float, default=15.0,
                        help="seconds a request's headers may take to arrive, from their first byte (default 15)")
     serve.add_argument("--body-timeout", type=float, default=60.0,
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                             response_retention_s=args.response_retention_days * 86400,
                             max_body_bytes=int(args.max_body_mb * 1024 * 1024), drain_timeout_s=args.drain_timeout,
                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                            owner_rpm=args.owner_rpm, owner_tpm=args.owner_tpm,
                             **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:

@@ -36,6 +36,10 @@ class Settings(BaseModel):
     max_header_count: int = Field(default=100, ge=8)
     max_header_bytes: int = Field(default=8 * 1024, ge=256)
     max_headers_total_bytes: int = Field(default=32 * 1024, ge=1024)
+    # Owner-level limits: requests and tokens per minute for all of an owner's keys together (None: off).
+    # Without them, an owner's admin key can mint keys that each get the full per-key limits.
+    owner_rpm: int | None = Field(default=None, ge=1)
+    owner_tpm: int | None = Field(default=None, ge=1)
     # A request's head must arrive within this many seconds of its first byte (408 after); its body may
     # go this long without a byte (408 after).
     header_timeout_s: float = Field(default=15.0, gt=0)

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.auth.keys import ADMIN_SCOPE, Caller
-from server.context import RequestContext
+from server.context import RequestContext, owner_window
 from server.executors import run_auth
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.ratelimit import rate_limit_headers
@@ -39,14 +39,20 @@ async def authenticate(request: Request) -> None:
     caller = await run_auth(state.keys.authenticate, token.strip())
     if caller is None:
         raise AuthenticationError("Incorrect API key provided.")
+    settings = state.settings
     decision = await state.limiter.hit_request(caller.key_id, caller.limits.rpm)
+    limit, whose = caller.limits.rpm, ""
+    if decision.allowed and settings.owner_rpm is not None:  # the owner's window, across all its keys
+        decision = await state.limiter.hit_request(owner_window(caller.owner), settings.owner_rpm)
+        limit, whose = settings.owner_rpm, " for this key's owner"
     tokens = await state.limiter.tokens_state(caller.key_id, caller.limits.tpm)
-    context = RequestContext(caller=caller, limiter=state.limiter, requests_state=decision.state)
+    context = RequestContext(caller=caller, limiter=state.limiter, requests_state=decision.state,
+                             owner_tpm=settings.owner_tpm)
     context.headers = rate_limit_headers(decision.state, tokens, None if decision.allowed else decision.retry_after_s)
     request.state.ozwell_context = context
     if not decision.allowed:
         raise RateLimitError(
-            f"Rate limit reached on requests per minute (RPM): limit {caller.limits.rpm}. "
+            f"Rate limit reached on requests per minute (RPM){whose}: limit {limit}. "
             f"Please try again in {decision.retry_after_s:.1f}s.", "requests", context.headers)
 
 

@@ -276,3 +276,23 @@ def test_no_auth_only_on_loopback():
     assert Settings(host="::1", auth=False).auth is False
     with pytest.raises(ValidationError, match="loopback"):
         Settings(host="0.0.0.0", auth=False)
+
+
+def test_owner_rpm_counts_every_key_of_the_owner(registry, database, tiny_config_dir, tiny_dir):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    app = create_app(Settings(config_dir=tiny_config_dir, data_dir=tiny_dir / "data", owner_rpm=3), registry,
+                     database=database)
+    first = app.state.keys.create(name="one", owner="shared-owner", plan="pro")[1]
+    second = app.state.keys.create(name="two", owner="shared-owner", plan="pro")[1]
+    other = app.state.keys.create(name="three", owner="another-owner", plan="pro")[1]
+    http = TestClient(app, raise_server_exceptions=False)  # no lifespan: the session's engines are running
+    codes = [http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+             for key in (first, second, first, second)]
+    assert codes == [200, 200, 200, 429]
+    refused = http.get("/v1/models", headers={"Authorization": f"Bearer {second}"})
+    assert "owner" in refused.json()["error"]["message"] and refused.headers["retry-after"]
+    assert http.get("/v1/models", headers={"Authorization": f"Bearer {other}"}).status_code == 200

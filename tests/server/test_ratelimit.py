@@ -80,3 +80,48 @@ def test_headers_are_consistent():
     assert headers["Retry-After"] == "13"
     assert headers["x-ratelimit-limit-tokens"] == "10000" and headers["x-ratelimit-remaining-tokens"] == "10000"
     assert go_duration(0.02) == "20ms" and go_duration(59.2) == "1m0s" and go_duration(6) == "6s"
+
+
+def test_resize_grows_a_lower_bound_to_the_exact_need_or_refuses_and_keeps_it():
+    limiter = InMemoryRateLimiter(Clock())
+    first, held = run(limiter.reserve_tokens("k", 1000, 100))  # the cheap lower bound, before tokenizing
+    assert first.allowed
+    assert run(limiter.resize(held, 1000, 600)).allowed  # the exact need
+    assert run(limiter.tokens_state("k", 1000)).remaining == 400
+    refused = run(limiter.resize(held, 1000, 1200))
+    assert not refused.allowed and refused.never
+    run(limiter.reserve_tokens("k", 1000, 300))  # another request of the key
+    refused = run(limiter.resize(held, 1000, 800))
+    assert not refused.allowed and not refused.never and refused.retry_after_s > 0
+    assert run(limiter.tokens_state("k", 1000)).remaining == 100  # kept as it was
+    run(limiter.reconcile(held, 0))
+    assert run(limiter.tokens_state("k", 1000)).remaining == 700
+
+
+def _context(limiter, owner_tpm=None, key_id="key_a", tpm=1000):
+    from server.auth.keys import Caller
+    from server.auth.plans import Limits
+    from server.context import RequestContext
+
+    caller = Caller(key_id=key_id, prefix="ozw_x", name="n", owner="acme", plan="pro", scopes=frozenset(),
+                    models=None, limits=Limits(rpm=100, tpm=tpm))
+    return RequestContext(caller=caller, limiter=limiter, requests_state=run(limiter.tokens_state(key_id, 100)),
+                          owner_tpm=owner_tpm)
+
+
+def test_owner_tokens_are_shared_by_all_of_the_owners_keys_and_a_refusal_gives_everything_back():
+    import pytest
+
+    from server.errors import RateLimitError
+
+    limiter = InMemoryRateLimiter(Clock())
+    a, b = _context(limiter, owner_tpm=1500, key_id="key_a"), _context(limiter, owner_tpm=1500, key_id="key_b")
+    run(a.reserve_tokens(200))
+    run(a.reserve_tokens(900))  # resized: key_a holds 900, the owner 900
+    with pytest.raises(RateLimitError) as refused:
+        run(b.reserve_tokens(700))  # key_b's own limit (1000) allows it; the owner's 1500 does not
+    assert "owner" in refused.value.message and refused.value.headers["Retry-After"]
+    assert run(limiter.tokens_state("key_b", 1000)).remaining == 1000  # nothing left held for key_b
+    run(a.settle(100, 200))
+    run(b.reserve_tokens(700))
+    assert run(limiter.tokens_state("owner:acme", 1500)).remaining == 1500 - 300 - 700
