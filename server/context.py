@@ -1,9 +1,10 @@
 """RequestContext: what a service may know and do about the caller of one request.
 
 It carries the caller (key id, owner, plan, scopes, allowed models, never the key), enforces
-model permissions, reserves tokens against the per-minute limits (the key's, and its owner's when the
-server sets one) and reconciles them when the request ends, and keeps the rate-limit headers and usage numbers for the response middleware.
-Services take it as an argument; they never see the HTTP request.
+model permissions, reserves tokens against the per-minute limits (the key's, and its owner's when
+the server sets one) and reconciles them when the request ends, and keeps the rate-limit headers
+and usage numbers for the response middleware. Services take it as an argument; they never see the
+HTTP request.
 """
 
 from __future__ import annotations

@@ -75,3 +75,10 @@ def build_tiny_gemma3(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path
                               num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=8,
                               layer_types=["sliding_attention", "full_attention"], **_ids(tokenizer_dir))
     return _save(Gemma3ForCausalLM(config), out_dir, tokenizer_dir)
+
+
+def native_chat_config(model_id: str, source: Path, **fields) -> str:
+    """The YAML of a native-engine chat model on the CPU in float32, with extra top-level fields."""
+    extra = "".join(f"{name}: {value}\n" for name, value in fields.items())
+    return (f"id: {model_id}\ntask: chat\nengine: transformers\nsource: {source}\ndtype: float32\ndevice: cpu\n"
+            + extra)

@@ -12,8 +12,8 @@ from fastapi import Depends, Request
 
 from server.auth.keys import ADMIN_SCOPE, Caller
 from server.context import RequestContext, owner_window
-from server.executors import run_auth
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from server.executors import run_auth
 from server.ratelimit import rate_limit_headers
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})  # probes: liveness and readiness

@@ -15,9 +15,9 @@ import os
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
-import unicodedata
 from urllib.parse import quote, unquote
 
 from sqlalchemy import and_, func, or_, select

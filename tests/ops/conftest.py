@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer
+from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
 
 MODEL = "ops-llama"
 
@@ -35,17 +35,8 @@ def ops_config_dir(tmp_path_factory) -> Path:
     config_dir.mkdir()
     # 256 tokens of context for the long disconnect streams; 32 running sequences and room for 512
     # waiting ones, so 200 concurrent streams queue instead of meeting 429 engine_overloaded.
-    (config_dir / f"{MODEL}.yaml").write_text(f"""
-id: {MODEL}
-task: chat
-engine: transformers
-source: {llama}
-dtype: float32
-device: cpu
-max_model_len: 256
-max_num_seqs: 32
-max_waiting: 512
-""")
+    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=256, max_num_seqs=32,
+                                                                 max_waiting=512))
     return config_dir
 
 

@@ -1,7 +1,7 @@
 """The security tier (issue #23): each finding of the attacker's probe replayed against a real
 `ozwell serve` on loopback, asserting the fixed behaviour. One server is shared by the tier; it has a
-5 MB file quota per owner, short header and body timeouts, and a tiny random-weight Llama with a 2,048-token context (long enough for
-a request to be still generating when its client leaves)."""
+5 MB file quota per owner, short header and body timeouts, and a tiny random-weight Llama with a
+2,048-token context (long enough for a request to be still generating when its client leaves)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import CHATML_TEMPLATE
 from tests.process import ROOT, ServerProcess
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer
+from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
 
 MODEL = "sec-llama"
 QUOTA_MB = 5
@@ -32,16 +32,7 @@ def sec_server(tmp_path_factory):
     llama = build_tiny_llama(root / "llama", tokenizer, max_position_embeddings=2048)
     config_dir = root / "configs"
     config_dir.mkdir()
-    (config_dir / f"{MODEL}.yaml").write_text(f"""
-id: {MODEL}
-task: chat
-engine: transformers
-source: {llama}
-dtype: float32
-device: cpu
-max_model_len: 2048
-max_num_seqs: 16
-""")
+    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=2048, max_num_seqs=16))
     server = ServerProcess(config_dir, root / "data", "--owner-quota-mb", str(QUOTA_MB), "--header-timeout",
                            str(HEADER_TIMEOUT_S), "--body-timeout", str(BODY_TIMEOUT_S)).start()
     try:
