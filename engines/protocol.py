@@ -105,6 +105,14 @@ class SamplingParams:
 
 
 @dataclass
+class TokenLogprobs:
+    """One sampled token's log-probability and the top alternatives at its position (token id, logprob)."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]

@@ -36,9 +36,9 @@ def _build_engine(config: ModelConfig, data_dir: Path) -> Engine:
                 "with .ci/install-beside-vllm (README: the vLLM engine)") from None
         return VllmEngine(config, data_dir)
     if config.engine is EngineKind.transformers:
-        from engines.transformers_engine import TransformersEngine
+        from engines.native.engine import NativeEngine
 
-        return TransformersEngine(config, data_dir)
+        return NativeEngine(config, data_dir)
     if config.engine is EngineKind.sentence_transformers:
         from engines.embedding_engine import SentenceTransformersEngine
 

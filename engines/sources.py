@@ -147,3 +147,12 @@ def resolve_hf_dir(config: ModelConfig, data_dir: Path, dtype: str) -> Path:
     if weights.gguf_file is None:
         return weights.directory
     return converted_gguf_dir(config, weights, data_dir, dtype)
+
+
+def weights_revision(hf_dir: Path) -> str:
+    """A short hash of the model's config and weight files (name, size, mtime): the revision clients see."""
+    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for path in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]

@@ -10,7 +10,6 @@ Importing this module imports vllm; the registry imports it only for `engine: vl
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from engines.config import ModelConfig, VllmOptions
+from engines.hf_generation import HFGenerationEngine
 from engines.output import ChoiceOutput
 from engines.protocol import (
     EngineError,
@@ -34,10 +34,9 @@ from engines.protocol import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    TokenLogprobs,
 )
-from engines.sampler import TokenLogprobs
-from engines.sources import resolve_hf_dir
-from engines.tokenization import HFTokenizerEngine
+from engines.sources import resolve_hf_dir, weights_revision
 
 log = logging.getLogger("ozwell.engines")
 
@@ -95,13 +94,6 @@ def token_logprobs(position: dict, token_id: int, k: int) -> TokenLogprobs:
     return TokenLogprobs(position[token_id].logprob, top)
 
 
-def weights_revision(hf_dir: Path) -> str:
-    """A short hash of the model's config and weight files (name, size, mtime), as the native engine's."""
-    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
-    for path in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
-        stat = path.stat()
-        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:12]
 
 
 @contextmanager
@@ -153,7 +145,7 @@ class _Choices:
         return time.monotonic() - self.submitted  # an upper bound: it includes the prefill
 
 
-class VllmEngine(HFTokenizerEngine):
+class VllmEngine(HFGenerationEngine):
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
         self._data_dir = Path(data_dir)

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from engines.config import load_model_config
+from engines.native.engine import NativeEngine
 from engines.protocol import GenerationRequest, SamplingParams
-from engines.transformers_engine import TransformersEngine
 from tests.conftest import write_config
 from tests.reference import greedy_ids
 
@@ -25,7 +25,7 @@ def tight_engines(tiny_llama_dir, tiny_gemma_dir, tmp_path_factory):
         config = load_model_config(write_config(root, name, f"id: {name}\ntask: chat\nengine: transformers\n"
                                                             f"source: {source}\ndtype: float32\ndevice: cpu\n"
                                                             f"max_model_len: 64\n{TIGHT}"))
-        engine = TransformersEngine(config, root)
+        engine = NativeEngine(config, root)
         engine.load()
         engines[name] = engine
     return engines

@@ -1,7 +1,7 @@
 import torch
 
+from engines.native.sampler import ARGMAX_BLOCK, SamplingBatch, greedy_argmax, sample
 from engines.protocol import SamplingParams
-from engines.sampler import ARGMAX_BLOCK, SamplingBatch, greedy_argmax, sample
 
 
 def sample_next_tokens(logits, temperature, top_p, generator):

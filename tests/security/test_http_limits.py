@@ -10,7 +10,12 @@ import time
 import httpx
 import pytest
 
-from tests.security.conftest import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, assert_error, client
+from tests.security.conftest import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    assert_error,
+    client,
+)
 
 pytestmark = pytest.mark.security
 

@@ -1,5 +1,5 @@
-from tests.reference import greedy_text
 from tests.openapi_schemas import assert_valid
+from tests.reference import greedy_text
 from tests.server.sse import read_sse
 
 HELLO = [{"role": "user", "content": "Hello!"}]

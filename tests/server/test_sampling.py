@@ -4,8 +4,8 @@ import math
 
 import torch
 
+from engines.native.sampler import SamplingBatch, _apply_penalties, sample
 from engines.protocol import SamplingParams
-from engines.sampler import SamplingBatch, _apply_penalties, sample
 from tests.openapi_schemas import assert_valid
 from tests.reference import greedy_ids, reference_model
 from tests.server.sse import read_sse

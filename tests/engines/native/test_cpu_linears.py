@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engines.paged.cpu_linears import pack_cpu_linears
+from engines.native.cpu_linears import pack_cpu_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 

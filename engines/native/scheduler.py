@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from engines.paged.block_manager import KVBlockManager
-from engines.paged.sequence import Sequence, SequenceStatus
+from engines.native.block_manager import KVBlockManager
+from engines.native.sequence import Sequence, SequenceStatus
 
 
 class QueueFull(Exception):
@@ -118,9 +118,19 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def computed(self, chunks: list[ScheduledChunk]) -> None:
-        """After the step's forward pass: advance each sequence and share its now-full blocks."""
+    def postprocess(self, chunks: list[ScheduledChunk], sampled: list[Sequence], token_ids: list[int],
+                    finished: list[bool]) -> None:
+        """After the step's forward pass and sampling: advance each scheduled sequence and share its now-full
+        blocks; append each sampled token; let a sampled sequence's followers queue; and let the sequences
+        that finished leave, freeing their blocks."""
         for chunk in chunks:
             if chunk.seq.status is SequenceStatus.RUNNING:
                 chunk.seq.num_computed_tokens += chunk.num_tokens
                 self.blocks.commit(chunk.seq)
+        for seq, token_id, done in zip(sampled, token_ids, finished):
+            seq.append_token(token_id)
+            for follower in seq.followers:
+                self.add(follower)
+            seq.followers = []
+            if done:
+                self.finish(seq)

@@ -2,23 +2,23 @@
 
 import pytest
 
-from engines.paged.block_manager import KVBlockManager
-from engines.paged.scheduler import QueueFull, Scheduler, SchedulerConfig
-from engines.paged.sequence import Sequence, SequenceStatus
+from engines.native.block_manager import KVBlockManager
+from engines.native.scheduler import QueueFull, Scheduler, SchedulerConfig
+from engines.native.sequence import Sequence, SequenceStatus
 
 
 def make(num_blocks=16, block_size=4, **config):
     return Scheduler(SchedulerConfig(**config), KVBlockManager(num_blocks, block_size))
 
 
-def step(scheduler, sample=lambda seq: 0):
-    """One engine step without a model: compute the chunks, sample one token where a chunk completes."""
+def step(scheduler, sample=lambda seq: 0, finishes=lambda seq, token: False):
+    """One engine step without a model: schedule, "run" (sample one token where a chunk completes), and
+    postprocess."""
     chunks = scheduler.schedule()
     plan = [(c.seq.seq_id, c.num_tokens) for c in chunks]
     completing = [c.seq for c in chunks if c.completes]
-    scheduler.computed(chunks)
-    for seq in completing:
-        seq.append_token(sample(seq))
+    tokens = [sample(seq) for seq in completing]
+    scheduler.postprocess(chunks, completing, tokens, [finishes(s, t) for s, t in zip(completing, tokens)])
     return plan
 
 
@@ -114,3 +114,19 @@ def test_shared_prompt_prefix_skips_prefill():
     scheduler.add(second)
     assert step(scheduler) == [("first", 1), ("second", 1)]  # 12 of its 13 tokens came from the cache
     assert second.block_table[:3] == first.block_table[:3]
+
+
+def test_postprocess_appends_queues_followers_once_and_frees_what_finished():
+    scheduler = make(num_blocks=8, block_size=4)
+    first = Sequence("r#0", [1, 2, 3, 4, 5], 4)
+    first.followers = [Sequence("r#1", [1, 2, 3, 4, 5], 4), Sequence("r#2", [1, 2, 3, 4, 5], 4)]
+    scheduler.add(first)
+    # The prompt is computed and sampled: the token is appended, the followers queue (sharing the prompt's
+    # full block through the prefix cache), and a choice that ends at its first token leaves at once.
+    assert step(scheduler, sample=lambda seq: 9, finishes=lambda seq, token: True) == [("r#0", 5)]
+    assert first.token_ids == [1, 2, 3, 4, 5, 9] and first.status is SequenceStatus.FINISHED
+    assert first.followers == [] and [s.seq_id for s in scheduler.waiting] == ["r#1", "r#2"]
+    assert scheduler.blocks.num_used_blocks == 0
+    plan = step(scheduler)
+    assert plan == [("r#1", 1), ("r#2", 1)]  # four of five prompt tokens came from the cache
+    assert len(scheduler.waiting) == 0 and len(scheduler.running) == 2

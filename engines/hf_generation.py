@@ -1,4 +1,5 @@
-"""What every engine over a Hugging Face tokenizer shares: chat templates, prompts and stop tokens."""
+"""The base of both generation engines (native and vLLM): what an engine over a Hugging Face tokenizer
+shares: chat templates, prompts, token counts and stop tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from engines.protocol import PROBE_CHARS_PER_TOKEN, GenerationEngine
 
 
-class HFTokenizerEngine(GenerationEngine):
+class HFGenerationEngine(GenerationEngine):
     """A generation engine whose `tokenizer` is a transformers tokenizer, set when it loads."""
 
     tokenizer = None

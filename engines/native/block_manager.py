@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from engines.paged.sequence import Sequence
+from engines.native.sequence import Sequence
 
 
 def chain_hash(token_ids: list[int], prefix_hash: int | None) -> int:

@@ -1,4 +1,5 @@
-"""The model runner: owns the paged KV cache tensors and runs one packed forward pass per step.
+"""The model runner: owns the paged KV cache tensors, runs one packed forward pass per step, and samples
+the next token of each sequence whose chunk completes it (`run`).
 
 It hooks transformers models through the attention interface: the model is switched to the
 "ozwell_paged" implementation, for which transformers builds no mask, and every attention layer
@@ -10,6 +11,7 @@ row, with its own position id, so prefill chunks and decodes share the pass.
 
 from __future__ import annotations
 
+import logging
 import threading
 import types
 from dataclasses import dataclass, field
@@ -17,10 +19,73 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engines.paged.cpu_linears import pack_cpu_linears
-from engines.paged.scheduler import ScheduledChunk
+from engines.native.cpu_linears import pack_cpu_linears
+from engines.native.sampler import SamplingBatch, sample
+from engines.native.scheduler import ScheduledChunk
+from engines.native.sequence import Sequence
+from engines.protocol import TokenLogprobs
 
 ATTENTION_NAME = "ozwell_paged"
+
+
+@dataclass
+class StepOutput:
+    """What a step sampled: a token (and its logprobs, when asked) per sequence, and the sequences whose
+    own sampling raised, with the error (their requests fail alone)."""
+
+    sequences: list[Sequence] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
+
+
+def _sample(sequences: list[Sequence], logits: torch.Tensor) -> StepOutput:
+    params = [s.params for s in sequences]
+    batch = SamplingBatch(params, [s.token_ids[:s.num_prompt_tokens] for s in sequences], logits.shape[-1],
+                          logits.device, outputs=[s.token_ids[s.num_prompt_tokens:] for s in sequences])
+    next_ids, chosen, top_values, top_ids = sample(logits, batch, [s.generator for s in sequences])
+    token_ids = next_ids.tolist()  # the step's one host sync (logprobs ride along when asked)
+    return StepOutput(list(sequences), token_ids,
+                      logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params]))
+
+
+def sample_isolated(sequences: list[Sequence], logits: torch.Tensor) -> StepOutput:
+    """Sample the batch; if that raises, sample row by row and report the rows that raise.
+
+    Sampling is a pure function of one row's logits and parameters, so a row that fails alone is its
+    request's fault: the engine fails that request, its batch-mates go on, and the engine's fault count
+    is not touched. A broken device shows up in the next forward pass, which does count."""
+    try:
+        return _sample(sequences, logits)
+    except Exception as exc:  # noqa: BLE001 - find the rows that caused it
+        log.warning("sampling a batch of %d failed (%r); sampling row by row", len(sequences), exc)
+    result = StepOutput()
+    for row, sequence in enumerate(sequences):
+        try:
+            one = _sample([sequence], logits[row:row + 1])
+        except Exception as exc:  # noqa: BLE001 - this row's own fault
+            result.failed.append((sequence, exc))
+            continue
+        result.sequences.append(sequence)
+        result.token_ids += one.token_ids
+        result.logprobs += one.logprobs
+    return result
+
+
+def logprobs_per_row(chosen, top_values, top_ids, ks: list[int | None]) -> list[TokenLogprobs | None]:
+    if chosen is None:
+        return [None] * len(ks)
+    chosen = chosen.tolist()
+    top = (top_values.tolist(), top_ids.tolist()) if top_values is not None else None
+    rows = []
+    for row, k in enumerate(ks):
+        if k is None:
+            rows.append(None)
+        else:
+            pairs = list(zip(top[1][row][:k], top[0][row][:k])) if (k and top) else []
+            rows.append(TokenLogprobs(chosen[row], pairs))
+    return rows
+log = logging.getLogger("ozwell.engines")
 _step = threading.local()  # the layout of the forward pass running on this thread
 
 
@@ -133,6 +198,12 @@ class PagedModelRunner:
     def _slots(self, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cache slots of token positions: block id x block size + offset in the block."""
         return block_table[positions // self.block_size] * self.block_size + positions % self.block_size
+
+    def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
+        """One step: the packed forward pass, then a token for each sequence whose chunk completes it."""
+        logits = self.forward(chunks)
+        completing = [chunk.seq for chunk in chunks if chunk.completes]
+        return sample_isolated(completing, logits) if completing else StepOutput()
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,

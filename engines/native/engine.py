@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import os
 import queue
@@ -25,11 +24,12 @@ import torch
 
 from engines.config import ModelConfig
 from engines.devices import resolve_device, resolve_dtype
+from engines.hf_generation import HFGenerationEngine
+from engines.native.block_manager import KVBlockManager
+from engines.native.model_runner import PagedModelRunner
+from engines.native.scheduler import Scheduler, SchedulerConfig
+from engines.native.sequence import Sequence as PagedSequence
 from engines.output import ChoiceOutput
-from engines.paged.block_manager import KVBlockManager
-from engines.paged.model_runner import PagedModelRunner
-from engines.paged.scheduler import Scheduler, SchedulerConfig
-from engines.paged.sequence import Sequence as PagedSequence
 from engines.protocol import (
     EngineError,
     EngineOverloaded,
@@ -37,9 +37,7 @@ from engines.protocol import (
     GenerationEvent,
     GenerationRequest,
 )
-from engines.sampler import SamplingBatch, TokenLogprobs, sample
-from engines.sources import resolve_hf_dir
-from engines.tokenization import HFTokenizerEngine
+from engines.sources import resolve_hf_dir, weights_revision
 
 log = logging.getLogger("ozwell.engines")
 
@@ -82,7 +80,6 @@ class _Job:
     started: float | None = None  # when its first chunk was scheduled
     queue_time_sent: bool = False
     sequences: list = field(default_factory=list)
-    siblings: list = field(default_factory=list)  # choices 1..n-1, admitted once choice 0's prompt is computed
     remaining: int = 0
 
     def emit(self, item) -> None:
@@ -100,34 +97,9 @@ class _SeqState:
 
     job: _Job
     output: ChoiceOutput
-    generator: torch.Generator | None
 
 
-def _logprobs_per_row(chosen, top_values, top_ids, ks: list[int | None]) -> list[TokenLogprobs | None]:
-    if chosen is None:
-        return [None] * len(ks)
-    chosen = chosen.tolist()
-    top = (top_values.tolist(), top_ids.tolist()) if top_values is not None else None
-    rows = []
-    for row, k in enumerate(ks):
-        if k is None:
-            rows.append(None)
-        else:
-            pairs = list(zip(top[1][row][:k], top[0][row][:k])) if (k and top) else []
-            rows.append(TokenLogprobs(chosen[row], pairs))
-    return rows
-
-
-def _weights_revision(hf_dir: Path) -> str:
-    """A short hash of the model's config and weight files (name, size, mtime)."""
-    digest = hashlib.sha256((hf_dir / "config.json").read_bytes())
-    for path in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
-        stat = path.stat()
-        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:12]
-
-
-class TransformersEngine(HFTokenizerEngine):
+class NativeEngine(HFGenerationEngine):
     # A fault fails the requests in flight and the loop goes on with a clean batch; this many faults
     # in a row, with no good step between them, and the engine gives up and reports itself dead.
     MAX_CONSECUTIVE_FAULTS = 3
@@ -166,7 +138,7 @@ class TransformersEngine(HFTokenizerEngine):
         hf_config = self.model.config.get_text_config()
         self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
         self._stop_token_ids = self.stop_token_ids_with(self.model.generation_config.eos_token_id)
-        self.revision = _weights_revision(hf_dir)
+        self.revision = weights_revision(hf_dir)
         self._build_kv_cache()
         log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d", self.config.id,
                  self.device, dtype, self._max_model_len, self._num_blocks * self.config.block_size,
@@ -341,12 +313,12 @@ class TransformersEngine(HFTokenizerEngine):
                 generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))  # each choice its own stream
             output = ChoiceOutput(index, self.tokenizer, prompt, params, self._stop_token_ids)
             sequence = PagedSequence(f"{job.request.request_id}#{index}", prompt, self.config.block_size,
-                                     _SeqState(job, output, generator))
+                                     _SeqState(job, output), params=params, generator=generator)
             job.sequences.append(sequence)
         # The other choices wait until the first has computed the prompt, then share its KV blocks
         # through the prefix cache instead of computing them again.
+        job.sequences[0].followers = job.sequences[1:]
         self._scheduler.add(job.sequences[0])
-        job.siblings = job.sequences[1:]
         job.remaining = params.n
 
     def _reap_aborted(self) -> None:
@@ -358,70 +330,33 @@ class TransformersEngine(HFTokenizerEngine):
             self._close(job)
 
     def _step(self) -> None:
+        """schedule, run, postprocess (as nano-vllm's LLMEngine.step); then the events go out."""
         chunks = self._scheduler.schedule()
         if not chunks:
             return
         for chunk in chunks:
             if chunk.seq.payload.job.started is None:
                 chunk.seq.payload.job.started = time.perf_counter()
-        logits = self.runner.forward(chunks)
-        completing = [chunk.seq for chunk in chunks if chunk.completes]
-        self._scheduler.computed(chunks)
-        if completing:
-            self._sample_and_emit(completing, logits)
-
-    def _sample(self, sequences: list, logits: torch.Tensor) -> tuple[list[int], list[TokenLogprobs | None]]:
-        params = [s.payload.output.params for s in sequences]
-        batch = SamplingBatch(params, [s.token_ids[:s.num_prompt_tokens] for s in sequences], logits.shape[-1],
-                              logits.device, outputs=[s.token_ids[s.num_prompt_tokens:] for s in sequences])
-        next_ids, chosen, top_values, top_ids = sample(logits, batch, [s.payload.generator for s in sequences])
-        token_ids = next_ids.tolist()  # the step's one host sync (logprobs ride along when asked)
-        return token_ids, _logprobs_per_row(chosen, top_values, top_ids, [p.logprobs for p in params])
-
-    def _sample_isolated(self, sequences: list, logits: torch.Tensor) -> tuple[list, list[int], list]:
-        """Sample the batch; if that raises, sample row by row and fail only the requests whose rows raise.
-
-        Sampling is a pure function of one row's logits and parameters, so a row that fails alone is that
-        request's fault: its job fails, its batch-mates go on, and the engine's fault count is not touched.
-        A broken device shows up in the next forward pass, which does count."""
-        try:
-            return sequences, *self._sample(sequences, logits)
-        except Exception as exc:  # noqa: BLE001 - find the rows that caused it
-            log.warning("%s: sampling a batch of %d failed (%r); sampling row by row", self.config.id,
-                        len(sequences), exc)
-        sampled = []
-        for row, sequence in enumerate(sequences):
+        out = self.runner.run(chunks)
+        for sequence, exc in out.failed:  # a request whose own row faulted the sampler fails alone
             job = sequence.payload.job
-            if job not in self._jobs_live:  # a sibling row already failed this request
-                continue
-            try:
-                ids, entries = self._sample([sequence], logits[row:row + 1])
-            except Exception as exc:  # noqa: BLE001 - this request's own fault
+            if job in self._jobs_live:
                 log.warning("%s: request %s failed in the sampler: %r", self.config.id, job.request.request_id,
                             exc)
                 self._fail_job(job, exc)
-                continue
-            sampled.append((sequence, ids[0], entries[0]))
-        sampled = [row for row in sampled if row[0].payload.job in self._jobs_live]
-        return [r[0] for r in sampled], [r[1] for r in sampled], [r[2] for r in sampled]
-
-    def _sample_and_emit(self, sequences: list, logits: torch.Tensor) -> None:
-        sequences, token_ids, logprobs = self._sample_isolated(sequences, logits)
+        # A row of a request that failed just now is dropped.
+        rows = [row for row in zip(out.sequences, out.token_ids, out.logprobs) if row[0].payload.job in self._jobs_live]
+        sequences, token_ids = [row[0] for row in rows], [row[1] for row in rows]
+        events = [seq.payload.output.push(token_id, logprobs) for seq, token_id, logprobs in rows]
+        self._scheduler.postprocess(chunks, sequences, token_ids, [e.finish_reason is not None for e in events])
         self._generated.add(len(token_ids))
-        for sequence, token_id, entry in zip(sequences, token_ids, logprobs):
-            state: _SeqState = sequence.payload
-            if state.job.siblings and state.output.index == 0:
-                for sibling in state.job.siblings:
-                    self._scheduler.add(sibling)
-                state.job.siblings = []
-            sequence.append_token(token_id)
-            event = state.output.push(token_id, entry)
-            state.job.emit(event)
+        for sequence, event in zip(sequences, events):
+            job = sequence.payload.job
+            job.emit(event)
             if event.finish_reason is not None:
-                self._scheduler.finish(sequence)
-                state.job.remaining -= 1
-                if state.job.remaining == 0:
-                    self._close(state.job)
+                job.remaining -= 1
+                if job.remaining == 0:
+                    self._close(job)
 
     def _close(self, job: _Job) -> None:
         self._jobs_live.discard(job)
@@ -433,7 +368,7 @@ class TransformersEngine(HFTokenizerEngine):
             if sequence.payload.output.finish_reason is None:
                 sequence.payload.output.finish_reason = "error"
                 self._scheduler.finish(sequence)
-        job.siblings = []
+            sequence.followers = []
         self._jobs_live.discard(job)
         job.emit(exc)
         job.emit(_DONE)

@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from engines.protocol import SamplingParams
-
-
-@dataclass
-class TokenLogprobs:
-    """One sampled token's log-probability and the top alternatives at its position."""
-
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 class SamplingBatch:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engines.paged.block_manager import KVBlockManager
-from engines.paged.sequence import Sequence
+from engines.native.block_manager import KVBlockManager
+from engines.native.sequence import Sequence
 
 
 def seq(name, tokens, block_size=4):

@@ -13,7 +13,8 @@ class SequenceStatus(Enum):
 
 
 class Sequence:
-    def __init__(self, seq_id: str, token_ids: list[int], block_size: int, payload: Any = None):
+    def __init__(self, seq_id: str, token_ids: list[int], block_size: int, payload: Any = None,
+                 params: Any = None, generator: Any = None):
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
         self.seq_id = seq_id
@@ -26,7 +27,12 @@ class Sequence:
         # Of those, how many came from the prefix cache at the last admission.
         self.num_cached_tokens = 0
         self.status = SequenceStatus.WAITING
-        self.payload = payload  # the engine's own per-sequence state (params, detokenizer, ...)
+        self.payload = payload  # the engine's own per-sequence state (its request, its text output)
+        self.params = params  # SamplingParams, read by the model runner's sampler
+        self.generator = generator  # its seeded torch.Generator (None when greedy)
+        # Sequences that wait to be scheduled until this one's prompt is computed (a request's other n-1
+        # choices: they then share its prompt's KV blocks through the prefix cache).
+        self.followers: list[Sequence] = []
 
     def __len__(self) -> int:
         return len(self.token_ids)
