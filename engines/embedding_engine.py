@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engines.config import EmbeddingOptions, ModelConfig
@@ -110,8 +111,21 @@ class SentenceTransformersEngine(Engine):
             return "the batcher stopped"
         return None
 
-    async def embed(self, token_ids: Sequence[list[int]]) -> torch.Tensor:
-        """One vector per input (a float32 [n, dim] CPU tensor), as the model's config normalises it."""
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Refuse `dimensions` this model cannot give: another size than its own, unless it is a Matryoshka
+        model (then at most its own)."""
+        if dimensions is None or dimensions == self.dimensions:
+            return
+        if not self.options.matryoshka:
+            raise InvalidGenerationRequest(f"The model `{self.config.id}` does not support `dimensions` other than "
+                                           f"its own {self.dimensions}.", param="dimensions", code="invalid_value")
+        if dimensions > self.dimensions:
+            raise InvalidGenerationRequest(f"`dimensions` must be at most {self.dimensions} for "
+                                           f"`{self.config.id}`.", param="dimensions", code="invalid_value")
+
+    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None) -> np.ndarray:
+        """One vector per input (a float32 [n, dim] array), as the model's config normalises it; with
+        `dimensions` (Matryoshka), the first `dimensions` values of each, renormalised."""
         if self._batcher is None:
             raise RuntimeError(f"embedding engine {self.config.id!r} is not running")
         loop = asyncio.get_running_loop()
@@ -119,10 +133,13 @@ class SentenceTransformersEngine(Engine):
         for item in items:
             self._queue.put_nowait(item)
         try:
-            return torch.stack(await asyncio.gather(*(item.future for item in items)))
+            vectors = torch.stack(await asyncio.gather(*(item.future for item in items)))
         finally:
             for item in items:  # a caller that went away leaves nothing to compute
                 item.future.cancel()
+        if dimensions is not None and dimensions != vectors.shape[-1]:
+            vectors = torch.nn.functional.normalize(vectors[:, :dimensions], p=2, dim=-1)
+        return vectors.numpy().astype(np.float32, copy=False)
 
     async def _run_batcher(self) -> None:
         # One forward pass at a time: what queues up while one runs forms the next batch, and a

@@ -46,6 +46,7 @@ class ContextLengthExceeded(InvalidGenerationRequest):
 MIN_TEMPERATURE = 1e-4
 # Bounds of fields that become int64 tensors or generator seeds (a larger Python int cannot be packed).
 MAX_TOP_K = 2**31 - 1
+MAX_N = 128  # choices per request (OpenAI's cap)
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
@@ -79,8 +80,8 @@ class SamplingParams:
             raise InvalidGenerationRequest("seed must fit in 64 bits", param="seed")
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidGenerationRequest("top_p must be between 0 and 1", param="top_p")
-        if self.n < 1:
-            raise InvalidGenerationRequest("n must be at least 1", param="n")
+        if not 1 <= self.n <= MAX_N:
+            raise InvalidGenerationRequest(f"n must be between 1 and {MAX_N}", param="n")
         if any(not s for s in self.stop):
             raise InvalidGenerationRequest("stop strings must not be empty", param="stop")
         if not -1 <= self.top_k <= MAX_TOP_K:
@@ -237,8 +238,9 @@ class GenerationEngine(Engine):
         """Waiting and running requests, KV-cache use and the like, for /metrics."""
         return {}
 
-    def check_request(self, prompt_len: int, params: SamplingParams, prompt_param: str) -> None:
-        """Reject a request that cannot run as asked, before any work is queued."""
+    def check_request(self, prompt_len: int, params: SamplingParams) -> None:
+        """Reject a request that cannot run as asked, before any work is queued. A prompt too long for the
+        context raises ContextLengthExceeded without a param: the caller knows which of its fields it was."""
         vocab = self.vocab_size()
         bad = [token_id for token_id, _ in params.logit_bias if not 0 <= token_id < vocab]
         if bad:
@@ -255,6 +257,4 @@ class GenerationEngine(Engine):
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, {params.max_tokens} for the "
-                "completion). Please reduce the prompt or the completion length.",
-                param=prompt_param,
-            )
+                "completion). Please reduce the prompt or the completion length.")

@@ -19,18 +19,21 @@ from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, health, metrics, models
+from server.routes import admin, chat, completions, embeddings, health, models
 from server.routes import files as files_routes
+from server.routes import metrics as metrics_routes
 from server.routes import responses as responses_routes
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.files import FileService
-from server.services.generation import Observers
+from server.services.models import ModelService
 from server.services.response_store import ResponseStore
 from server.services.responses import ResponseService
+from server.services.streaming import Observers
 from server.services.usage import UsageService
 from server.settings import Settings
+from server.state import AppServices
 
 log = logging.getLogger("ozwell.server")
 
@@ -75,26 +78,20 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     # No trailing-slash redirects: their Location is built from the Host header (an open redirect).
     app = FastAPI(title="Ozwell", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(authenticate)], redirect_slashes=False)
-    app.state.settings = settings
-    app.state.registry = registry
-    app.state.auth_enabled = settings.auth
-    app.state.database = database
-    app.state.keys = KeyService(database, Plans.from_file(settings.plans_file)) if database else None
-    app.state.usage = UsageService(database) if database else None
-    app.state.limiter = limiter or InMemoryRateLimiter()
-    app.state.files = files
-    app.state.metrics = Metrics(registry)
-    app.state.lifecycle = Lifecycle()
-    observers = Observers(app.state.metrics, app.state.lifecycle)
-    app.state.chat = ChatService(registry, files, observers)
-    app.state.completions = CompletionService(registry, observers)
-    app.state.embeddings = EmbeddingService(registry)
-    app.state.responses = ResponseService(registry, responses, files, observers)
+    metrics, lifecycle = Metrics(registry), Lifecycle()
+    observers = Observers(metrics, lifecycle)
+    app.state.services = AppServices(
+        settings=settings, registry=registry, database=database,
+        keys=KeyService(database, Plans.from_file(settings.plans_file)) if database else None,
+        usage=UsageService(database) if database else None, limiter=limiter or InMemoryRateLimiter(),
+        files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
+        chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
+        embeddings=EmbeddingService(registry), responses=ResponseService(registry, responses, files, observers))
     install_error_handlers(app)
-    app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.usage)
+    app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.services.usage)
     # Added last, so it is the outermost: it sees every request first and every response to its end.
-    app.add_middleware(RequestGuard, limits=settings, lifecycle=app.state.lifecycle, metrics=app.state.metrics)
+    app.add_middleware(RequestGuard, limits=settings, lifecycle=lifecycle, metrics=metrics)
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   files_routes.router, responses_routes.router, admin.router, metrics.router):
+                   files_routes.router, responses_routes.router, admin.router, metrics_routes.router):
         app.include_router(router)
     return app

@@ -146,7 +146,7 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr=metrics_host, registry=app.state.metrics.registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=app.state.services.metrics.registry)
         print(f"Metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
 
     class _Server(uvicorn.Server):
@@ -178,7 +178,7 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
 
         async def _drain_then_exit(self) -> None:
             try:
-                await app.state.lifecycle.drain(settings.drain_timeout_s)
+                await app.state.services.lifecycle.drain(settings.drain_timeout_s)
             finally:
                 self.should_exit = True
 

@@ -11,19 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engines.protocol import MAX_TOP_K, MIN_TEMPERATURE, SEED_RANGE
+from engines.protocol import SamplingParams
 from server.errors import InvalidRequestError, UnsupportedParameterError
 
-# Every integer a client sends is bounded here, before it reaches a tensor, a database column or a
-# datetime: Python ints are unbounded, and one past int64 faulted the sampler (issue #23).
+# Every integer a client sends is bounded before it reaches a tensor, a database column or a datetime:
+# Python ints are unbounded, and one past int64 faulted the sampler (issue #23). The sampling fields'
+# bounds are written once, in the engine contract's SamplingParams; `to_sampling_params` builds it, and
+# the pipeline (server/services/pipeline.py) does so first, before any work. The rest are bounded here.
 INT32_MAX = 2**31 - 1
-
-
-def check_temperature(value: float | None) -> float | None:
-    """0 (greedy) or at least MIN_TEMPERATURE: see engines/protocol.py for why the floor is safe in float32."""
-    if value is not None and 0 < value < MIN_TEMPERATURE:
-        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
-    return value
 
 
 class OpenAIBaseModel(BaseModel):
@@ -64,21 +59,21 @@ class SamplingFields(OpenAIBaseModel):
     """Fields shared by chat and legacy completions."""
 
     model: str
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
     stop: StopField = None
-    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    seed: int | None = None
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     # Extensions beyond OpenAI's API (vLLM's names; the openai SDK sends them with extra_body).
-    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     ignore_eos: bool | None = None
 
     @field_validator("logit_bias")
@@ -91,29 +86,28 @@ class SamplingFields(OpenAIBaseModel):
         for key, bias in value.items():
             if not key.lstrip("-").isdigit() or len(key) > 12:
                 raise ValueError(f"keys must be token ids, not {key[:20]!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"the bias of token {key} must be between -100 and 100")
         return value
-
-    @field_validator("temperature")
-    @classmethod
-    def _check_temperature(cls, value: float | None) -> float | None:
-        return check_temperature(value)
 
     @property
     def logprobs_k(self) -> int | None:
         """How many top alternatives per token to return; None: no logprobs at all."""
         return None
 
-    def sampling_options(self) -> dict:
-        """The engine SamplingParams fields these request fields set."""
-        return {
-            "top_k": self.top_k or 0, "min_p": self.min_p or 0.0,
-            "presence_penalty": self.presence_penalty or 0.0, "frequency_penalty": self.frequency_penalty or 0.0,
-            "repetition_penalty": self.repetition_penalty or 1.0, "ignore_eos": bool(self.ignore_eos),
-            "logit_bias": tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
-            "logprobs": self.logprobs_k,
-        }
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The completion length asked for; None: up to the context."""
+        return None
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        """The engine's SamplingParams for this request (raises InvalidGenerationRequest naming a field)."""
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, n=1 if self.n is None else self.n, seed=self.seed,
+            stop=self.stop_list, top_k=self.top_k or 0, min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            ignore_eos=bool(self.ignore_eos), logprobs=self.logprobs_k,
+            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @field_validator("stop")
     @classmethod
@@ -162,6 +156,10 @@ class ChatCompletionRequest(SamplingFields):
     def logprobs_k(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
     def reject_unsupported(self) -> None:
         super().reject_unsupported()
         if self.top_logprobs is not None and not self.logprobs:
@@ -173,7 +171,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     safety_identifier: str | None = Field(default=None, max_length=64)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
@@ -231,6 +229,10 @@ class CompletionRequest(SamplingFields):
     @property
     def logprobs_k(self) -> int | None:
         return self.logprobs
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
         "echo": (None, False),
@@ -299,8 +301,8 @@ class ResponseRequest(OpenAIBaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=16, le=INT32_MAX)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
+    temperature: float | None = None
+    top_p: float | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = True
     previous_response_id: str | None = None
@@ -337,10 +339,13 @@ class ResponseRequest(OpenAIBaseModel):
         "prompt_cache_options": (None,), "moderation": (None,),
     }
 
-    @field_validator("temperature")
-    @classmethod
-    def _check_temperature(cls, value: float | None) -> float | None:
-        return check_temperature(value)
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_output_tokens
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+                              top_p=1.0 if self.top_p is None else self.top_p)
 
     @field_validator("metadata")
     @classmethod

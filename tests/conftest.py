@@ -125,7 +125,7 @@ def app(registry, database, tiny_config_dir, tiny_dir):
 @pytest.fixture(scope="session")
 def admin_key(app) -> str:
     """An admin key with limits high enough that the functional tests never meet them."""
-    _, plaintext = app.state.keys.create(name="tests", plan="enterprise", rpm=1_000_000, tpm=10**10, admin=True,
+    _, plaintext = app.state.services.keys.create(name="tests", plan="enterprise", rpm=1_000_000, tpm=10**10, admin=True,
                                          operator=True)
     return plaintext
 

@@ -15,6 +15,7 @@ from server.context import RequestContext, owner_window
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.executors import run_auth
 from server.ratelimit import rate_limit_headers
+from server.state import services
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})  # probes: liveness and readiness
 
@@ -26,7 +27,7 @@ def _route_path(request: Request) -> str:
 async def authenticate(request: Request) -> None:
     if _route_path(request) in PUBLIC_PATHS:
         return
-    state = request.app.state
+    state = services(request)
     if not state.auth_enabled:
         request.state.ozwell_context = RequestContext.unauthenticated()
         return
@@ -58,7 +59,7 @@ async def authenticate(request: Request) -> None:
 
 async def optional_caller(request: Request) -> Caller | None:
     """The caller of a public route who presents a valid key, else None (probes need no key, so no 401)."""
-    state = request.app.state
+    state = services(request)
     if not state.auth_enabled:
         return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -1,1 +1,1 @@
-"""Thin routers: take the service from app.state, call it, return JSON or SSE."""
+"""Thin routers: take the service from the app's typed services (server/state.py), call it, return JSON or SSE."""

@@ -18,6 +18,7 @@ from server.auth.keys import ADMIN_SCOPE, MAX_LIMIT, GrantError, KeyAdminError
 from server.db.models import ApiKey
 from server.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from server.protocol import OpenAIBaseModel
+from server.state import services
 
 _LAST_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 
@@ -62,7 +63,7 @@ async def create_key(body: CreateKeyRequest, request: Request, context: Context)
                                         "for other owners.", param="owner", code="insufficient_scope")
         fields["owner"] = context.caller.owner
     try:
-        record, plaintext = await asyncio.to_thread(request.app.state.keys.create, **fields, grantor=context.caller)
+        record, plaintext = await asyncio.to_thread(services(request).keys.create, **fields, grantor=context.caller)
     except GrantError as exc:
         raise PermissionDeniedError(str(exc), param=exc.param, code="insufficient_scope") from None
     except KeyAdminError as exc:
@@ -73,19 +74,19 @@ async def create_key(body: CreateKeyRequest, request: Request, context: Context)
 
 @router.get("/keys")
 async def list_keys(request: Request, context: Context) -> dict:
-    keys = await asyncio.to_thread(request.app.state.keys.list)
+    keys = await asyncio.to_thread(services(request).keys.list)
     return {"object": "list", "data": [key_object(k) for k in keys if _visible(context, k.owner)]}
 
 
 def _owned_key(request: Request, context, key_id: str) -> ApiKey | None:
-    return next((k for k in request.app.state.keys.list() if k.id == key_id and _visible(context, k.owner)), None)
+    return next((k for k in services(request).keys.list() if k.id == key_id and _visible(context, k.owner)), None)
 
 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, request: Request, context: Context) -> dict:
     key = None
     if await asyncio.to_thread(_owned_key, request, context, key_id) is not None:  # by id only here
-        key = await asyncio.to_thread(request.app.state.keys.revoke, key_id)
+        key = await asyncio.to_thread(services(request).keys.revoke, key_id)
     if key is None:
         raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")
     return {**key_object(key), "revoked": True}
@@ -99,5 +100,5 @@ async def read_usage(request: Request, context: Context, key_id: str | None = No
         raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")
     since_dt = datetime.fromtimestamp(since, UTC) if since is not None else None
     owner = None if context.caller is None else context.caller.owner
-    rows = await asyncio.to_thread(request.app.state.usage.query, key_id, since_dt, limit, owner)
+    rows = await asyncio.to_thread(services(request).usage.query, key_id, since_dt, limit, owner)
     return {"object": "list", "data": rows}

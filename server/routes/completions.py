@@ -3,10 +3,11 @@ from fastapi import APIRouter, Request
 from server.auth.dependencies import Context, require_scope
 from server.protocol import CompletionRequest
 from server.routes.sse import respond
+from server.state import Services
 
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[require_scope("completions")])
 
 
 @router.post("/completions")
-async def create_completion(body: CompletionRequest, request: Request, context: Context):
-    return await respond(request, context, request.app.state.completions.create(body, context))
+async def create_completion(body: CompletionRequest, request: Request, context: Context, app: Services):
+    return await respond(request, context, app.completions.create(body, context))

@@ -3,10 +3,11 @@ from fastapi import APIRouter, Request
 from server.auth.dependencies import Context, require_scope
 from server.protocol import EmbeddingRequest
 from server.routes.sse import respond
+from server.state import Services
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], dependencies=[require_scope("embeddings")])
 
 
 @router.post("/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request, context: Context):
-    return await respond(request, context, request.app.state.embeddings.create(body, context))
+async def create_embeddings(body: EmbeddingRequest, request: Request, context: Context, app: Services):
+    return await respond(request, context, app.embeddings.create(body, context))

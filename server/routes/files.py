@@ -8,13 +8,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth.dependencies import Context, require_scope
 from server.services.files import FileService, content_disposition
+from server.state import services
 
 router = APIRouter(prefix="/v1/files", tags=["files"], dependencies=[require_scope("files")])
 _CHUNK = 1 << 20
 
 
 def _files(request: Request) -> FileService:
-    return request.app.state.files
+    return services(request).files
 
 
 @router.post("")

@@ -3,6 +3,7 @@ from fastapi.responses import JSONResponse
 
 from server.auth.dependencies import optional_caller
 from server.auth.keys import OPERATOR_SCOPE
+from server.state import services
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,7 @@ async def ready(request: Request) -> JSONResponse:
 
     Probes need no key, so a down engine is only "down" here; why (an exception's text) is logged, and
     shown to a caller whose key has the operator scope."""
-    state = request.app.state
+    state = services(request)
     models = {}
     operator = None
     for engine in state.registry.engines:

@@ -3,40 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-from engines.registry import EngineRegistry
+from engines.protocol import GenerationEngine
 from server.context import RequestContext
 from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.protocol import ChatCompletionRequest, ChatMessage
-from server.services.files import FileService
-from server.services.generation import (
+from server.services.formats import (
     SSE_DONE,
-    Collected,
-    Observers,
-    admit,
-    build_sampling_params,
     chat_logprobs,
     new_id,
-    off_loop,
     openai_finish_reason,
-    prompt_floor,
-    resolve_generation_engine,
     sse,
     sse_error,
-    stream_events,
     usage,
 )
-
-# The chat templates we load know system, user and assistant; a developer message is the newer
-# name for a system message.
-_TEMPLATE_ROLE = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-# A text file larger than this cannot fit any context we serve; refuse it before reading it.
-MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
-
-FileText = Callable[[str], str]  # file id -> its UTF-8 text (raises OpenAIError)
+from server.services.pipeline import (
+    TEMPLATE_ROLES,
+    FileText,
+    GenerationPipeline,
+    Prepared,
+    off_loop,
+    prompt_floor,
+)
+from server.services.streaming import ChoiceCollector, merged_events
 
 
 def _file_part_text(part: dict, param: str, file_text: FileText | None) -> str:
@@ -93,59 +83,50 @@ def _plain_text(message: ChatMessage) -> str:
 def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
     rendered = []
     for i, message in enumerate(messages):
-        if message.role not in _TEMPLATE_ROLE:
+        if message.role not in TEMPLATE_ROLES:
             raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' needs tool calling, which "
                                             "is not supported by this server yet")
         for name in ("tool_calls", "function_call", "audio"):
             if getattr(message, name):
                 raise UnsupportedParameterError(f"messages[{i}].{name}")
-        rendered.append({"role": _TEMPLATE_ROLE[message.role], "content": _message_text(message, i, file_text)})
+        rendered.append({"role": TEMPLATE_ROLES[message.role], "content": _message_text(message, i, file_text)})
     return rendered
 
 
-class ChatService:
-    def __init__(self, registry: EngineRegistry, files: FileService | None = None,
-                 observers: Observers | None = None):
-        self.registry = registry
-        self.observers = observers
-        self.files = files
+class ChatService(GenerationPipeline):
+    route = "/v1/chat/completions"
+    prompt_param = "messages"
 
-    def file_reader(self, owner: str) -> FileText | None:
-        if self.files is None:
-            return None
-        return lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
-
-    async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        req.reject_unsupported()
-        engine = resolve_generation_engine(self.registry, req.model, "/v1/chat/completions")
-        context.check_model(req.model, engine.config.names)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    def admission(self, req: ChatCompletionRequest, engine: GenerationEngine) -> tuple[int, int]:
         n = req.n or 1
-        # Admission before work: the engine's queue, then a lower bound of the tokens, before templating.
-        admit(engine, n)
         floor = min(prompt_floor(engine, [_plain_text(m) for m in req.messages]), engine.max_model_len)
-        await context.reserve_tokens(floor + (requested or 1) * n)
+        return n, floor + (req.requested_max_tokens or 1) * n
+
+    async def prepare(self, req: ChatCompletionRequest, engine: GenerationEngine,
+                      context: RequestContext) -> Prepared:
         # Off the loop: file parts read the database and the disk.
         messages = await off_loop(template_messages, req.messages, self.file_reader(context.owner))
-        prompt_ids = await off_loop(engine.encode_chat, messages)
-        params = build_sampling_params(req, engine, len(prompt_ids), requested, "messages")
-        await context.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
+        return Prepared([await off_loop(engine.encode_chat, messages)])
+
+    async def respond(self, req: ChatCompletionRequest, context: RequestContext, engine: GenerationEngine,
+                      prepared: Prepared) -> dict | AsyncIterator[str]:
         completion_id = new_id("chatcmpl")
         created = int(time.time())
-        model = engine.config.id
         if req.stream:
-            return self._stream(req, context, engine, completion_id, created, model, prompt_ids, params)
-        collected = Collected(prompt_tokens=len(prompt_ids))
+            return self._stream(req, context, engine, completion_id, created, prepared)
+        prompt_ids, params = prepared.prompts[0], prepared.params[0]
+        collected = ChoiceCollector(prompt_tokens=len(prompt_ids))
         try:
-            async for event in stream_events(engine, completion_id, prompt_ids, params, self.observers):
-                collected.add(event, event.index)
+            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
+                                                    self.observers):
+                collected.add(event, index)
         finally:
             await context.settle(len(prompt_ids), collected.completion_tokens)
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
-            "model": model,
+            "model": engine.config.id,
             "choices": [
                 {
                     "index": index,
@@ -154,18 +135,18 @@ class ChatService:
                     "logprobs": (chat_logprobs(engine, choice.token_ids, choice.logprobs)
                                  if params.logprobs is not None else None),
                 }
-                for index, choice in sorted(collected.choices.items())
+                for index, choice in collected.sorted()
             ],
             "usage": usage(collected.prompt_tokens, collected.completion_tokens),
         }
 
-    async def _stream(self, req, context, engine, completion_id, created, model, prompt_ids,
-                      params) -> AsyncIterator[str]:
+    async def _stream(self, req, context, engine, completion_id, created, prepared: Prepared) -> AsyncIterator[str]:
         include_usage = req.include_usage
+        prompt_ids, params = prepared.prompts[0], prepared.params[0]
 
         def chunk(choices: list[dict], **extra) -> str:
-            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": choices, **extra}
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                    "model": engine.config.id, "choices": choices, **extra}
             if include_usage and "usage" not in extra:
                 body["usage"] = None
             return sse(body)
@@ -175,18 +156,19 @@ class ChatService:
             for index in range(params.n):
                 yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                               "logprobs": None}])
-            async for event in stream_events(engine, completion_id, prompt_ids, params, self.observers):
-                completion_tokens[event.index] = event.completion_tokens
+            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
+                                                    self.observers):
+                completion_tokens[index] = event.completion_tokens
                 logprobs = None
                 if params.logprobs is not None and event.logprobs:
                     logprobs = chat_logprobs(engine, event.token_ids, event.logprobs)
                 if event.text or (logprobs and not event.finish_reason):
                     # (a token whose text is still held back sends its logprobs with empty content)
-                    yield chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None,
+                    yield chunk([{"index": index, "delta": {"content": event.text}, "finish_reason": None,
                                   "logprobs": logprobs}])
                     logprobs = None
                 if event.finish_reason:
-                    yield chunk([{"index": event.index, "delta": {},
+                    yield chunk([{"index": index, "delta": {},
                                   "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
             if include_usage:
                 yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))

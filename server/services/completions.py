@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from engines.protocol import GenerationEngine, GenerationEvent, SamplingParams
-from engines.registry import EngineRegistry
+from engines.protocol import GenerationEngine
 from server.context import RequestContext
 from server.errors import InvalidRequestError
 from server.protocol import CompletionRequest
-from server.services.generation import (
+from server.services.formats import (
     SSE_DONE,
-    Collected,
-    Observers,
-    admit,
-    build_sampling_params,
     legacy_logprobs,
     new_id,
-    off_loop,
     openai_finish_reason,
-    prompt_floor,
-    resolve_generation_engine,
     sse,
     sse_error,
-    stream_events,
     usage,
 )
+from server.services.pipeline import (
+    GenerationPipeline,
+    Prepared,
+    off_loop,
+    prompt_floor,
+)
+from server.services.streaming import ChoiceCollector, merged_events
 
 
-class CompletionService:
-    def __init__(self, registry: EngineRegistry, observers: Observers | None = None):
-        self.registry = registry
-        self.observers = observers
+class CompletionService(GenerationPipeline):
+    route = "/v1/completions"
+    prompt_param = "prompt"
+
+    def admission(self, req: CompletionRequest, engine: GenerationEngine) -> tuple[int, int]:
+        prompts, n = req.prompts(), req.n or 1
+        return len(prompts) * n, prompt_floor(engine, prompts) + len(prompts) * (req.requested_max_tokens or 1) * n
+
+    async def prepare(self, req: CompletionRequest, engine: GenerationEngine, context: RequestContext) -> Prepared:
+        return Prepared([await self._prompt_ids(engine, p, i) for i, p in enumerate(req.prompts())])
 
     async def _prompt_ids(self, engine: GenerationEngine, prompt: str | list[int], i: int) -> list[int]:
         if isinstance(prompt, str):
@@ -44,29 +47,19 @@ class CompletionService:
                                       param="prompt", code="invalid_value")
         return list(prompt)
 
-    async def create(self, req: CompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        req.reject_unsupported()
-        engine = resolve_generation_engine(self.registry, req.model, "/v1/completions")
-        context.check_model(req.model, engine.config.names)
-        raw = req.prompts()
-        n = req.n or 1
-        # Admission before work: the engine's queue and a lower bound of the tokens, before tokenizing.
-        admit(engine, len(raw) * n)
-        await context.reserve_tokens(prompt_floor(engine, raw) + len(raw) * (req.max_tokens or 1) * n)
-        prompts = [await self._prompt_ids(engine, p, i) for i, p in enumerate(raw)]
-        params = [build_sampling_params(req, engine, len(ids), req.max_tokens, "prompt") for ids in prompts]
-        prompt_tokens = sum(len(ids) for ids in prompts)
-        await context.reserve_tokens(prompt_tokens + sum(p.max_tokens * p.n for p in params))
+    async def respond(self, req: CompletionRequest, context: RequestContext, engine: GenerationEngine,
+                      prepared: Prepared) -> dict | AsyncIterator[str]:
         completion_id = new_id("cmpl")
         created = int(time.time())
         if req.stream:
-            return self._stream(req, context, engine, completion_id, created, prompts, params)
-        collected = Collected(prompt_tokens=prompt_tokens)
+            return self._stream(req, context, engine, completion_id, created, prepared)
+        collected = ChoiceCollector(prompt_tokens=prepared.prompt_tokens)
         try:
-            async for index, event in self._merged_events(engine, completion_id, prompts, params):
+            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
+                                                    self.observers):
                 collected.add(event, index)
         finally:
-            await context.settle(prompt_tokens, collected.completion_tokens)
+            await context.settle(prepared.prompt_tokens, collected.completion_tokens)
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -75,46 +68,12 @@ class CompletionService:
             "choices": [
                 {"index": index, "text": c.text, "finish_reason": c.finish_reason,
                  "logprobs": legacy_logprobs(engine, c.token_ids, c.logprobs) if req.logprobs is not None else None}
-                for index, c in sorted(collected.choices.items())
+                for index, c in collected.sorted()
             ],
             "usage": usage(collected.prompt_tokens, collected.completion_tokens),
         }
 
-    async def _merged_events(
-        self, engine: GenerationEngine, completion_id: str, prompts: list[list[int]], params: list[SamplingParams]
-    ) -> AsyncIterator[tuple[int, GenerationEvent]]:
-        """Events of every prompt as they come, with the choice index OpenAI gives them
-        (prompt i, choice j -> i * n + j)."""
-        queue: asyncio.Queue = asyncio.Queue()
-        finished = object()
-
-        async def pump(i: int) -> None:
-            try:
-                async for event in stream_events(engine, f"{completion_id}-{i}", prompts[i], params[i],
-                                               self.observers):
-                    await queue.put((i * params[i].n + event.index, event))
-                await queue.put(finished)
-            except BaseException as exc:
-                await queue.put(exc)
-                raise
-
-        tasks = [asyncio.create_task(pump(i)) for i in range(len(prompts))]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is finished:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _stream(self, req, context, engine, completion_id, created, prompts, params) -> AsyncIterator[str]:
+    async def _stream(self, req, context, engine, completion_id, created, prepared: Prepared) -> AsyncIterator[str]:
         include_usage = req.include_usage
         completion_tokens: dict[int, int] = {}
 
@@ -125,7 +84,8 @@ class CompletionService:
 
         offsets: dict[int, int] = {}
         try:
-            async for index, event in self._merged_events(engine, completion_id, prompts, params):
+            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
+                                                    self.observers):
                 completion_tokens[index] = event.completion_tokens
                 reason = openai_finish_reason(event.finish_reason) if event.finish_reason else None
                 logprobs = None
@@ -136,9 +96,9 @@ class CompletionService:
                     yield chunk([{"index": index, "text": event.text, "finish_reason": reason,
                                   "logprobs": logprobs}])
             if include_usage:
-                yield chunk([], usage=usage(sum(len(p) for p in prompts), sum(completion_tokens.values())))
+                yield chunk([], usage=usage(prepared.prompt_tokens, sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
         finally:
-            await context.settle(sum(len(p) for p in prompts), sum(completion_tokens.values()))
+            await context.settle(prepared.prompt_tokens, sum(completion_tokens.values()))
         yield SSE_DONE

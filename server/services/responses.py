@@ -7,10 +7,8 @@ to first token, generation tokens/s, engine kind, model revision); the SDKs igno
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from engines.protocol import ContextLengthExceeded, GenerationEngine
@@ -23,25 +21,22 @@ from server.errors import (
     UnsupportedParameterError,
 )
 from server.protocol import ResponseRequest
-from server.services.chat import MAX_PROMPT_FILE_BYTES
 from server.services.files import FileService
-from server.services.generation import (
-    Observers,
-    admit,
-    checked_sampling_params,
+from server.services.formats import new_id, sse_event
+from server.services.pipeline import (
+    TEMPLATE_ROLES,
+    FileText,
+    GenerationPipeline,
+    Prepared,
     off_loop,
     prompt_floor,
-    resolve_generation_engine,
-    stream_events,
 )
 from server.services.response_store import ResponseStore, not_found
-
-_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
-FileText = Callable[[str], str]
+from server.services.streaming import Observers, stream_events
 
 
 def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
+    return new_id(prefix, "_")
 
 
 def _output_text_part(text: str) -> dict:
@@ -94,7 +89,7 @@ def parse_input(value: str | list[dict], file_text: FileText | None) -> tuple[li
         kind, role = raw.get("type", "message"), raw.get("role")
         if kind != "message":
             raise UnsupportedParameterError(f"input[{i}].type", f"'{kind}' is not supported by this server yet")
-        if role not in _ROLES:
+        if role not in TEMPLATE_ROLES:
             raise InvalidRequestError(f"input[{i}].role must be one of user, system, developer, assistant.",
                                       param=f"input[{i}].role", code="invalid_value")
         content = raw.get("content")
@@ -106,7 +101,7 @@ def parse_input(value: str | list[dict], file_text: FileText | None) -> tuple[li
             raise InvalidRequestError(f"input[{i}].content must be a string or a non-empty array of parts.",
                                       param=f"input[{i}].content")
         text = "".join(_part_text(p, role, f"input[{i}].content[{j}]", file_text) for j, p in enumerate(parts))
-        messages.append({"role": _ROLES[role], "content": text})
+        messages.append({"role": TEMPLATE_ROLES[role], "content": text})
         if role == "assistant":
             items.append({"id": _id("msg"), "type": "message", "role": "assistant", "status": "completed",
                           "content": [_output_text_part(p["text"]) for p in parts]})
@@ -260,30 +255,24 @@ class _Run:
         return body
 
 
-class ResponseService:
+class ResponseService(GenerationPipeline):
+    route = "/v1/responses"
+    prompt_param = "input"
+
     def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileService | None,
                  observers: Observers | None = None):
-        self.registry = registry
-        self.observers = observers
+        super().__init__(registry, observers, files)
         self.store = store
-        self.files = files
 
     # ---- create ------------------------------------------------------------------------------
-    async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        req.reject_unsupported()
-        engine = resolve_generation_engine(self.registry, req.model, "/v1/responses")
-        context.check_model(req.model, engine.config.names)
-        owner = context.owner
-        # Admission before work: the engine's queue, then a lower bound of the tokens, before the input is
-        # read, templated, tokenized or truncated (a truncated prompt holds at most the context less the room).
-        admit(engine, 1)
+    def admission(self, req: ResponseRequest, engine: GenerationEngine) -> tuple[int, int]:
+        # A truncated prompt holds at most the context less the room for the output.
         room = req.max_output_tokens or 1
-        floor = max(min(prompt_floor(engine, _input_texts(req)), engine.max_model_len - room), 1)
-        await context.reserve_tokens(floor + room)
-        file_text = None
-        if self.files is not None:
-            file_text = lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
-        current, items = await off_loop(parse_input, req.input, file_text)
+        return 1, max(min(prompt_floor(engine, _input_texts(req)), engine.max_model_len - room), 1) + room
+
+    async def prepare(self, req: ResponseRequest, engine: GenerationEngine, context: RequestContext) -> Prepared:
+        owner = context.owner
+        current, items = await off_loop(parse_input, req.input, self.file_reader(owner))
         history: list[dict] = []
         if req.previous_response_id:
             if self.store is None:
@@ -293,18 +282,21 @@ class ResponseService:
         # A prompt that cannot fit comes back as 400 context_length_exceeded (off_loop maps it).
         prompt_ids, _ = await off_loop(fit_prompt, engine, system, history, current, req.max_output_tokens,
                                        req.truncation or "disabled")
-        params = checked_sampling_params(engine, len(prompt_ids), req.max_output_tokens, "input",
-                                         temperature=req.temperature, top_p=req.top_p)
-        await context.reserve_tokens(len(prompt_ids) + params.max_tokens)
-        run = _Run(_id("resp"), req, engine, int(time.time()), prompt_ids)
+        return Prepared([prompt_ids], state=(current, items))
+
+    async def respond(self, req: ResponseRequest, context: RequestContext, engine: GenerationEngine,
+                      prepared: Prepared) -> dict | AsyncIterator[str]:
+        current, items = prepared.state
+        params = prepared.params[0]
+        run = _Run(_id("resp"), req, engine, int(time.time()), prepared.prompts[0])
         if req.stream:
             return self._stream(run, params, context, current, items)
         try:
             async for _ in self._generate(run, params):
                 pass
         finally:
-            await context.settle(len(prompt_ids), run.output_tokens)
-        return await self._finish(run, owner, current, items)
+            await context.settle(len(run.prompt_ids), run.output_tokens)
+        return await self._finish(run, context.owner, current, items)
 
     async def _generate(self, run: _Run, params) -> AsyncIterator[str]:
         """Drive the engine, filling `run`; yields each text delta."""
@@ -336,7 +328,7 @@ class ResponseService:
             nonlocal sequence
             data = {"type": kind, **payload, "sequence_number": sequence}
             sequence += 1
-            return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=True)}\n\n"
+            return sse_event(kind, data)
 
         where = {"item_id": run.message_id, "output_index": 0, "content_index": 0}
         yield event("response.created", response=run.body())

@@ -98,10 +98,10 @@ def test_abort_mid_stream_finishes_with_abort(registry):
 def test_context_limit_and_n_cap_are_checked_before_queueing(registry):
     engine = _engine(registry, "tiny-llama")
     with pytest.raises(ContextLengthExceeded, match="maximum context length is 128 tokens"):
-        engine.check_request(100, SamplingParams(max_tokens=29), "prompt")
-    engine.check_request(100, SamplingParams(max_tokens=28), "prompt")
+        engine.check_request(100, SamplingParams(max_tokens=29))
+    engine.check_request(100, SamplingParams(max_tokens=28))
     with pytest.raises(InvalidGenerationRequest, match="max_num_seqs"):
-        engine.check_request(1, SamplingParams(max_tokens=1, n=engine.config.max_num_seqs + 1), "prompt")
+        engine.check_request(1, SamplingParams(max_tokens=1, n=engine.config.max_num_seqs + 1))
 
 
 def test_a_prompt_far_over_the_context_is_refused_from_a_prefix(registry):

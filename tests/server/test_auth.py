@@ -42,7 +42,7 @@ def _error(response, status, error_type, code):
 
 def _new_key(app, **kwargs) -> str:
     """A key of the session admin key's owner ("tests"), unless another owner is given."""
-    return app.state.keys.create(**{"name": "t", "owner": "tests", **kwargs})[1]
+    return app.state.services.keys.create(**{"name": "t", "owner": "tests", **kwargs})[1]
 
 
 def _api_routes(routes):
@@ -93,7 +93,7 @@ def test_the_stored_hash_is_not_a_key(app, client, database):
 
 def test_revocation_counts_on_the_next_request(app, client):
     key = _new_key(app)
-    key_id = next(k.id for k in app.state.keys.list() if k.prefix == key[:12])
+    key_id = next(k.id for k in app.state.services.keys.list() if k.prefix == key[:12])
     with as_key(client, key):
         assert client.get("/v1/models").status_code == 200
     assert client.delete(f"/v1/admin/keys/{key_id}").json()["revoked"] is True
@@ -143,7 +143,7 @@ def test_admin_api_creates_lists_and_reads_usage(client):
 
 def test_one_owners_admin_key_cannot_see_anothers_keys_or_usage(app, client):
     a_admin = _new_key(app, name="a-admin", owner="tenant-a", admin=True, plan="pro")
-    b_key, b_plain = app.state.keys.create(name="b-worker", owner="tenant-b", plan="pro")
+    b_key, b_plain = app.state.services.keys.create(name="b-worker", owner="tenant-b", plan="pro")
     with as_key(client, b_plain):
         client.get("/v1/models")  # tenant-b has usage now
     with as_key(client, a_admin):
@@ -286,9 +286,9 @@ def test_owner_rpm_counts_every_key_of_the_owner(registry, database, tiny_config
 
     app = create_app(Settings(config_dir=tiny_config_dir, data_dir=tiny_dir / "data", owner_rpm=3), registry,
                      database=database)
-    first = app.state.keys.create(name="one", owner="shared-owner", plan="pro")[1]
-    second = app.state.keys.create(name="two", owner="shared-owner", plan="pro")[1]
-    other = app.state.keys.create(name="three", owner="another-owner", plan="pro")[1]
+    first = app.state.services.keys.create(name="one", owner="shared-owner", plan="pro")[1]
+    second = app.state.services.keys.create(name="two", owner="shared-owner", plan="pro")[1]
+    other = app.state.services.keys.create(name="three", owner="another-owner", plan="pro")[1]
     http = TestClient(app, raise_server_exceptions=False)  # no lifespan: the session's engines are running
     codes = [http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
              for key in (first, second, first, second)]

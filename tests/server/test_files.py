@@ -19,7 +19,7 @@ HELLO_FILE = "The secret word is pineapple.\nRemember it.\n"
 
 
 def _files_dir(app) -> Path:
-    return app.state.files.dir
+    return app.state.services.files.dir
 
 
 def _visible(app) -> set[str]:
@@ -50,7 +50,7 @@ def test_storage_permissions_and_bytes_named_by_id(app, client):
 
 
 def test_pagination_with_after_cursor(client, app, admin_key):
-    key = app.state.keys.create(name="pager", owner="pager-owner")[1]
+    key = app.state.services.keys.create(name="pager", owner="pager-owner")[1]
     with as_key(client, key):
         ids = {client.post("/v1/files", files={"file": (f"f{i}.txt", b"x" * i)}, data={"purpose": "user_data"})
                .json()["id"] for i in range(5)}
@@ -72,7 +72,7 @@ def test_pagination_with_after_cursor(client, app, admin_key):
 
 
 def test_oversize_is_413_and_leaves_no_bytes(app, client, monkeypatch):
-    monkeypatch.setattr(app.state.files, "max_file_bytes", 1000)
+    monkeypatch.setattr(app.state.services.files, "max_file_bytes", 1000)
     before = _visible(app)
     response = client.post("/v1/files", files={"file": ("big.bin", b"x" * 5000)}, data={"purpose": "user_data"})
     assert response.status_code == 413
@@ -81,8 +81,8 @@ def test_oversize_is_413_and_leaves_no_bytes(app, client, monkeypatch):
 
 
 def test_owner_quota_is_checked_while_streaming(app, client, monkeypatch):
-    key = app.state.keys.create(name="quota", owner="quota-owner")[1]
-    monkeypatch.setattr(app.state.files, "owner_quota_bytes", 3000)
+    key = app.state.services.keys.create(name="quota", owner="quota-owner")[1]
+    monkeypatch.setattr(app.state.services.files, "owner_quota_bytes", 3000)
     with as_key(client, key):
         assert client.post("/v1/files", files={"file": ("a.txt", b"x" * 2000)},
                            data={"purpose": "user_data"}).status_code == 200
@@ -117,7 +117,7 @@ def test_sanitise_filename_on_raw_names():
 
 def test_another_owner_gets_404_and_never_sees_the_file(app, client):
     mine = client.post("/v1/files", files={"file": ("mine.txt", b"private")}, data={"purpose": "user_data"}).json()
-    other = app.state.keys.create(name="intruder", owner="someone-else")[1]
+    other = app.state.services.keys.create(name="intruder", owner="someone-else")[1]
     with as_key(client, other):
         for method, path in (("GET", f"/v1/files/{mine['id']}"), ("GET", f"/v1/files/{mine['id']}/content"),
                              ("DELETE", f"/v1/files/{mine['id']}")):
@@ -172,8 +172,8 @@ def test_expired_files_are_swept(app, client):
                        data={"purpose": "user_data", "expires_after[anchor]": "created_at",
                              "expires_after[seconds]": "3600"}).json()
     assert body["expires_at"] == body["created_at"] + 3600
-    assert app.state.files.sweep_expired(now=body["created_at"] + 3599) == 0
-    assert app.state.files.sweep_expired(now=body["created_at"] + 3600) >= 1
+    assert app.state.services.files.sweep_expired(now=body["created_at"] + 3599) == 0
+    assert app.state.services.files.sweep_expired(now=body["created_at"] + 3600) >= 1
     assert client.get(f"/v1/files/{body['id']}").status_code == 404
     assert not (_files_dir(app) / body["id"]).exists()
 

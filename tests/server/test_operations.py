@@ -68,7 +68,7 @@ def test_metrics_count_a_chat_and_read_the_engine(client):
 
 
 def test_metrics_need_an_admin_key(app, client):
-    _, plaintext = app.state.keys.create(name="metrics-user", plan="pro")
+    _, plaintext = app.state.services.keys.create(name="metrics-user", plan="pro")
     response = client.get("/metrics", headers={"Authorization": f"Bearer {plaintext}"})
     _error(response, 403, "insufficient_scope", error_type="permission_error")
     _error(client.get("/metrics", headers={"Authorization": ""}), 401, "invalid_api_key",
@@ -76,7 +76,7 @@ def test_metrics_need_an_admin_key(app, client):
 
 
 def test_rate_limit_rejections_are_counted_by_limit(app, client):
-    _, plaintext = app.state.keys.create(name="metrics-rpm", plan="free", rpm=1)
+    _, plaintext = app.state.services.keys.create(name="metrics-rpm", plan="free", rpm=1)
     start = _metric(client.get("/metrics").text, "ozwell:rate_limit_rejections_total", 0, limit="requests")
     headers = {"Authorization": f"Bearer {plaintext}"}
     assert client.get("/v1/models", headers=headers).status_code == 200
@@ -122,14 +122,14 @@ def test_one_access_log_line_per_request_without_key_or_prompt(client, admin_key
 
 # ---- request limits ----------------------------------------------------------------------------------
 def test_body_over_the_limit_is_413_before_parsing(client, app):
-    limit = app.state.settings.max_body_bytes
+    limit = app.state.services.settings.max_body_bytes
     big = b'{"model": "gpt-4", "messages": [' + b" " * limit + b"]}"
     response = client.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"})
     _error(response, 413, "request_too_large")
 
 
 def test_chunked_body_over_the_limit_is_413(client, app):
-    limit = app.state.settings.max_body_bytes
+    limit = app.state.services.settings.max_body_bytes
 
     def chunks():
         yield b'{"model": "gpt-4", "messages": ['
@@ -306,7 +306,7 @@ def test_a_stalled_step_loop_is_not_ready(own_client, own_registry, monkeypatch)
 
 def test_drain_lets_short_work_finish_and_cuts_the_rest(own_client):
     app = own_client.app
-    lifecycle = app.state.lifecycle
+    lifecycle = app.state.services.lifecycle
     long_stream = {"model": "tiny-llama", "messages": HELLO, "max_tokens": 100, "ignore_eos": True, "stream": True}
     outcome: dict = {}
     started = threading.Event()
@@ -322,7 +322,7 @@ def test_drain_lets_short_work_finish_and_cuts_the_rest(own_client):
 
     def slow_engine_steps():
         # Slow the engine so that the stream is still running when the drain's timeout passes.
-        engine = app.state.registry.resolve("tiny-llama")
+        engine = app.state.services.registry.resolve("tiny-llama")
         real = engine.runner.forward
 
         def slow(*args, **kwargs):
@@ -358,9 +358,9 @@ def test_drain_lets_short_work_finish_and_cuts_the_rest(own_client):
 
 
 def test_ready_tells_why_an_engine_is_down_only_to_an_operator_key(app, client, admin_key, monkeypatch):
-    engine = app.state.registry.resolve("tiny-gemma")
+    engine = app.state.services.registry.resolve("tiny-gemma")
     monkeypatch.setattr(engine, "health", lambda: "RuntimeError('secret path /srv/weights')")
-    _, worker = app.state.keys.create(name="ready-worker", plan="pro")
+    _, worker = app.state.services.keys.create(name="ready-worker", plan="pro")
     anonymous = client.get("/ready", headers={"Authorization": ""})
     assert anonymous.status_code == 503
     assert anonymous.json()["models"]["tiny-gemma"] == {"status": "down"} and "secret" not in anonymous.text

@@ -148,7 +148,7 @@ def test_store_false_keeps_nothing_and_cannot_be_chained(openai_client, client):
 
 def test_another_owner_gets_404(app, client):
     created = client.post("/v1/responses", json={**BASE, "input": "mine"}).json()
-    other = app.state.keys.create(name="stranger", owner="another-owner")[1]
+    other = app.state.services.keys.create(name="stranger", owner="another-owner")[1]
     with as_key(client, other):
         for method, path in (("GET", f"/v1/responses/{created['id']}"),
                              ("GET", f"/v1/responses/{created['id']}/input_items"),

@@ -1,0 +1,78 @@
+"""The wire formats the generation services share: ids, finish reasons, usage, logprobs, SSE framing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from engines.protocol import GenerationEngine, TokenLogprobs
+from server.errors import InternalServerError, OpenAIError
+
+log = logging.getLogger("ozwell.server")
+
+# Internal finish reasons mapped to OpenAI's. "abort" reaches a client only when the server
+# itself stops a request; the engine has already freed its work then.
+_FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "stop"}
+
+
+def openai_finish_reason(reason: str) -> str:
+    return _FINISH_REASONS.get(reason, "stop")
+
+
+def new_id(prefix: str, separator: str = "-") -> str:
+    """`chatcmpl-...` and `cmpl-...`; the Responses API writes its ids with "_" (`resp_...`, `msg_...`)."""
+    return f"{prefix}{separator}{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _token_entry(engine: GenerationEngine, token_id: int, logprob: float) -> dict:
+    text = engine.token_text(token_id)
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list[TokenLogprobs]) -> dict:
+    """OpenAI's chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}], "refusal": null}."""
+    return {"content": [{**_token_entry(engine, token_id, entry.logprob),
+                         "top_logprobs": [_token_entry(engine, i, lp) for i, lp in entry.top]}
+                        for token_id, entry in zip(token_ids, entries)], "refusal": None}
+
+
+def legacy_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list[TokenLogprobs],
+                    offset: int = 0) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs (token -> logprob), text_offset."""
+    tokens = [engine.token_text(t) for t in token_ids]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{engine.token_text(i): lp for i, lp in e.top} for e in entries],
+            "text_offset": offsets}
+
+
+def sse(payload: dict) -> str:
+    # ASCII only: a raw U+2028 or U+0085 in a line would split it for clients that split on str lines.
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=True)}\n\n"
+
+
+def sse_event(kind: str, payload: dict) -> str:
+    """A named event (the Responses API's semantic events)."""
+    return f"event: {kind}\n{sse(payload)}"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def sse_error(exc: Exception) -> str:
+    if not isinstance(exc, OpenAIError):
+        log.exception("unexpected error while streaming", exc_info=exc)
+        exc = InternalServerError("The server had an error while processing your request.")
+    return sse(exc.body())

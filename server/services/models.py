@@ -1,0 +1,47 @@
+"""GET /v1/models: the configured models a key may use (as vLLM's OpenAIServingModels serves them)."""
+
+from __future__ import annotations
+
+from engines.registry import EngineRegistry, UnknownModel
+from server.context import RequestContext
+from server.errors import NotFoundError, PermissionDeniedError
+
+
+class ModelService:
+    def __init__(self, registry: EngineRegistry):
+        self.registry = registry
+
+    def _model(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.registry.created, "owned_by": "ozwell"}
+
+    def _details(self, name: str) -> dict:
+        """The `ozwell` extension of a retrieved model: where and how it runs. OpenAI's Model schema
+        allows more properties, and the SDKs keep them (`model.model_extra["ozwell"]`)."""
+        engine = self.registry.resolve(name)
+        config = engine.config
+        details = {"model": config.id, "task": config.task.value, "engine": config.engine.value,
+                   "device": config.device,
+                   "requested_device": self.registry.requested_devices.get(config.id, config.device),
+                   "revision": engine.revision}
+        max_model_len = getattr(engine, "max_model_len", None)
+        if isinstance(max_model_len, int):
+            details["max_model_len"] = max_model_len
+        return details
+
+    def _allowed(self, context: RequestContext, name: str) -> bool:
+        return context.caller is None or context.caller.may_use_model(self.registry.resolve(name).config.names)
+
+    def list(self, context: RequestContext) -> dict:
+        names = [n for n in self.registry.names() if self._allowed(context, n)]
+        return {"object": "list", "data": [self._model(name) for name in names]}
+
+    def retrieve(self, model_id: str, context: RequestContext) -> dict:
+        try:
+            allowed = self._allowed(context, model_id)
+        except UnknownModel:
+            raise NotFoundError(f"The model '{model_id}' does not exist", param="model",
+                                code="model_not_found") from None
+        if not allowed:
+            raise PermissionDeniedError(f"This API key may not use the model `{model_id}`.", param="model",
+                                        code="model_not_allowed")
+        return {**self._model(model_id), "ozwell": self._details(model_id)}

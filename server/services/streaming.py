@@ -1,0 +1,164 @@
+"""Driving an engine for a request: its events (one prompt or several, merged), with the engine's
+failures mapped to OpenAI errors, the metrics and the shutdown drain told, and the choices collected
+for a whole (non-streamed) answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engines.protocol import (
+    EngineError,
+    EngineUnavailable,
+    GenerationEngine,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprobs,
+)
+from server.errors import InternalServerError, ServiceUnavailableError
+from server.services.formats import openai_finish_reason
+
+log = logging.getLogger("ozwell.server")
+
+
+class GenerationMetrics(Protocol):
+    """What the metrics (server/metrics.py) offer a generation: a trace of its events."""
+
+    def trace(self, model: str, prompt_tokens: int) -> Any: ...
+
+
+class DrainWatch(Protocol):
+    """What the life cycle (server/lifecycle.py) needs of a generation: to know it runs, and whether the
+    shutdown drain cut it."""
+
+    def register(self, engine: GenerationEngine, request_id: str) -> Any: ...
+
+    def unregister(self, registration: Any) -> None: ...
+
+    def was_cut(self, request_id: str) -> bool: ...
+
+
+@dataclass
+class Observers:
+    """What watches generations besides the client: metrics, and the life cycle's drain."""
+
+    metrics: GenerationMetrics | None = None
+    lifecycle: DrainWatch | None = None
+
+
+def shutting_down_error() -> ServiceUnavailableError:
+    return ServiceUnavailableError("The server is shutting down and stopped this request before it finished. "
+                                   "Please retry.", code="server_shutting_down")
+
+
+async def stream_events(
+    engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams,
+    observers: Observers | None = None,
+) -> AsyncIterator[GenerationEvent]:
+    """The engine's events. An engine fault becomes a 500-shaped error, a dead engine a 503, and a
+    request cut by the shutdown drain a 503 `server_shutting_down`; leaving early aborts."""
+    observers = observers or Observers()
+    lifecycle = observers.lifecycle
+    trace = observers.metrics.trace(engine.config.id, len(prompt_ids)) if observers.metrics else None
+    registration = lifecycle.register(engine, request_id) if lifecycle else None
+    fault = False
+    try:
+        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params)):
+            if trace is not None:
+                trace.event(event.index, len(event.token_ids), event.completion_tokens, event.finish_reason)
+            if event.finish_reason == "abort" and lifecycle is not None and lifecycle.was_cut(request_id):
+                raise shutting_down_error()
+            yield event
+    except EngineUnavailable as exc:
+        fault = True
+        log.error("engine down on %s: %s", request_id, exc)
+        raise ServiceUnavailableError(f"The model `{engine.config.id}` is unavailable: its engine is down.",
+                                      code="engine_unavailable", retry_after_s=30) from exc
+    except EngineError as exc:
+        fault = True
+        log.error("engine error on %s: %s", request_id, exc.__cause__ or exc)
+        raise InternalServerError("The model failed while generating a response.") from exc
+    finally:
+        if registration is not None:
+            lifecycle.unregister(registration)
+        if trace is not None:
+            trace.finished(fault)
+        await engine.abort(request_id)
+
+
+async def merged_events(engine: GenerationEngine, request_id: str, prompts: list[list[int]],
+                        params: list[SamplingParams],
+                        observers: Observers | None = None) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """Events of every prompt as they come, with the choice index OpenAI gives them (prompt i, choice j ->
+    i * n + j). One prompt runs under `request_id` itself; several under `request_id-i`."""
+    if len(prompts) == 1:
+        async for event in stream_events(engine, request_id, prompts[0], params[0], observers):
+            yield event.index, event
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    finished = object()
+
+    async def pump(i: int) -> None:
+        try:
+            async for event in stream_events(engine, f"{request_id}-{i}", prompts[i], params[i], observers):
+                await queue.put((i * params[i].n + event.index, event))
+            await queue.put(finished)
+        except BaseException as exc:
+            await queue.put(exc)
+            raise
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(prompts))]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is finished:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class ChoiceText:
+    """One choice of a whole answer, as its events add up."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+
+@dataclass
+class ChoiceCollector:
+    """The choices of a non-streamed answer, gathered from the engine's events."""
+
+    choices: dict[int, ChoiceText] = field(default_factory=dict)
+    prompt_tokens: int = 0
+
+    def add(self, event: GenerationEvent, index: int) -> None:
+        choice = self.choices.setdefault(index, ChoiceText())
+        choice.text += event.text
+        choice.completion_tokens = event.completion_tokens
+        if event.logprobs is not None:
+            choice.token_ids += event.token_ids
+            choice.logprobs += event.logprobs
+        if event.finish_reason:
+            choice.finish_reason = openai_finish_reason(event.finish_reason)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices.values())
+
+    def sorted(self) -> list[tuple[int, ChoiceText]]:
+        return sorted(self.choices.items())
