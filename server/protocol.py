@@ -218,6 +218,15 @@ class ChatCompletionRequest(SamplingFields):
 PromptField = str | list[str] | list[int] | list[list[int]]
 
 
+def as_prompt_list(value: PromptField) -> list[str | list[int]]:
+    """A text, texts, one token-id list or several, as a list of texts or token-id lists."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(item, int) for item in value):
+        return [list(value)]
+    return list(value)
+
+
 class CompletionRequest(SamplingFields):
     prompt: PromptField
     max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
@@ -252,11 +261,7 @@ class CompletionRequest(SamplingFields):
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of text or token-id prompts."""
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if all(isinstance(item, int) for item in self.prompt):
-            return [list(self.prompt)]
-        return list(self.prompt)
+        return as_prompt_list(self.prompt)
 
 
 MAX_EMBEDDING_INPUTS = 2048
@@ -287,11 +292,7 @@ class EmbeddingRequest(OpenAIBaseModel):
 
     def inputs(self) -> list[str | list[int]]:
         """The input as a list of texts or token-id lists."""
-        if isinstance(self.input, str):
-            return [self.input]
-        if all(isinstance(item, int) for item in self.input):
-            return [list(self.input)]
-        return list(self.input)
+        return as_prompt_list(self.input)
 
 
 class ResponseRequest(OpenAIBaseModel):

@@ -26,7 +26,7 @@ from server.services.pipeline import (
     off_loop,
     prompt_floor,
 )
-from server.services.streaming import ChoiceCollector, merged_events
+from server.services.streaming import merged_events
 
 
 def _file_part_text(part: dict, param: str, file_text: FileText | None) -> str:
@@ -114,14 +114,8 @@ class ChatService(GenerationPipeline):
         created = int(time.time())
         if req.stream:
             return self._stream(req, context, engine, completion_id, created, prepared)
-        prompt_ids, params = prepared.prompts[0], prepared.params[0]
-        collected = ChoiceCollector(prompt_tokens=len(prompt_ids))
-        try:
-            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
-                                                    self.observers):
-                collected.add(event, index)
-        finally:
-            await context.settle(len(prompt_ids), collected.completion_tokens)
+        params = prepared.params[0]
+        collected = await self.collect(engine, completion_id, prepared, context)
         return {
             "id": completion_id,
             "object": "chat.completion",

@@ -24,7 +24,7 @@ from server.services.pipeline import (
     off_loop,
     prompt_floor,
 )
-from server.services.streaming import ChoiceCollector, merged_events
+from server.services.streaming import merged_events
 
 
 class CompletionService(GenerationPipeline):
@@ -53,13 +53,7 @@ class CompletionService(GenerationPipeline):
         created = int(time.time())
         if req.stream:
             return self._stream(req, context, engine, completion_id, created, prepared)
-        collected = ChoiceCollector(prompt_tokens=prepared.prompt_tokens)
-        try:
-            async for index, event in merged_events(engine, completion_id, prepared.prompts, prepared.params,
-                                                    self.observers):
-                collected.add(event, index)
-        finally:
-            await context.settle(prepared.prompt_tokens, collected.completion_tokens)
+        collected = await self.collect(engine, completion_id, prepared, context)
         return {
             "id": completion_id,
             "object": "text_completion",

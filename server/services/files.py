@@ -150,13 +150,14 @@ class FileService:
                     raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from None
                 fields = reader.fields
                 purpose = self._check_fields(fields)
-                expires_at = self._expires_at(fields)
+                created_at = int(time.time())  # one clock reading: expires_at is exactly created_at + seconds
+                expires_at = self._expires_at(fields, created_at)
                 sink.flush()
                 os.fsync(sink.fileno())
             if purpose == "batch":
                 await asyncio.to_thread(self._check_jsonl, temp)
             record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(reader.filename),
-                                purpose=purpose, bytes=reader.file_bytes, created_at=int(time.time()),
+                                purpose=purpose, bytes=reader.file_bytes, created_at=created_at,
                                 expires_at=expires_at)
             lock = self._locks.setdefault(owner, asyncio.Lock())
             async with lock:
@@ -211,7 +212,7 @@ class FileService:
         return purpose
 
     @staticmethod
-    def _expires_at(fields: dict[str, str]) -> int | None:
+    def _expires_at(fields: dict[str, str], created_at: int) -> int | None:
         anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
         if anchor is None and seconds is None:
             return None
@@ -221,7 +222,7 @@ class FileService:
         if seconds is None or not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
             raise InvalidRequestError("expires_after.seconds must be an integer from 3600 to 2592000.",
                                       param="expires_after.seconds", code="invalid_value")
-        return int(time.time()) + int(seconds)
+        return created_at + int(seconds)
 
     @staticmethod
     def _check_jsonl(path: Path) -> None:

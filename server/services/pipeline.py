@@ -37,7 +37,7 @@ from server.errors import (
 )
 from server.executors import run_cpu
 from server.services.files import FileService
-from server.services.streaming import Observers
+from server.services.streaming import ChoiceCollector, Observers, merged_events
 
 # The chat templates we load know system, user and assistant; a developer message is the newer name for
 # a system message. Chat and Responses both map their roles through this.
@@ -164,6 +164,18 @@ class GenerationPipeline(abc.ABC):
         except InvalidGenerationRequest as exc:
             raise request_error(exc, self.prompt_param) from None
         return params
+
+    async def collect(self, engine: GenerationEngine, request_id: str, prepared: Prepared,
+                      context: RequestContext) -> ChoiceCollector:
+        """A whole (non-streamed) answer: every choice of every prompt, then the tokens it used settled."""
+        collected = ChoiceCollector(prompt_tokens=prepared.prompt_tokens)
+        try:
+            async for index, event in merged_events(engine, request_id, prepared.prompts, prepared.params,
+                                                    self.observers):
+                collected.add(event, index)
+        finally:
+            await context.settle(prepared.prompt_tokens, collected.completion_tokens)
+        return collected
 
     @abc.abstractmethod
     def admission(self, req, engine: GenerationEngine) -> tuple[int, int]:
