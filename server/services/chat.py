@@ -9,6 +9,14 @@ from engines.protocol import GenerationEngine
 from server.context import RequestContext
 from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.protocol import ChatCompletionRequest, ChatMessage
+from server.response_models import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    Usage,
+)
 from server.services.formats import (
     SSE_DONE,
     chat_logprobs,
@@ -16,7 +24,6 @@ from server.services.formats import (
     openai_finish_reason,
     sse,
     sse_error,
-    usage,
 )
 from server.services.pipeline import (
     TEMPLATE_ROLES,
@@ -116,34 +123,24 @@ class ChatService(GenerationPipeline):
             return self._stream(req, context, engine, completion_id, created, prepared)
         params = prepared.params[0]
         collected = await self.collect(engine, completion_id, prepared, context)
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": engine.config.id,
-            "choices": [
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                    "finish_reason": choice.finish_reason,
-                    "logprobs": (chat_logprobs(engine, choice.token_ids, choice.logprobs)
-                                 if params.logprobs is not None else None),
-                }
-                for index, choice in collected.sorted()
-            ],
-            "usage": usage(collected.prompt_tokens, collected.completion_tokens),
-        }
+        return ChatCompletion(
+            id=completion_id, created=created, model=engine.config.id,
+            choices=[ChatChoice(index=index, message=AssistantMessage(content=choice.text),
+                                finish_reason=choice.finish_reason,
+                                logprobs=(chat_logprobs(engine, choice.token_ids, choice.logprobs)
+                                          if params.logprobs is not None else None))
+                     for index, choice in collected.sorted()],
+            usage=Usage.of(collected.prompt_tokens, collected.completion_tokens)).model_dump()
 
     async def _stream(self, req, context, engine, completion_id, created, prepared: Prepared) -> AsyncIterator[str]:
         include_usage = req.include_usage
         prompt_ids, params = prepared.prompts[0], prepared.params[0]
 
-        def chunk(choices: list[dict], **extra) -> str:
-            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": engine.config.id, "choices": choices, **extra}
-            if include_usage and "usage" not in extra:
-                body["usage"] = None
-            return sse(body)
+        def chunk(choices: list[dict], usage: Usage | None = None) -> str:
+            return sse(ChatCompletionChunk.model_construct(
+                id=completion_id, object="chat.completion.chunk", created=created, model=engine.config.id,
+                choices=[ChunkChoice.model_construct(**choice) for choice in choices], usage=usage,
+            ).dump(include_usage))
 
         completion_tokens: dict[int, int] = {}
         try:
@@ -165,7 +162,7 @@ class ChatService(GenerationPipeline):
                     yield chunk([{"index": index, "delta": {},
                                   "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
             if include_usage:
-                yield chunk([], usage=usage(len(prompt_ids), sum(completion_tokens.values())))
+                yield chunk([], usage=Usage.of(len(prompt_ids), sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
         finally:

@@ -9,6 +9,7 @@ from engines.protocol import GenerationEngine
 from server.context import RequestContext
 from server.errors import InvalidRequestError
 from server.protocol import CompletionRequest
+from server.response_models import Completion, CompletionChoice, Usage
 from server.services.formats import (
     SSE_DONE,
     legacy_logprobs,
@@ -16,7 +17,6 @@ from server.services.formats import (
     openai_finish_reason,
     sse,
     sse_error,
-    usage,
 )
 from server.services.pipeline import (
     GenerationPipeline,
@@ -54,27 +54,23 @@ class CompletionService(GenerationPipeline):
         if req.stream:
             return self._stream(req, context, engine, completion_id, created, prepared)
         collected = await self.collect(engine, completion_id, prepared, context)
-        return {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": engine.config.id,
-            "choices": [
-                {"index": index, "text": c.text, "finish_reason": c.finish_reason,
-                 "logprobs": legacy_logprobs(engine, c.token_ids, c.logprobs) if req.logprobs is not None else None}
-                for index, c in collected.sorted()
-            ],
-            "usage": usage(collected.prompt_tokens, collected.completion_tokens),
-        }
+        return Completion(
+            id=completion_id, created=created, model=engine.config.id,
+            choices=[CompletionChoice(index=index, text=c.text, finish_reason=c.finish_reason,
+                                      logprobs=(legacy_logprobs(engine, c.token_ids, c.logprobs)
+                                                if req.logprobs is not None else None))
+                     for index, c in collected.sorted()],
+            usage=Usage.of(collected.prompt_tokens, collected.completion_tokens)).dump()
 
     async def _stream(self, req, context, engine, completion_id, created, prepared: Prepared) -> AsyncIterator[str]:
         include_usage = req.include_usage
         completion_tokens: dict[int, int] = {}
 
-        def chunk(choices: list[dict], **extra) -> str:
+        def chunk(choices: list[dict], usage: Usage | None = None) -> str:
             # Unlike chat chunks, the legacy schema has no null usage: only the last chunk carries it.
-            return sse({"id": completion_id, "object": "text_completion", "created": created,
-                        "model": engine.config.id, "choices": choices, **extra})
+            return sse(Completion.model_construct(
+                id=completion_id, object="text_completion", created=created, model=engine.config.id,
+                choices=[CompletionChoice.model_construct(**choice) for choice in choices], usage=usage).dump())
 
         offsets: dict[int, int] = {}
         try:
@@ -90,7 +86,7 @@ class CompletionService(GenerationPipeline):
                     yield chunk([{"index": index, "text": event.text, "finish_reason": reason,
                                   "logprobs": logprobs}])
             if include_usage:
-                yield chunk([], usage=usage(prepared.prompt_tokens, sum(completion_tokens.values())))
+                yield chunk([], usage=Usage.of(prepared.prompt_tokens, sum(completion_tokens.values())))
         except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
             yield sse_error(exc)
         finally:

@@ -9,6 +9,7 @@ from engines.protocol import InvalidGenerationRequest
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.protocol import EmbeddingRequest
+from server.response_models import Embedding, EmbeddingList, EmbeddingUsage
 from server.services.pipeline import off_loop, request_error, resolve_engine
 
 
@@ -41,10 +42,8 @@ class EmbeddingService:
             vectors = await engine.embed(token_ids, req.dimensions)
         finally:
             await context.settle(prompt_tokens, 0)
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
-                     for i, v in enumerate(vectors)],
-            "model": engine.config.id,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+        return EmbeddingList(
+            data=[Embedding.model_construct(object="embedding", index=i, embedding=_encode(v, req.encoding_format))
+                  for i, v in enumerate(vectors)],
+            model=engine.config.id, usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+        ).model_dump()

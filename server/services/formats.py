@@ -1,4 +1,4 @@
-"""The wire formats the generation services share: ids, finish reasons, usage, logprobs, SSE framing."""
+"""The wire formats the generation services share: ids, finish reasons, logprobs, SSE framing."""
 
 from __future__ import annotations
 
@@ -23,14 +23,6 @@ def openai_finish_reason(reason: str) -> str:
 def new_id(prefix: str, separator: str = "-") -> str:
     """`chatcmpl-...` and `cmpl-...`; the Responses API writes its ids with "_" (`resp_...`, `msg_...`)."""
     return f"{prefix}{separator}{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 def _token_entry(engine: GenerationEngine, token_id: int, logprob: float) -> dict:

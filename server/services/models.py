@@ -5,14 +5,15 @@ from __future__ import annotations
 from engines.registry import EngineRegistry, UnknownModel
 from server.context import RequestContext
 from server.errors import NotFoundError, PermissionDeniedError
+from server.response_models import ModelCard, ModelList
 
 
 class ModelService:
     def __init__(self, registry: EngineRegistry):
         self.registry = registry
 
-    def _model(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": self.registry.created, "owned_by": "ozwell"}
+    def _card(self, name: str, details: dict | None = None) -> ModelCard:
+        return ModelCard(id=name, created=self.registry.created, ozwell=details)
 
     def _details(self, name: str) -> dict:
         """The `ozwell` extension of a retrieved model: where and how it runs. OpenAI's Model schema
@@ -33,7 +34,7 @@ class ModelService:
 
     def list(self, context: RequestContext) -> dict:
         names = [n for n in self.registry.names() if self._allowed(context, n)]
-        return {"object": "list", "data": [self._model(name) for name in names]}
+        return ModelList(data=[self._card(name) for name in names]).dump()
 
     def retrieve(self, model_id: str, context: RequestContext) -> dict:
         try:
@@ -44,4 +45,4 @@ class ModelService:
         if not allowed:
             raise PermissionDeniedError(f"This API key may not use the model `{model_id}`.", param="model",
                                         code="model_not_allowed")
-        return {**self._model(model_id), "ozwell": self._details(model_id)}
+        return self._card(model_id, self._details(model_id)).dump()

@@ -19,6 +19,7 @@ from server.errors import (
     OpenAIError,
 )
 from server.protocol import ResponseRequest
+from server.response_models import ResponseObject, ResponseUsage
 from server.services.files import FileService
 from server.services.formats import sse_event
 from server.services.pipeline import (
@@ -83,31 +84,20 @@ class _Run:
     def body(self) -> dict:
         status = self.status
         req = self.req
-        body = {
-            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-            "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
-            "error": self.error,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-            "model": self.engine.config.id,
-            "output": [self.message()] if status != "in_progress" and self.error is None else [],
-            "parallel_tool_calls": True, "previous_response_id": req.previous_response_id,
-            "store": bool(req.store), "temperature": 1.0 if req.temperature is None else req.temperature,
-            "top_p": 1.0 if req.top_p is None else req.top_p, "tool_choice": "auto", "tools": [],
-            "truncation": req.truncation or "disabled", "metadata": req.metadata or {},
-            "text": {"format": {"type": "text"}}, "ozwell": self.extension(),
-        }
-        if status != "in_progress":
-            body["usage"] = {
-                "input_tokens": len(self.prompt_ids),
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-                "output_tokens": self.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": len(self.prompt_ids) + self.output_tokens}
-        if req.user is not None:
-            body["user"] = req.user
-        if req.safety_identifier is not None:
-            body["safety_identifier"] = req.safety_identifier
-        return body
+        done = status != "in_progress"
+        return ResponseObject(
+            id=self.id, created_at=self.created_at, status=status,
+            completed_at=int(time.time()) if status in ("completed", "incomplete") else None, error=self.error,
+            incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
+            instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=self.engine.config.id,
+            output=[self.message()] if done and self.error is None else [],
+            previous_response_id=req.previous_response_id, store=bool(req.store),
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, truncation=req.truncation or "disabled",
+            metadata=req.metadata or {}, ozwell=self.extension(),
+            usage=ResponseUsage(input_tokens=len(self.prompt_ids), output_tokens=self.output_tokens,
+                                total_tokens=len(self.prompt_ids) + self.output_tokens) if done else None,
+            user=req.user, safety_identifier=req.safety_identifier).dump()
 
 
 class ResponseService(GenerationPipeline):
