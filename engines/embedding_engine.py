@@ -19,7 +19,7 @@ import torch
 
 from engines.config import EmbeddingOptions, ModelConfig
 from engines.devices import resolve_device
-from engines.protocol import Engine, InvalidGenerationRequest
+from engines.protocol import EmbeddingEngine, InvalidGenerationRequest
 from engines.sources import locate
 
 log = logging.getLogger("ozwell.engines")
@@ -31,7 +31,7 @@ class _Item:
     future: asyncio.Future
 
 
-class SentenceTransformersEngine(Engine):
+class SentenceTransformersEngine(EmbeddingEngine):
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
         self._data_dir = Path(data_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from engines.config import ModelConfig
 
@@ -258,3 +259,22 @@ class GenerationEngine(Engine):
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, {params.max_tokens} for the "
                 "completion). Please reduce the prompt or the completion length.")
+
+
+class EmbeddingEngine(Engine):
+    """An engine that turns inputs into vectors (`/v1/embeddings`)."""
+
+    dimensions: int
+
+    @abc.abstractmethod
+    def tokenize(self, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:
+        """Each input (a text, or the model's own token ids) as the ids the model will see (blocking); raises
+        InvalidGenerationRequest naming the input that is too long or out of the vocabulary."""
+
+    @abc.abstractmethod
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Raise InvalidGenerationRequest for `dimensions` this model cannot give."""
+
+    @abc.abstractmethod
+    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None) -> Any:
+        """One vector per input, as a float32 [n, dim] array."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from engines.embedding_engine import SentenceTransformersEngine
-from engines.protocol import InvalidGenerationRequest
+from engines.protocol import EmbeddingEngine, InvalidGenerationRequest
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.protocol import EmbeddingRequest
@@ -25,7 +24,7 @@ class EmbeddingService:
         self.registry = registry
 
     async def create(self, req: EmbeddingRequest, context: RequestContext) -> dict:
-        engine = resolve_engine(self.registry, req.model, SentenceTransformersEngine,
+        engine = resolve_engine(self.registry, req.model, EmbeddingEngine,
                                 "cannot create embeddings; use an embedding model (see /v1/models).")
         context.check_model(req.model, engine.config.names)
         inputs = req.inputs()
