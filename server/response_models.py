@@ -28,11 +28,16 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
-class ChatChoice(BaseModel):
+class Choice(BaseModel):
+    """What every choice has: its index, why it ended (None while it runs) and its logprobs when asked."""
+
     index: int
-    message: AssistantMessage
-    finish_reason: str | None
+    finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
+
+
+class ChatChoice(Choice):
+    message: AssistantMessage
 
 
 class ChatCompletion(BaseModel):
@@ -44,11 +49,8 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class ChunkChoice(BaseModel):
-    index: int
+class ChunkChoice(Choice):
     delta: dict[str, str]  # {"role", "content"} first, {"content"} then, {} with the finish reason
-    finish_reason: str | None = None
-    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -63,11 +65,8 @@ class ChatCompletionChunk(BaseModel):
         return self.model_dump(exclude=None if include_usage else {"usage"})
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(Choice):
     text: str
-    finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):
