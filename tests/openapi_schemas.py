@@ -1,23 +1,22 @@
-"""Validate bodies against the schemas of OpenAI's own OpenAPI file (../shared/reference)."""
+"""Validate bodies against OpenAI's schemas, from the facts committed in tests/openapi/schemas.json.
+
+That file is derived from OpenAI's own OpenAPI file by tests/openapi/derive.py (types, required fields,
+enums, nullability; no prose), so the tests need nothing outside the repository;
+tests/test_openapi_facts.py checks it against the full spec when that is at hand."""
 
 from __future__ import annotations
 
-import copy
 import functools
-import os
+import json
 from pathlib import Path
 
-import yaml
 from jsonschema import Draft202012Validator
 
-SPEC_PATH = Path(os.environ.get(
-    "OZWELL_OPENAPI_SPEC",
-    Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai-openapi" / "openapi.yaml",
-))
+FACTS = Path(__file__).resolve().parent / "openapi" / "schemas.json"
 
 
 def _nullable_to_json_schema(node):
-    """The file is OpenAPI 3.1 but still writes `nullable: true`; turn it into a JSON Schema null."""
+    """The spec is OpenAPI 3.1 but still writes `nullable: true`; turn it into a JSON Schema null."""
     if isinstance(node, list):
         return [_nullable_to_json_schema(item) for item in node]
     if not isinstance(node, dict):
@@ -34,22 +33,17 @@ def _nullable_to_json_schema(node):
 
 
 @functools.lru_cache(maxsize=1)
-def _spec() -> dict:
-    with SPEC_PATH.open(encoding="utf-8") as handle:
-        spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    schemas = spec["components"]["schemas"]
-    # The spec has no schema of its own for a legacy-completions stream chunk. The API sends the
-    # CreateCompletionResponse shape with finish_reason null until a choice ends.
-    chunk = copy.deepcopy(schemas["CreateCompletionResponse"])
-    chunk["properties"]["choices"]["items"]["properties"]["finish_reason"]["nullable"] = True
-    schemas["OzwellCompletionStreamChunk"] = chunk
-    return {"components": _nullable_to_json_schema(spec["components"])}
+def _components() -> dict:
+    schemas = json.loads(FACTS.read_text(encoding="utf-8"))["schemas"]
+    return {"components": _nullable_to_json_schema({"schemas": schemas})}
 
 
 @functools.lru_cache(maxsize=None)
 def _validator(name: str) -> Draft202012Validator:
-    root = {**_spec(), "$ref": f"#/components/schemas/{name}"}
-    return Draft202012Validator(root)
+    components = _components()
+    if name not in components["components"]["schemas"]:
+        raise KeyError(f"{name} is not in {FACTS.name}: add it to ROOTS in tests/openapi/derive.py and rerun it")
+    return Draft202012Validator({**components, "$ref": f"#/components/schemas/{name}"})
 
 
 def assert_valid(body: dict, schema_name: str) -> None:
