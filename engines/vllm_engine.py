@@ -176,6 +176,7 @@ class VllmEngine(HFGenerationEngine):
         except OSError:
             generation = GenerationConfig.from_model_config(hf_config)
         self.stop_token_ids = self.stop_token_ids_with(generation.eos_token_id)
+        self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
         self.revision = weights_revision(hf_dir)
         self._stats = _StatsRecorder(None)
         with _worker_environment(self.device, self.options):

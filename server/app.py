@@ -81,7 +81,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     metrics, lifecycle = Metrics(registry), Lifecycle()
     observers = Observers(metrics, lifecycle)
     app.state.services = AppServices(
-        settings=settings, registry=registry, database=database,
+        settings=settings, registry=registry,
         keys=KeyService(database, Plans.from_file(settings.plans_file)) if database else None,
         usage=UsageService(database) if database else None, limiter=limiter or InMemoryRateLimiter(),
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),

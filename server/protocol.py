@@ -83,7 +83,7 @@ class SamplingFields(OpenAIBaseModel):
             return value
         if len(value) > 300:
             raise ValueError("at most 300 tokens may be biased")
-        for key, bias in value.items():
+        for key in value:
             if not key.lstrip("-").isdigit() or len(key) > 12:
                 raise ValueError(f"keys must be token ids, not {key[:20]!r}")
         return value

@@ -11,7 +11,6 @@ from fastapi import Depends, Request
 if TYPE_CHECKING:
     from engines.registry import EngineRegistry
     from server.auth.keys import KeyService
-    from server.db.database import Database
     from server.lifecycle import Lifecycle
     from server.metrics import Metrics
     from server.ratelimit import RateLimiter
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 class AppServices:
     settings: Settings
     registry: EngineRegistry
-    database: Database | None
     keys: KeyService | None  # None when the server runs with --no-auth and no database
     usage: UsageService | None
     limiter: RateLimiter

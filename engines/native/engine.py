@@ -68,6 +68,7 @@ class NativeEngine(HFGenerationEngine):
         self.hf_dir, self.torch_dtype, self.revision = loaded.hf_dir, loaded.dtype, loaded.revision
         self._max_model_len = loaded.max_model_len
         self._stop_token_ids = self.stop_token_ids_with(loaded.eos_token_id)
+        self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
         self._num_blocks = kv_cache_blocks(self.config, self._max_model_len)
         size = self.config.block_size
         self.runner = PagedModelRunner(self.model, self._num_blocks, size)

@@ -69,11 +69,11 @@ def check_queue(engine: GenerationEngine, num_sequences: int) -> None:
         raise EngineBusyError(f"The model `{engine.config.id}` is busy ({exc}). Please retry shortly.") from None
 
 
-def prompt_floor(engine: GenerationEngine, prompts: list[str | list[int]], cap: int | None = None) -> int:
+def prompt_floor(engine: GenerationEngine, prompts: list[str | list[int]]) -> int:
     """A lower bound on the prompt tokens, read without templating or tokenizing: what a request reserves
     of its key's tokens per minute before that work (see RequestContext.reserve_tokens). Each prompt counts
-    at most `cap` (default: the context), since a longer one is refused or truncated."""
-    cap = engine.max_model_len if cap is None else cap
+    at most the context, since a longer one is refused or truncated."""
+    cap = engine.max_model_len
     return sum(min(len(p) if isinstance(p, list) else engine.min_prompt_tokens(p), cap) for p in prompts)
 
 
