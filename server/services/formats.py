@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
 from engines.protocol import GenerationEngine, TokenLogprobs
 from server.errors import InternalServerError, OpenAIError
@@ -68,3 +69,15 @@ def sse_error(exc: Exception) -> str:
         log.exception("unexpected error while streaming", exc_info=exc)
         exc = InternalServerError("The server had an error while processing your request.")
     return sse(exc.body())
+
+
+async def sse_stream(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A chat or completion stream: its chunks, an error reported in-band once it has started, then [DONE]."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+        yield sse_error(exc)
+    finally:
+        await chunks.aclose()
+    yield SSE_DONE

@@ -1,24 +1,23 @@
 """The one request pipeline of the generation services (chat, completions, responses).
 
-`GenerationPipeline.create` runs the sequence they share, once:
+`GenerationPipeline.start` runs the sequence they share, once, and hands back a `Generation` ready to run:
 
 1. check the request (fields we cannot honour yet, and its sampling parameters, at the edge);
 2. resolve the model to its engine, and check that the key may use it;
 3. admit it before any work: the engine's waiting queue, then a lower bound of its tokens against the
-   key's tokens per minute (computed without templating or tokenizing);
-4. build its prompt(s) off the event loop (`prepare`: templates, files, truncation, tokenizing);
+   key's tokens per minute (each prompt's `floor`, computed without templating or tokenizing);
+4. tokenize its prompts off the event loop (templates, files, truncation: server/services/prompts.py);
 5. its sampling parameters for each prompt, checked against the engine (context length, vocabulary);
-6. reserve its exact tokens (the same reservation, resized);
-7. answer (`respond`): a stream, or a whole body once the engine is done, settling the tokens it used.
+6. reserve its exact tokens (the same reservation, resized).
 
-A service supplies only what differs: steps 3's bound, 4 and 7."""
+A service supplies its request and its prompts, calls `start`, and formats what the `Generation` yields
+(server/services/streaming.py), which settles the tokens used however it ends. The pipeline never calls
+back into a service: a request's path goes route -> service -> pipeline -> prompts, then service ->
+generation -> engine."""
 
 from __future__ import annotations
 
-import abc
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 from engines.protocol import (
     ContextLengthExceeded,
@@ -36,15 +35,8 @@ from server.errors import (
     ModelNotFoundError,
 )
 from server.executors import run_cpu
-from server.services.files import FileService
-from server.services.streaming import ChoiceCollector, Observers, merged_events
-
-# The chat templates we load know system, user and assistant; a developer message is the newer name for
-# a system message. Chat and Responses both map their roles through this.
-TEMPLATE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# A text file larger than this cannot fit any context we serve; refuse it before reading it.
-MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
-FileText = Callable[[str], str]  # file id -> its UTF-8 text (raises OpenAIError)
+from server.services.prompts import Prompt
+from server.services.streaming import Generation, Observers
 
 
 def resolve_engine(registry: EngineRegistry, model: str, kind: type, refusal: str):
@@ -67,14 +59,6 @@ def check_queue(engine: GenerationEngine, num_sequences: int) -> None:
         engine.check_capacity(num_sequences)
     except EngineOverloaded as exc:
         raise EngineBusyError(f"The model `{engine.config.id}` is busy ({exc}). Please retry shortly.") from None
-
-
-def prompt_floor(engine: GenerationEngine, prompts: list[str | list[int]]) -> int:
-    """A lower bound on the prompt tokens, read without templating or tokenizing: what a request reserves
-    of its key's tokens per minute before that work (see RequestContext.reserve_tokens). Each prompt counts
-    at most the context, since a longer one is refused or truncated."""
-    cap = engine.max_model_len
-    return sum(min(len(p) if isinstance(p, list) else engine.min_prompt_tokens(p), cap) for p in prompts)
 
 
 def request_error(exc: InvalidGenerationRequest, prompt_param: str | None = None) -> InvalidRequestError:
@@ -100,92 +84,43 @@ async def off_loop(func: Callable, *args):
         raise InvalidRequestError(str(exc)) from None
 
 
-@dataclass
-class Prepared:
-    """A request made ready for the engine: its prompts' token ids, their sampling parameters (filled by
-    the pipeline), and whatever else the service keeps for its answer."""
-
-    prompts: list[list[int]]
-    params: list[SamplingParams] = field(default_factory=list)
-    state: Any = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(ids) for ids in self.prompts)
-
-    @property
-    def reserved_tokens(self) -> int:
-        return self.prompt_tokens + sum(p.max_tokens * p.n for p in self.params)
+def sampling(req, max_tokens: int) -> SamplingParams:
+    """The request's sampling parameters (`to_sampling_params` on the request models), bounds checked."""
+    try:
+        return req.to_sampling_params(max_tokens)
+    except InvalidGenerationRequest as exc:
+        raise request_error(exc) from None
 
 
-class GenerationPipeline(abc.ABC):
-    route: str  # for the refusal of a model of another kind
-    prompt_param: str  # the request field a prompt over the context is blamed on
-
-    def __init__(self, registry: EngineRegistry, observers: Observers | None = None,
-                 files: FileService | None = None):
+class GenerationPipeline:
+    def __init__(self, registry: EngineRegistry, route: str, prompt_param: str, observers: Observers | None = None):
         self.registry = registry
+        self.route = route  # for the refusal of a model of another kind
+        self.prompt_param = prompt_param  # the request field a prompt over the context is blamed on
         self.observers = observers
-        self.files = files
 
-    def file_reader(self, owner: str) -> FileText | None:
-        """What a prompt's file parts are read with: the owner's uploaded text files (None without a store)."""
-        if self.files is None:
-            return None
-        return lambda file_id: self.files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
-
-    async def create(self, req, context: RequestContext) -> dict | AsyncIterator[str]:
+    async def start(self, req, prompts: list[Prompt], context: RequestContext, request_id: str) -> Generation:
         req.reject_unsupported()
-        self._sampling(req, req.requested_max_tokens or 1)  # every sampling bound, before any work
+        requested = req.requested_max_tokens
+        choices = sampling(req, requested or 1).n  # every sampling bound, before any work
         engine = resolve_engine(self.registry, req.model, GenerationEngine,
                                 f"cannot serve {self.route}; use /v1/embeddings for it.")
         context.check_model(req.model, engine.config.names)
-        sequences, floor = self.admission(req, engine)
+        sequences = len(prompts) * choices
         check_queue(engine, sequences)
-        await context.reserve_tokens(floor)
-        prepared = await self.prepare(req, engine, context)
-        prepared.params = [self.sampling_params(req, engine, ids) for ids in prepared.prompts]
-        await context.reserve_tokens(prepared.reserved_tokens)
-        return await self.respond(req, context, engine, prepared)
+        await context.reserve_tokens(sum(p.floor(engine) for p in prompts) + sequences * (requested or 1))
+        ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
+        generation = Generation(engine, request_id, ids, [self._params(req, engine, p) for p in ids],
+                                context.settle, self.observers)
+        await context.reserve_tokens(generation.reserved_tokens)
+        return generation
 
-    def _sampling(self, req, max_tokens: int) -> SamplingParams:
-        try:
-            return req.to_sampling_params(max_tokens)
-        except InvalidGenerationRequest as exc:
-            raise request_error(exc) from None
-
-    def sampling_params(self, req, engine: GenerationEngine, prompt_ids: list[int]) -> SamplingParams:
+    def _params(self, req, engine: GenerationEngine, prompt_ids: list[int]) -> SamplingParams:
         """The request's sampling parameters for one prompt; no max_tokens means 'up to the context'."""
         requested = req.requested_max_tokens
-        params = self._sampling(req, requested if requested is not None else
-                                max(engine.max_model_len - len(prompt_ids), 1))
+        params = sampling(req, requested if requested is not None else max(engine.max_model_len - len(prompt_ids), 1))
         try:
             engine.check_request(len(prompt_ids), params)
         except InvalidGenerationRequest as exc:
             raise request_error(exc, self.prompt_param) from None
         return params
-
-    async def collect(self, engine: GenerationEngine, request_id: str, prepared: Prepared,
-                      context: RequestContext) -> ChoiceCollector:
-        """A whole (non-streamed) answer: every choice of every prompt, then the tokens it used settled."""
-        collected = ChoiceCollector(prompt_tokens=prepared.prompt_tokens)
-        try:
-            async for index, event in merged_events(engine, request_id, prepared.prompts, prepared.params,
-                                                    self.observers):
-                collected.add(event, index)
-        finally:
-            await context.settle(prepared.prompt_tokens, collected.completion_tokens)
-        return collected
-
-    @abc.abstractmethod
-    def admission(self, req, engine: GenerationEngine) -> tuple[int, int]:
-        """(sequences it will queue, a lower bound of its tokens), computed without templating or tokenizing."""
-
-    @abc.abstractmethod
-    async def prepare(self, req, engine: GenerationEngine, context: RequestContext) -> Prepared:
-        """Its prompts' token ids (off the event loop) and what the answer needs besides."""
-
-    @abc.abstractmethod
-    async def respond(self, req, context: RequestContext, engine: GenerationEngine,
-                      prepared: Prepared) -> dict | AsyncIterator[str]:
-        """A stream of SSE lines, or the whole body; either settles the tokens it used."""

@@ -3,11 +3,15 @@ item resources to store, and a prompt that fits the context (`truncation`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from engines.protocol import ContextLengthExceeded, GenerationEngine
-from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
+from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.protocol import ResponseRequest
 from server.services.formats import new_id
-from server.services.pipeline import TEMPLATE_ROLES, FileText
+from server.services.prompts import TEMPLATE_ROLES, FileText, file_part_text, text_floor
+from server.services.response_store import not_found
 
 
 def item_id(prefix: str) -> str:
@@ -28,13 +32,7 @@ def _part_text(part: dict, role: str, param: str, file_text: FileText | None) ->
         if not isinstance(part.get("file_id"), str):
             raise InvalidRequestError("input_file needs the file_id of a file uploaded to /v1/files; file_data and "
                                       "file_url are not supported.", param=f"{param}.file_id")
-        if file_text is None:
-            raise UnsupportedParameterError(param, "needs the files API, which this server runs without")
-        try:
-            return file_text(part["file_id"])
-        except NotFoundError:
-            raise InvalidRequestError(f"No such file: {part['file_id']}.", param=f"{param}.file_id",
-                                      code="file_not_found") from None
+        return file_part_text(part["file_id"], param, file_text)
     raise InvalidRequestError(f"Content part type {kind!r} is not supported in {param}; this server supports "
                               "input_text, and input_file with an uploaded UTF-8 text file.", param=f"{param}.type")
 
@@ -51,6 +49,35 @@ def input_texts(req: ResponseRequest) -> list[str]:
         elif isinstance(content, list):
             texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
     return texts
+
+
+@dataclass
+class ConversationPrompt:
+    """A Responses request's prompt: its instructions, the stored chain it continues, and its input, cut to
+    fit by `truncation`. Once tokenized it keeps the turns and input items that the stored response needs."""
+
+    req: ResponseRequest
+    file_text: FileText | None
+    chain: Callable[[str], list[dict]] | None  # previous_response_id -> its conversation (None: no store)
+    current: list[dict] = field(default_factory=list)
+    items: list[dict] = field(default_factory=list)
+
+    def floor(self, engine: GenerationEngine) -> int:
+        # A truncated prompt holds at most the context less the room for the output.
+        cap = engine.max_model_len - (self.req.max_output_tokens or 1)
+        return max(min(text_floor(engine, "".join(input_texts(self.req))), cap), 1)
+
+    def token_ids(self, engine: GenerationEngine) -> list[int]:
+        req = self.req
+        self.current, self.items = parse_input(req.input, self.file_text)
+        history: list[dict] = []
+        if req.previous_response_id:
+            if self.chain is None:
+                raise not_found(req.previous_response_id, "previous_response_id")
+            history = self.chain(req.previous_response_id)
+        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+        return fit_prompt(engine, system, history, self.current, req.max_output_tokens,
+                          req.truncation or "disabled")[0]
 
 
 def parse_input(value: str | list[dict], file_text: FileText | None) -> tuple[list[dict], list[dict]]:

@@ -20,23 +20,12 @@ from server.errors import (
 )
 from server.protocol import ResponseRequest
 from server.response_models import ResponseObject, ResponseUsage
-from server.services.files import FileService
 from server.services.formats import sse_event
-from server.services.pipeline import (
-    GenerationPipeline,
-    Prepared,
-    off_loop,
-    prompt_floor,
-)
-from server.services.response_input import (
-    fit_prompt,
-    input_texts,
-    item_id,
-    output_text_part,
-    parse_input,
-)
-from server.services.response_store import ResponseStore, not_found
-from server.services.streaming import Observers, stream_events
+from server.services.pipeline import GenerationPipeline, off_loop
+from server.services.prompts import FileStore, file_reader
+from server.services.response_input import ConversationPrompt, item_id, output_text_part
+from server.services.response_store import ResponseStore
+from server.services.streaming import Generation, Observers
 
 
 @dataclass
@@ -100,73 +89,51 @@ class _Run:
             user=req.user, safety_identifier=req.safety_identifier).dump()
 
 
-class ResponseService(GenerationPipeline):
-    route = "/v1/responses"
-    prompt_param = "input"
-
-    def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileService | None,
+class ResponseService:
+    def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileStore | None,
                  observers: Observers | None = None):
-        super().__init__(registry, observers, files)
+        self.pipeline = GenerationPipeline(registry, "/v1/responses", "input", observers)
         self.store = store
+        self.files = files
 
     # ---- create ------------------------------------------------------------------------------
-    def admission(self, req: ResponseRequest, engine: GenerationEngine) -> tuple[int, int]:
-        # A truncated prompt holds at most the context less the room for the output.
-        room = req.max_output_tokens or 1
-        return 1, max(min(prompt_floor(engine, input_texts(req)), engine.max_model_len - room), 1) + room
-
-    async def prepare(self, req: ResponseRequest, engine: GenerationEngine, context: RequestContext) -> Prepared:
+    async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         owner = context.owner
-        current, items = await off_loop(parse_input, req.input, self.file_reader(owner))
-        history: list[dict] = []
-        if req.previous_response_id:
-            if self.store is None:
-                raise not_found(req.previous_response_id, "previous_response_id")
-            history = await off_loop(self.store.chain, owner, req.previous_response_id)
-        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
-        # A prompt that cannot fit comes back as 400 context_length_exceeded (off_loop maps it).
-        prompt_ids, _ = await off_loop(fit_prompt, engine, system, history, current, req.max_output_tokens,
-                                       req.truncation or "disabled")
-        return Prepared([prompt_ids], state=(current, items))
-
-    async def respond(self, req: ResponseRequest, context: RequestContext, engine: GenerationEngine,
-                      prepared: Prepared) -> dict | AsyncIterator[str]:
-        current, items = prepared.state
-        params = prepared.params[0]
-        run = _Run(item_id("resp"), req, engine, int(time.time()), prepared.prompts[0])
+        chain = None if self.store is None else (lambda response_id: self.store.chain(owner, response_id))
+        prompt = ConversationPrompt(req, file_reader(self.files, owner), chain)
+        generation = await self.pipeline.start(req, [prompt], context, item_id("resp"))
+        run = _Run(generation.request_id, req, generation.engine, generation.created, generation.prompts[0])
         if req.stream:
-            return self._stream(run, params, context, current, items)
-        try:
-            async for _ in self._generate(run, params):
-                pass
-        finally:
-            await context.settle(len(run.prompt_ids), run.output_tokens)
-        return await self._finish(run, context.owner, current, items)
+            return self._stream(run, generation, owner, prompt)
+        async for _ in self._generate(run, generation):
+            pass
+        return await self._finish(run, owner, prompt)
 
-    async def _generate(self, run: _Run, params) -> AsyncIterator[str]:
+    async def _generate(self, run: _Run, generation: Generation) -> AsyncIterator[str]:
         """Drive the engine, filling `run`; yields each text delta."""
-        async for event in stream_events(run.engine, run.id, run.prompt_ids, params, self.observers):
-            if event.queue_time_s is not None:
-                run.queue_time_s = event.queue_time_s
-            if run.first_token_at is None and event.token_ids:
-                run.first_token_at = time.perf_counter()
-            run.output_tokens = event.completion_tokens
-            run.text += event.text
-            if event.finish_reason:
-                run.finish_reason = event.finish_reason
-            if event.text:
-                yield event.text
+        async with generation.running() as events:
+            async for _, event in events:
+                if event.queue_time_s is not None:
+                    run.queue_time_s = event.queue_time_s
+                if run.first_token_at is None and event.token_ids:
+                    run.first_token_at = time.perf_counter()
+                run.output_tokens = event.completion_tokens
+                run.text += event.text
+                if event.finish_reason:
+                    run.finish_reason = event.finish_reason
+                if event.text:
+                    yield event.text
         run.finished_at = time.perf_counter()
 
-    async def _finish(self, run: _Run, owner: str, current: list[dict], items: list[dict]) -> dict:
+    async def _finish(self, run: _Run, owner: str, prompt: ConversationPrompt) -> dict:
         body = run.body()
         if self.store is not None and run.req.store:
-            conversation = [*current, {"role": "assistant", "content": run.text}]
-            await off_loop(self.store.save, owner, body, conversation, items)
+            conversation = [*prompt.current, {"role": "assistant", "content": run.text}]
+            await off_loop(self.store.save, owner, body, conversation, prompt.items)
         return body
 
-    async def _stream(self, run: _Run, params, context: RequestContext, current: list[dict],
-                      items: list[dict]) -> AsyncIterator[str]:
+    async def _stream(self, run: _Run, generation: Generation, owner: str,
+                      prompt: ConversationPrompt) -> AsyncIterator[str]:
         sequence = 0
 
         def event(kind: str, **payload) -> str:
@@ -180,18 +147,19 @@ class ResponseService(GenerationPipeline):
         yield event("response.in_progress", response=run.body())
         yield event("response.output_item.added", output_index=0, item=run.message("in_progress"))
         yield event("response.content_part.added", **where, part=output_text_part(""))
+        deltas = self._generate(run, generation)
         try:
-            async for delta in self._generate(run, params):
+            async for delta in deltas:
                 yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
         except OpenAIError as exc:
             run.error = {"code": "server_error", "message": exc.message}
         finally:
-            await context.settle(len(run.prompt_ids), run.output_tokens)
+            await deltas.aclose()
         if run.error is None:
             yield event("response.output_text.done", **where, text=run.text, logprobs=[])
             yield event("response.content_part.done", **where, part=output_text_part(run.text))
             yield event("response.output_item.done", output_index=0, item=run.message())
-        body = await self._finish(run, context.owner, current, items)
+        body = await self._finish(run, owner, prompt)
         final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
                                                                                             "response.failed")
         yield event(final, response=body)

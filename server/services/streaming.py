@@ -1,12 +1,14 @@
-"""Driving an engine for a request: its events (one prompt or several, merged), with the engine's
-failures mapped to OpenAI errors, the metrics and the shutdown drain told, and the choices collected
-for a whole (non-streamed) answer."""
+"""Driving an engine for a request: a `Generation` runs its prompts' events (one prompt or several,
+merged), with the engine's failures mapped to OpenAI errors, the metrics and the shutdown drain told,
+and the tokens it used settled however it ends; or collects the choices of a whole (non-streamed) answer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,3 +164,58 @@ class ChoiceCollector:
 
     def sorted(self) -> list[tuple[int, ChoiceText]]:
         return sorted(self.choices.items())
+
+
+@dataclass
+class Generation:
+    """A request admitted and reserved by the pipeline: its prompts' token ids and sampling parameters.
+    `running()` gives its events; leaving it (done, failed, or the client gone) aborts what still runs
+    and settles the tokens used."""
+
+    engine: GenerationEngine
+    request_id: str
+    prompts: list[list[int]]
+    params: list[SamplingParams]
+    settle: Callable[[int, int], Awaitable[None]]
+    observers: Observers | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    completion_tokens: dict[int, int] = field(default_factory=dict)  # choice index -> tokens so far
+
+    @property
+    def model(self) -> str:
+        return self.engine.config.id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(ids) for ids in self.prompts)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + sum(p.max_tokens * p.n for p in self.params)
+
+    @property
+    def used_tokens(self) -> int:
+        return sum(self.completion_tokens.values())
+
+    async def _events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
+        async for index, event in merged_events(self.engine, self.request_id, self.prompts, self.params,
+                                                self.observers):
+            self.completion_tokens[index] = event.completion_tokens
+            yield index, event
+
+    @asynccontextmanager
+    async def running(self):
+        events = self._events()
+        try:
+            yield events
+        finally:
+            await events.aclose()
+            await self.settle(self.prompt_tokens, self.used_tokens)
+
+    async def collect(self) -> ChoiceCollector:
+        """A whole (non-streamed) answer: every choice of every prompt."""
+        collected = ChoiceCollector(prompt_tokens=self.prompt_tokens)
+        async with self.running() as events:
+            async for index, event in events:
+                collected.add(event, index)
+        return collected

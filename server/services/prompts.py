@@ -1,0 +1,151 @@
+"""What a generation request asks the engine to continue, before it is tokenized.
+
+A `Prompt` offers two things to the pipeline (server/services/pipeline.py): a cheap lower bound on its
+tokens, read without templating or tokenizing (what admission reserves before any work), and its token
+ids (blocking work the pipeline runs off the event loop). Chat messages, a completion's text or token
+ids, and the Responses API's conversation (server/services/response_input.py) are prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from engines.protocol import GenerationEngine
+from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
+from server.protocol import ChatMessage
+
+# The chat templates we load know system, user and assistant; a developer message is the newer name for
+# a system message. Chat and Responses both map their roles through this.
+TEMPLATE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# A text file larger than this cannot fit any context we serve; refuse it before reading it.
+MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
+FileText = Callable[[str], str]  # file id -> its UTF-8 text (raises OpenAIError)
+
+
+class FileStore(Protocol):
+    def read_text(self, owner: str, file_id: str, max_bytes: int) -> str: ...
+
+
+def file_reader(files: FileStore | None, owner: str) -> FileText | None:
+    """What a prompt's file parts are read with: the owner's uploaded text files (None without a store)."""
+    if files is None:
+        return None
+    return lambda file_id: files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
+
+
+class Prompt(Protocol):
+    def floor(self, engine: GenerationEngine) -> int:
+        """A lower bound on its tokens, without templating or tokenizing (at most the context)."""
+
+    def token_ids(self, engine: GenerationEngine) -> list[int]:
+        """Its token ids (blocking: templates, files, tokenizing). Raises OpenAIError or the engine's refusal."""
+
+
+def text_floor(engine: GenerationEngine, text: str) -> int:
+    return min(engine.min_prompt_tokens(text), engine.max_model_len)
+
+
+@dataclass
+class TextPrompt:
+    text: str
+
+    def floor(self, engine: GenerationEngine) -> int:
+        return text_floor(engine, self.text)
+
+    def token_ids(self, engine: GenerationEngine) -> list[int]:
+        return engine.encode_text(self.text)
+
+
+@dataclass
+class TokenPrompt:
+    ids: list[int]
+    param: str  # where it stands in the request, for the error
+
+    def floor(self, engine: GenerationEngine) -> int:
+        return min(len(self.ids), engine.max_model_len)
+
+    def token_ids(self, engine: GenerationEngine) -> list[int]:
+        vocab = engine.vocab_size()
+        if any(t < 0 or t >= vocab for t in self.ids):
+            raise InvalidRequestError(f"Token ids in {self.param} must be between 0 and {vocab - 1}.",
+                                      param="prompt", code="invalid_value")
+        return list(self.ids)
+
+
+@dataclass
+class ChatPrompt:
+    messages: list[ChatMessage]
+    file_text: FileText | None = None
+
+    def floor(self, engine: GenerationEngine) -> int:
+        return text_floor(engine, "".join(_plain_text(m) for m in self.messages))
+
+    def token_ids(self, engine: GenerationEngine) -> list[int]:
+        return engine.encode_chat(template_messages(self.messages, self.file_text))
+
+
+def file_part_text(file_id: object, param: str, file_text: FileText | None) -> str:
+    """An uploaded text file's content, for a prompt's file part at `param`."""
+    if file_text is None:
+        raise UnsupportedParameterError(param, "needs the files API, which this server runs without")
+    try:
+        return file_text(file_id)
+    except NotFoundError:
+        raise InvalidRequestError(f"No such file: {file_id}.", param=f"{param}.file_id",
+                                  code="file_not_found") from None
+
+
+def _message_text(message: ChatMessage, i: int, file_text: FileText | None = None) -> str:
+    if message.content is None:
+        if message.role == "assistant":
+            return ""
+        raise InvalidRequestError(f"messages[{i}].content is required for role '{message.role}'.",
+                                  param=f"messages[{i}].content")
+    if isinstance(message.content, str):
+        return message.content
+    if not message.content:
+        raise InvalidRequestError(f"messages[{i}].content must not be an empty array.",
+                                  param=f"messages[{i}].content", code="invalid_value")
+    texts = []
+    for j, part in enumerate(message.content):
+        kind, param = part.get("type"), f"messages[{i}].content[{j}]"
+        if kind is None:
+            raise InvalidRequestError(f"Missing required parameter: '{param}.type'.",
+                                      param=f"{param}.type", code="missing_required_parameter")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "file" and message.role == "user":
+            file = part.get("file")
+            if not isinstance(file, dict) or not isinstance(file.get("file_id"), str):
+                raise InvalidRequestError("A file content part needs {\"file\": {\"file_id\": \"file-...\"}} (upload "
+                                          "it with /v1/files first); inline file_data is not supported.",
+                                          param=f"{param}.file")
+            texts.append(file_part_text(file["file_id"], f"{param}.file", file_text))
+        else:
+            raise InvalidRequestError(
+                f"Content part type {kind!r} is not supported in {param}; this server supports "
+                "text parts, and in user messages file parts with the file_id of an uploaded UTF-8 text file.",
+                param=f"{param}.type", code="unsupported_value",
+            )
+    return "".join(texts)
+
+
+def _plain_text(message: ChatMessage) -> str:
+    """The message's inline text (file parts are not read here), for the cheap bound on its tokens."""
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(p.get("text", "") for p in message.content or [] if isinstance(p.get("text"), str))
+
+
+def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
+    rendered = []
+    for i, message in enumerate(messages):
+        if message.role not in TEMPLATE_ROLES:
+            raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' needs tool calling, which "
+                                            "is not supported by this server yet")
+        for name in ("tool_calls", "function_call", "audio"):
+            if getattr(message, name):
+                raise UnsupportedParameterError(f"messages[{i}].{name}")
+        rendered.append({"role": TEMPLATE_ROLES[message.role], "content": _message_text(message, i, file_text)})
+    return rendered
