@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,8 +21,22 @@ from pydantic import (
     model_validator,
 )
 
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+def _matching(pattern: str, what: str) -> AfterValidator:
+    """A string type that must match `pattern` in full; `what` says what it must be."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} must be {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", "1-128 characters of letters, "
+                                                                              "digits and . _ : / -")]
+Device = Annotated[str, _matching(r"cpu|auto|cuda(:\d+)?", "cpu, cuda, cuda:N or auto")]
 
 
 class Task(str, Enum):
@@ -97,8 +112,8 @@ class ConfigError(Exception):
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str
-    aliases: list[str] = Field(default_factory=list)
+    id: ModelName
+    aliases: list[ModelName] = Field(default_factory=list)
     task: Task
     engine: EngineKind
     # A local HF directory, a .gguf file, or package:<python package>[/<file inside it>].
@@ -106,7 +121,7 @@ class ModelConfig(BaseModel):
     # For a directory or package source holding several GGUF files: which one to load.
     gguf_file: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
+    device: Device = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=8, ge=1, le=4096)
     # Continuous batching: tokens per step (prefill chunks + decodes), KV block size and cache size
@@ -125,28 +140,11 @@ class ModelConfig(BaseModel):
     # Set by the loader: the file this config came from.
     config_path: Path | None = None
 
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        if not _MODEL_ID.match(value):
-            raise ValueError("must be 1-128 characters of letters, digits and . _ : / -")
-        return value
-
     @field_validator("aliases")
     @classmethod
     def _check_aliases(cls, value: list[str]) -> list[str]:
-        for alias in value:
-            if not _MODEL_ID.match(alias):
-                raise ValueError(f"alias {alias!r} must be 1-128 characters of letters, digits and . _ : / -")
         if len(set(value)) != len(value):
             raise ValueError("aliases repeat")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError("must be cpu, cuda, cuda:N or auto")
         return value
 
     @field_validator("source")

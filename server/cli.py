@@ -19,6 +19,20 @@ def _offline() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# `ozwell serve`'s limits: flag, type, default, what it bounds.
+_SERVE_LIMITS = [
+    ("--max-upload-mb", int, 512, "per-file upload cap in MB"),
+    ("--owner-quota-mb", int, 10240, "file storage per owner in MB"),
+    ("--response-retention-days", float, 30.0, "how long stored responses are kept"),
+    ("--max-body-mb", float, 8.0, "largest JSON request body in MB, refused with 413 before parsing"),
+    ("--owner-rpm", int, None, "requests per minute for all of an owner's keys together"),
+    ("--owner-tpm", int, None, "tokens per minute for all of an owner's keys together"),
+    ("--header-timeout", float, 15.0, "seconds a request's headers may take to arrive, from their first byte"),
+    ("--body-timeout", float, 60.0, "seconds a request body may go without a byte before a 408"),
+    ("--drain-timeout", float, 30.0, "on SIGTERM, seconds in-flight requests may run on before they are cut"),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ozwell", description="Ozwell: an OpenAI-compatible inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,22 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback binds only)")
     serve.add_argument("--plans-file", type=Path, default=None, help="YAML of plan limits (default: built in)")
-    serve.add_argument("--max-upload-mb", type=int, default=512, help="per-file upload cap (default 512)")
-    serve.add_argument("--owner-quota-mb", type=int, default=10240, help="file storage per owner (default 10240)")
-    serve.add_argument("--response-retention-days", type=float, default=30.0,
-                       help="how long stored responses are kept (default 30)")
-    serve.add_argument("--max-body-mb", type=float, default=8.0,
-                       help="largest JSON request body, refused with 413 before parsing (default 8)")
-    serve.add_argument("--owner-rpm", type=int, default=None,
-                       help="requests per minute for all of an owner's keys together (default: no owner limit)")
-    serve.add_argument("--owner-tpm", type=int, default=None,
-                       help="tokens per minute for all of an owner's keys together (default: no owner limit)")
-    serve.add_argument("--header-timeout", type=float, default=15.0,
-                       help="seconds a request's headers may take to arrive, from their first byte (default 15)")
-    serve.add_argument("--body-timeout", type=float, default=60.0,
-                       help="seconds a request body may go without a byte before a 408 (default 60)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
-                       help="on SIGTERM, seconds in-flight requests may run on before they are cut (default 30)")
+    for flag, kind, default, text in _SERVE_LIMITS:
+        serve.add_argument(flag, type=kind, default=default, help=f"{text} (default {default or 'none'})")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="also serve /metrics without a key on this port (default: only /metrics for operator keys)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")

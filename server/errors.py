@@ -18,9 +18,18 @@ log = logging.getLogger("ozwell.server")
 
 
 class OpenAIError(Exception):
+    """The base of every error a client gets. A subclass names its HTTP status, OpenAI's error type and its
+    default code as class arguments: `class X(OpenAIError, status=404, kind="invalid_request_error")`."""
+
     status_code = 500
     error_type = "server_error"
     default_code: str | None = None
+
+    def __init_subclass__(cls, status: int | None = None, kind: str | None = None, code: str | None = None, **kw):
+        super().__init_subclass__(**kw)
+        cls.status_code = status or cls.status_code
+        cls.error_type = kind or cls.error_type
+        cls.default_code = code or cls.default_code
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -34,106 +43,48 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
-class InvalidRequestError(OpenAIError):
-    status_code = 400
-    error_type = "invalid_request_error"
+# 4xx: what the client can fix.
+class InvalidRequestError(OpenAIError, status=400, kind="invalid_request_error"): pass
+class ContextLengthExceededError(InvalidRequestError, code="context_length_exceeded"): pass
+class AuthenticationError(OpenAIError, status=401, kind="authentication_error", code="invalid_api_key"): pass
+class PermissionDeniedError(OpenAIError, status=403, kind="permission_error"): pass
+class NotFoundError(InvalidRequestError, status=404): pass
+class MethodNotAllowedError(InvalidRequestError, status=405, code="method_not_allowed"): pass
+class RequestTimeoutError(InvalidRequestError, status=408, code="request_timeout"): pass  # head or body too slow
+class RequestTooLargeError(InvalidRequestError, status=413, code="request_too_large"): pass
+class HeadersTooLargeError(InvalidRequestError, status=431, code="request_headers_too_large"): pass
+# 5xx: ours.
+class InternalServerError(OpenAIError, status=500, kind="server_error", code="internal_error"): pass
 
 
-class UnsupportedParameterError(InvalidRequestError):
-    default_code = "unsupported_parameter"
-
+class UnsupportedParameterError(InvalidRequestError, code="unsupported_parameter"):
     def __init__(self, param: str, detail: str = "is not supported by this server yet"):
         super().__init__(f"Unsupported parameter: '{param}' {detail}.", param=param)
 
 
-class ContextLengthExceededError(InvalidRequestError):
-    default_code = "context_length_exceeded"
-
-
-class NotFoundError(OpenAIError):
-    status_code = 404
-    error_type = "invalid_request_error"
-
-
-class ModelNotFoundError(NotFoundError):
-    default_code = "model_not_found"
-
+class ModelNotFoundError(NotFoundError, code="model_not_found"):
     def __init__(self, model: str):
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
-class MethodNotAllowedError(OpenAIError):
-    status_code = 405
-    error_type = "invalid_request_error"
-    default_code = "method_not_allowed"
-
-
-class AuthenticationError(OpenAIError):
-    status_code = 401
-    error_type = "authentication_error"
-    default_code = "invalid_api_key"
-
-
-class PermissionDeniedError(OpenAIError):
-    status_code = 403
-    error_type = "permission_error"
-
-
-class RateLimitError(OpenAIError):
-    status_code = 429
-    default_code = "rate_limit_exceeded"
-
+class RateLimitError(OpenAIError, status=429, code="rate_limit_exceeded"):
     def __init__(self, message: str, kind: str, headers: dict[str, str]):
         super().__init__(message, headers=headers)
         self.error_type = kind  # "requests" or "tokens", as OpenAI names the limit that was hit
 
 
-class EngineBusyError(OpenAIError):
+class EngineBusyError(OpenAIError, status=429, kind="server_overloaded", code="engine_overloaded"):
     """The engine's waiting queue is full (429, like a rate limit, with Retry-After)."""
-
-    status_code = 429
-    error_type = "server_overloaded"
-    default_code = "engine_overloaded"
 
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
-class InternalServerError(OpenAIError):
-    status_code = 500
-    error_type = "server_error"
-    default_code = "internal_error"
-
-
-class ServiceUnavailableError(OpenAIError):
+class ServiceUnavailableError(OpenAIError, status=503, code="service_unavailable"):
     """503 with Retry-After: the server is draining for shutdown, or a model's engine is down."""
-
-    status_code = 503
-    error_type = "server_error"
-    default_code = "service_unavailable"
 
     def __init__(self, message: str, code: str | None = None, retry_after_s: int = 5):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
-
-
-class RequestTooLargeError(OpenAIError):
-    status_code = 413
-    error_type = "invalid_request_error"
-    default_code = "request_too_large"
-
-
-class RequestTimeoutError(OpenAIError):
-    """The request's headers or body did not arrive in time (408)."""
-
-    status_code = 408
-    error_type = "invalid_request_error"
-    default_code = "request_timeout"
-
-
-class HeadersTooLargeError(OpenAIError):
-    status_code = 431
-    error_type = "invalid_request_error"
-    default_code = "request_headers_too_large"
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -146,6 +97,8 @@ def _param_from_loc(loc: tuple) -> str | None:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif part == "[key]":  # a dict's key was wrong: blame the dict
+            text = text.rsplit(".", 1)[0]
         elif not text:
             text = str(part)
         elif str(part).startswith(("function-after", "tagged-union", "list[", "str", "int")):

@@ -29,33 +29,55 @@ from server.settings import Settings
 log = logging.getLogger("ozwell.server")
 
 
-class RateLimitHeadersAndUsage:
-    def __init__(self, app, usage_service_getter):
+def _sending(send, outcome: dict, extra_headers):
+    """`send`, noting the response's status in `outcome` and adding `extra_headers(existing headers)` to it."""
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            outcome["status"] = message["status"]
+            headers = message.get("headers", [])
+            message = {**message, "headers": [*headers, *extra_headers(headers)]}
+        await send(message)
+
+    return wrapped
+
+
+class HTTPMiddleware:
+    """Pure ASGI middleware for HTTP requests; lifespan and other scopes pass through untouched."""
+
+    def __init__(self, app):
         self.app = app
-        self._usage = usage_service_getter
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        scope.setdefault("state", {})  # shared with request.state, even where the scope is copied
-        status = {"code": 500}
+        await self.http(scope, receive, send, time.perf_counter())
 
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                context = scope.get("state", {}).get("ozwell_context")
-                if context is not None and context.headers:
-                    existing = {k.decode("latin-1").lower() for k, _ in message.get("headers", [])}
-                    extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                             for k, v in context.headers.items() if k.lower() not in existing]
-                    message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
+    async def http(self, scope, receive, send, started: float) -> None:
+        raise NotImplementedError
+
+
+class RateLimitHeadersAndUsage(HTTPMiddleware):
+    def __init__(self, app, usage_service_getter):
+        super().__init__(app)
+        self._usage = usage_service_getter
+
+    async def http(self, scope, receive, send, started: float) -> None:
+        scope.setdefault("state", {})  # shared with request.state, even where the scope is copied
+        outcome = {"status": 500}
+
+        def rate_limit_headers(existing: list) -> list:
+            context = scope.get("state", {}).get("ozwell_context")
+            if context is None or not context.headers:
+                return []
+            present = {k.decode("latin-1").lower() for k, _ in existing}
+            return [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in context.headers.items() if k.lower() not in present]
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, _sending(send, outcome, rate_limit_headers))
         finally:
-            await self._record(scope, status["code"], started)
+            await self._record(scope, outcome["status"], started)
 
     async def _record(self, scope, status: int, started: float) -> None:
         context = scope.get("state", {}).get("ozwell_context")
@@ -89,7 +111,7 @@ class BodyTimeout(StarletteHTTPException):
         super().__init__(408, f"The request body stopped arriving: no bytes for {timeout_s:g}s.")
 
 
-class RequestGuard:
+class RequestGuard(HTTPMiddleware):
     """The outermost middleware (pure ASGI, so it sees streams to their end).
 
     Per request, in order: a request id (the client's `x-request-id` when it is sane, else a new
@@ -101,26 +123,17 @@ class RequestGuard:
     """
 
     def __init__(self, app, *, limits: Settings, lifecycle: Lifecycle, metrics: Metrics | None):
-        self.app = app
+        super().__init__(app)
         self.limits = limits
         self.lifecycle = lifecycle
         self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
+    async def http(self, scope, receive, send, started: float) -> None:
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         outcome = {"status": 0}
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode("ascii"))]}
-            await send(message)
+        send_with_id = _sending(send, outcome, lambda _: [(b"x-request-id", request_id.encode("ascii"))])
 
         path = scope.get("path", "")
         probe = path in _PROBES

@@ -1,15 +1,24 @@
 """Request bodies of the OpenAI routes, as pydantic models on one shared base.
 
 The base forbids fields it does not know (400 "Unrecognized request argument"). OpenAI fields
-that we know but cannot honour yet are declared, and `reject_unsupported` turns any value other
-than their neutral default into a 400 naming the field: nothing is silently ignored.
+that we know but cannot honour yet are listed in a model's NEUTRAL table with the values that mean
+"not used"; the base holds them aside, and `reject_unsupported` turns any other value into a 400 naming
+the field: nothing is silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from engines.protocol import SamplingParams
 from server.errors import InvalidRequestError, UnsupportedParameterError
@@ -26,10 +35,22 @@ class OpenAIBaseModel(BaseModel):
 
     # field name -> the values that mean "not used" (anything else is rejected)
     NEUTRAL: ClassVar[dict[str, tuple]] = {}
+    _unhonoured: dict[str, Any] = PrivateAttr(default_factory=dict)  # NEUTRAL fields the model does not declare
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _hold_unhonoured(cls, data: Any, handler):
+        held = {}
+        if isinstance(data, dict):
+            held = {name: data[name] for name in cls.NEUTRAL if name in data and name not in cls.model_fields}
+            data = {key: value for key, value in data.items() if key not in held}
+        model = handler(data)
+        model._unhonoured = held
+        return model
 
     def reject_unsupported(self) -> None:
         for name, neutral in self.NEUTRAL.items():
-            value = getattr(self, name)
+            value = getattr(self, name) if name in type(self).model_fields else self._unhonoured.get(name)
             if value not in neutral:
                 raise UnsupportedParameterError(name)
 
@@ -44,6 +65,15 @@ class StreamOptions(OpenAIBaseModel):
 StopField = str | list[str] | None
 
 
+def _token_id_key(key: str) -> str:
+    if not key.lstrip("-").isdigit() or len(key) > 12:
+        raise ValueError(f"keys must be token ids, not {key[:20]!r}")
+    return key
+
+
+TokenIdKey = Annotated[str, AfterValidator(_token_id_key)]  # a logit_bias key
+
+
 def _check_stop(value: StopField) -> StopField:
     if isinstance(value, list):
         if len(value) > 4:
@@ -55,38 +85,45 @@ def _check_stop(value: StopField) -> StopField:
     return value
 
 
-class SamplingFields(OpenAIBaseModel):
-    """Fields shared by chat and legacy completions."""
+class GenerationFields(OpenAIBaseModel):
+    """Fields every generation request shares (chat, legacy completions, responses)."""
 
     model: str
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
-    stop: StopField = None
-    seed: int | None = None
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.stream_options is not None:
+            if not self.stream:
+                raise UnsupportedParameterError("stream_options", "is only allowed when 'stream' is true")
+            try:
+                self.stream_options.reject_unsupported()
+            except UnsupportedParameterError as exc:
+                raise UnsupportedParameterError(f"stream_options.{exc.param}") from None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class SamplingFields(GenerationFields):
+    """Fields shared by chat and legacy completions."""
+
+    n: int | None = None
+    stop: StopField = None
+    seed: int | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[TokenIdKey, float] | None = Field(default=None, max_length=300)
     # Extensions beyond OpenAI's API (vLLM's names; the openai SDK sends them with extra_body).
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        if len(value) > 300:
-            raise ValueError("at most 300 tokens may be biased")
-        for key in value:
-            if not key.lstrip("-").isdigit() or len(key) > 12:
-                raise ValueError(f"keys must be token ids, not {key[:20]!r}")
-        return value
 
     @property
     def logprobs_k(self) -> int | None:
@@ -114,25 +151,11 @@ class SamplingFields(OpenAIBaseModel):
     def _validate_stop(cls, value: StopField) -> StopField:
         return _check_stop(value)
 
-    def reject_unsupported(self) -> None:
-        super().reject_unsupported()
-        if self.stream_options is not None:
-            if not self.stream:
-                raise UnsupportedParameterError("stream_options", "is only allowed when 'stream' is true")
-            try:
-                self.stream_options.reject_unsupported()
-            except UnsupportedParameterError as exc:
-                raise UnsupportedParameterError(f"stream_options.{exc.param}") from None
-
     @property
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 MAX_MESSAGES = 2048  # as OpenAI caps a conversation
@@ -172,25 +195,6 @@ class ChatCompletionRequest(SamplingFields):
     safety_identifier: str | None = Field(default=None, max_length=64)
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
-    service_tier: str | None = None
-    modalities: list[str] | None = None
-    audio: Any = None
-    prediction: Any = None
-    reasoning_effort: str | None = None
-    verbosity: str | None = None
-    web_search_options: Any = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    prompt_cache_options: Any = None
-    moderation: Any = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
         "response_format": (None, {"type": "text"}),
@@ -215,7 +219,23 @@ class ChatCompletionRequest(SamplingFields):
     }
 
 
-PromptField = str | list[str] | list[int] | list[list[int]]
+
+
+def _check_prompt(value):
+    """A prompt (or embedding input) is a text, texts, token ids, or token-id arrays; none of them empty."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be an empty string")
+        return value
+    if not value:
+        raise ValueError("must not be an empty array")
+    for i, item in enumerate(value):
+        if item == "" or item == []:
+            raise ValueError(f"input[{i}] must not be empty")
+    return value
+
+
+PromptField = Annotated[str | list[str] | list[int] | list[list[int]], AfterValidator(_check_prompt)]
 
 
 def as_prompt_list(value: PromptField) -> list[str | list[int]]:
@@ -230,10 +250,7 @@ def as_prompt_list(value: PromptField) -> list[str | list[int]]:
 class CompletionRequest(SamplingFields):
     prompt: PromptField
     max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
-    echo: bool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    best_of: int | None = Field(default=None, ge=0, le=20)
-    suffix: str | None = None
 
     @property
     def logprobs_k(self) -> int | None:
@@ -248,16 +265,6 @@ class CompletionRequest(SamplingFields):
         "best_of": (None, 1),
         "suffix": (None, ""),
     }
-
-    @field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, value: PromptField) -> PromptField:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("must not be an empty array")
-            if any(isinstance(item, list) and not item for item in value):
-                raise ValueError("token arrays must not be empty")
-        return value
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of text or token-id prompts."""
@@ -277,17 +284,8 @@ class EmbeddingRequest(OpenAIBaseModel):
     @field_validator("input")
     @classmethod
     def _check_input(cls, value: PromptField) -> PromptField:
-        if isinstance(value, str):
-            if not value:
-                raise ValueError("must not be an empty string")
-            return value
-        if not value:
-            raise ValueError("must not be an empty array")
-        if len(value) > MAX_EMBEDDING_INPUTS and not all(isinstance(item, int) for item in value):
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS and not isinstance(value[0], int):
             raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed per request")
-        for i, item in enumerate(value):
-            if item == "" or item == []:
-                raise ValueError(f"input[{i}] must not be empty")
         return value
 
     def inputs(self) -> list[str | list[int]]:
@@ -295,41 +293,17 @@ class EmbeddingRequest(OpenAIBaseModel):
         return as_prompt_list(self.input)
 
 
-class ResponseRequest(OpenAIBaseModel):
+class ResponseRequest(GenerationFields):
     """POST /v1/responses, for text models."""
 
-    model: str
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=16, le=INT32_MAX)
-    temperature: float | None = None
-    top_p: float | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = True
     previous_response_id: str | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
     safety_identifier: str | None = Field(default=None, max_length=64)
     truncation: Literal["auto", "disabled"] | None = None
-    # Known fields we cannot honour yet: accepted only at their neutral value.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    reasoning: Any = None
-    background: bool | None = None
-    include: list[str] | None = None
-    text: dict[str, Any] | None = None
-    conversation: Any = None
-    context_management: Any = None
-    max_tool_calls: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    prompt: Any = None
-    service_tier: str | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    prompt_cache_options: Any = None
-    moderation: Any = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
         "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
@@ -369,9 +343,3 @@ class ResponseRequest(OpenAIBaseModel):
             raise ValueError("must not be an empty array")
         return value
 
-    def reject_unsupported(self) -> None:
-        super().reject_unsupported()
-        if self.stream_options is not None:
-            if not self.stream:
-                raise UnsupportedParameterError("stream_options", "is only allowed when 'stream' is true")
-            self.stream_options.reject_unsupported()
