@@ -130,6 +130,11 @@ class ModelConfig(BaseModel):
     block_size: int = Field(default=16, ge=1, le=1024)
     kv_cache_tokens: int | None = Field(default=None, ge=16)
     max_waiting: int = Field(default=256, ge=1)
+    # The native engine on a GPU: decode steps replayed as CUDA graphs (default: on where CUDA is; false is
+    # vLLM's enforce_eager), and the share of the GPU's memory that weights, activations, graphs and the KV
+    # cache may take; the KV cache gets what is left (unless kv_cache_tokens says how much it holds).
+    cuda_graphs: bool | None = None
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None
     # Extra token ids that end generation, beside the tokenizer's EOS (e.g. Gemma's <end_of_turn>).

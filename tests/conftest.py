@@ -8,6 +8,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU through Triton's interpreter; it must be on before Triton is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

@@ -11,6 +11,7 @@ step fails the requests in flight; repeated faults mark the engine down (`health
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import queue
 import threading
@@ -24,9 +25,10 @@ from engines.config import ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
-from engines.native.loader import kv_cache_blocks, load_model
-from engines.native.model_runner import PagedModelRunner
+from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
+from engines.native.model_runner import PagedModelRunner, profile_activations
 from engines.native.scheduler import Scheduler, SchedulerConfig
+from engines.native.static_decode import Capturer, cuda_graph_capturer
 from engines.protocol import (
     EngineError,
     EngineOverloaded,
@@ -47,8 +49,10 @@ class NativeEngine(HFGenerationEngine):
     # A step that runs longer than this makes health() report a stalled loop.
     STALL_AFTER_S = 120.0
 
-    def __init__(self, config: ModelConfig, data_dir: Path):
+    def __init__(self, config: ModelConfig, data_dir: Path, capturer: Capturer | None = None):
+        """`capturer` replaces CUDA graph capture (the tests run the static decode path on a CPU with it)."""
         super().__init__(config)
+        self._capturer = capturer
         self._dead: str | None = None
         self._faults = 0  # consecutive
         self._step_started: float | None = None
@@ -69,9 +73,31 @@ class NativeEngine(HFGenerationEngine):
         self._max_model_len = loaded.max_model_len
         self._stop_token_ids = self.stop_token_ids_with(loaded.eos_token_id)
         self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
-        self._num_blocks = kv_cache_blocks(self.config, self._max_model_len)
         size = self.config.block_size
-        self.runner = PagedModelRunner(self.model, self._num_blocks, size)
+        cuda = self.device.type == "cuda"
+        dtype = next(self.model.parameters()).dtype
+        budget = None
+        if cuda:
+            activations = profile_activations(self.model, self.config.max_num_batched_tokens, size)
+            budget = MemoryBudget(torch.cuda.get_device_properties(self.device).total_memory,
+                                  torch.cuda.memory_allocated(self.device), activations,
+                                  self.config.gpu_memory_utilization)
+        self._num_blocks = kv_cache_blocks(self.config, self._max_model_len, kv_bytes_per_token(self.model, dtype),
+                                           budget)
+        graphs = self.config.cuda_graphs if self.config.cuda_graphs is not None else (cuda or bool(self._capturer))
+        capturer = self._capturer or (cuda_graph_capturer() if cuda else None)
+        if graphs and capturer is None:
+            log.warning("%s: cuda_graphs needs a CUDA device; serving eager steps on %s", self.config.id, self.device)
+        static = graphs and capturer is not None
+        self.runner = PagedModelRunner(self.model, self._num_blocks, size, max_num_seqs=self.config.max_num_seqs,
+                                       max_model_len=self._max_model_len, static_decode=static,
+                                       kernel=cuda and importlib.util.find_spec("triton") is not None)
+        if static:
+            before = torch.cuda.memory_allocated(self.device) if cuda else 0
+            self.runner.capture_graphs(capturer)
+            if cuda:
+                log.info("%s: decode graphs hold %.0f MiB", self.config.id,
+                         (torch.cuda.memory_allocated(self.device) - before) / 2**20)
         self._scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=self.config.max_num_seqs,
                             max_num_batched_tokens=self.config.max_num_batched_tokens,
@@ -79,8 +105,9 @@ class NativeEngine(HFGenerationEngine):
             KVBlockManager(self._num_blocks, size))
         self._core = EngineCore(self.config.id, self._scheduler, self.runner, self.tokenizer, self._stop_token_ids,
                                 self.device, size)
-        log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d", self.config.id,
-                 self.device, self.torch_dtype, self._max_model_len, self._num_blocks * size, size)
+        log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d%s", self.config.id,
+                 self.device, dtype, self._max_model_len, self._num_blocks * size, size,
+                 f" (gpu_memory_utilization {budget.utilization})" if budget else "")
 
     @property
     def max_model_len(self) -> int:

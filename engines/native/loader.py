@@ -3,12 +3,13 @@ and chat template, the context length, and the size of its paged KV cache."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engines.config import ModelConfig
+from engines.config import ConfigError, ModelConfig
 from engines.devices import resolve_device, resolve_dtype
 from engines.sources import resolve_hf_dir, weights_revision
 
@@ -41,10 +42,54 @@ def load_model(config: ModelConfig, data_dir: Path) -> LoadedModel:
                        model.generation_config.eos_token_id, weights_revision(hf_dir))
 
 
-def kv_cache_blocks(config: ModelConfig, max_model_len: int) -> int:
-    """The KV cache's size in blocks: `kv_cache_tokens`, or room for max_num_seqs whole contexts (at most
-    131,072 tokens); never less than one whole context, so any request that passes the context check can
-    run alone."""
+def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """K and V of one token, over every layer."""
+    config = model.config.get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+@dataclass
+class MemoryBudget:
+    """Where the KV cache's bytes come from: the memory it may use and what is already spoken for."""
+
+    total: int  # the device's (or the host's) memory
+    used: int  # weights (and whatever else is allocated now)
+    activations: int  # the peak of a profiled step's activations; as much again is held back for graphs
+    utilization: float  # the share of `total` everything may take
+
+    def kv_tokens(self, bytes_per_token: int) -> int:
+        room = int(self.total * self.utilization) - self.used - 2 * self.activations
+        return max(room, 0) // bytes_per_token
+
+
+def kv_cache_blocks(config: ModelConfig, max_model_len: int, bytes_per_token: int = 0,
+                    budget: MemoryBudget | None = None) -> int:
+    """The KV cache's size in blocks.
+
+    With a memory budget (on a GPU): what the budget leaves after weights, activations and graphs, or
+    `kv_cache_tokens` when that fits in it (a larger one is a config error). Without (on a CPU):
+    `kv_cache_tokens`, or room for max_num_seqs whole contexts (at most 131,072 tokens). Never less than
+    one whole context, so any request that passes the context check can run alone."""
     size = config.block_size
-    tokens = config.kv_cache_tokens or min(config.max_num_seqs * max_model_len, 1 << 17)
-    return max(-(-tokens // size), -(-max_model_len // size))
+    context_blocks = -(-max_model_len // size)
+    if budget is None:
+        tokens = config.kv_cache_tokens or min(config.max_num_seqs * max_model_len, 1 << 17)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if config.kv_cache_tokens is not None and tokens * bytes_per_token > memory:
+            raise ConfigError(f"{config.id}: kv_cache_tokens {tokens} needs {tokens * bytes_per_token / 2**30:.1f} GiB "
+                              f"of KV cache, more than this machine's {memory / 2**30:.1f} GiB of memory")
+        return max(-(-tokens // size), context_blocks)
+    fits = budget.kv_tokens(bytes_per_token) // size
+    gib = bytes_per_token * size / 2**30
+    if config.kv_cache_tokens is not None and -(-config.kv_cache_tokens // size) > fits:
+        raise ConfigError(f"{config.id}: kv_cache_tokens {config.kv_cache_tokens} needs "
+                          f"{-(-config.kv_cache_tokens // size) * gib:.2f} GiB of KV cache, but only {fits * gib:.2f} "
+                          f"GiB are left at gpu_memory_utilization {budget.utilization} after the weights and "
+                          "activations; lower it, or raise gpu_memory_utilization")
+    blocks = -(-config.kv_cache_tokens // size) if config.kv_cache_tokens is not None else fits
+    if blocks < context_blocks:
+        raise ConfigError(f"{config.id}: the KV cache left at gpu_memory_utilization {budget.utilization} "
+                          f"({fits * size} tokens) cannot hold one whole context of {max_model_len} tokens; "
+                          "lower max_model_len, or raise gpu_memory_utilization")
+    return blocks

@@ -23,6 +23,7 @@ from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
+from engines.native.static_decode import Capturer, StaticDecode, StaticLayout
 from engines.protocol import TokenLogprobs
 
 ATTENTION_NAME = "ozwell_paged"
@@ -132,35 +133,38 @@ class StepLayout:
             self._masks[key] = allowed[:, None, None, :]
         return self._masks[key]
 
+    def attend(self, module, query, key, value, scaling, sliding_window):
+        layer = module.layer_idx
+        k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
+        # index_copy_/index_select rather than indexing with a tensor: the same slots, 6x faster on a CPU
+        k_cache.index_copy_(0, self.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
+        v_cache.index_copy_(0, self.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
+        out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
+        if self.decode_rows is not None:
+            rows = self.decode_rows
+            slots = self.decode_slots
+            gathered = (slots.shape[0], slots.shape[1], *k_cache.shape[1:])  # [decoding, context, kv_heads, dim]
+            keys = k_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
+            values = v_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
+            queries = query[0][:, rows].transpose(0, 1)[:, :, None]  # [decoding, heads, 1, dim]
+            result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=self.decode_mask(sliding_window),
+                                                    scale=scaling, enable_gqa=True)
+            out[rows] = result[:, :, 0]
+        for index, ((start, end), slots) in enumerate(zip(self.query_ranges, self.context_slots)):
+            keys = k_cache.index_select(0, slots).transpose(0, 1)  # [kv_heads, context, dim]
+            values = v_cache.index_select(0, slots).transpose(0, 1)
+            result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
+                                                    attn_mask=self.mask(index, sliding_window), scale=scaling,
+                                                    enable_gqa=True)
+            out[start:end] = result[0].transpose(0, 1)
+        return out[None], None
+
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
                     **kwargs):
-    """query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim] -> ([1, tokens, heads, dim], None)."""
-    layout: StepLayout = _step.layout
-    layer = module.layer_idx
-    k_cache, v_cache = layout.k_cache[layer], layout.v_cache[layer]
-    # index_copy_/index_select rather than indexing with a tensor: the same slots, 6x faster on a CPU
-    k_cache.index_copy_(0, layout.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
-    v_cache.index_copy_(0, layout.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
-    out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
-    if layout.decode_rows is not None:
-        rows = layout.decode_rows
-        slots = layout.decode_slots
-        gathered = (slots.shape[0], slots.shape[1], *k_cache.shape[1:])  # [decoding, context, kv_heads, dim]
-        keys = k_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
-        values = v_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
-        queries = query[0][:, rows].transpose(0, 1)[:, :, None]  # [decoding, heads, 1, dim]
-        result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=layout.decode_mask(sliding_window),
-                                                scale=scaling, enable_gqa=True)
-        out[rows] = result[:, :, 0]
-    for index, ((start, end), slots) in enumerate(zip(layout.query_ranges, layout.context_slots)):
-        keys = k_cache.index_select(0, slots).transpose(0, 1)  # [kv_heads, context, dim]
-        values = v_cache.index_select(0, slots).transpose(0, 1)
-        result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
-                                                attn_mask=layout.mask(index, sliding_window), scale=scaling,
-                                                enable_gqa=True)
-        out[start:end] = result[0].transpose(0, 1)
-    return out[None], None
+    """query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim] -> ([1, tokens, heads, dim], None):
+    the step's layout (a packed eager step, or a static decode step) writes the new K/V and attends."""
+    return _step.layout.attend(module, query, key, value, scaling, sliding_window)
 
 
 def _tall_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -178,7 +182,13 @@ def _register() -> None:
 
 
 class PagedModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int):
+    """`num_blocks` blocks for the block manager, plus one scratch block past them that no sequence owns
+    (the padding rows of a static decode step write there). With `static_decode`, decode-only steps run on
+    persistent buffers (static_decode.py), through the Triton kernel when `kernel`; `capture_graphs` then
+    captures them."""
+
+    def __init__(self, model, num_blocks: int, block_size: int, *, max_num_seqs: int = 1, max_model_len: int = 0,
+                 static_decode: bool = False, kernel: bool = False):
         _register()
         model.set_attn_implementation(ATTENTION_NAME)
         config = model.config.get_text_config()
@@ -192,8 +202,26 @@ class PagedModelRunner:
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None:
                 head.forward = types.MethodType(_tall_head_forward, head)
+        shape = (shape[0], (num_blocks + 1) * block_size, *shape[2:])  # + the scratch block
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.static = None
+        if static_decode:
+            self.static = StaticDecode(model, self.k_cache, self.v_cache, block_size, max_num_seqs,
+                                       -(-max_model_len // block_size), num_blocks, kernel, self._static_forward)
+
+    def capture_graphs(self, capturer: Capturer) -> None:
+        if self.static is not None:
+            self.static.capture(capturer)
+
+    def _static_forward(self, layout: StaticLayout, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        _step.layout = layout
+        try:
+            with torch.inference_mode():
+                output = self.model(input_ids=input_ids, position_ids=positions, use_cache=False, logits_to_keep=0)
+            return output.logits[0]
+        finally:
+            _step.layout = None
 
     def _slots(self, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cache slots of token positions: block id x block size + offset in the block."""
@@ -201,7 +229,8 @@ class PagedModelRunner:
 
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
         """One step: the packed forward pass, then a token for each sequence whose chunk completes it."""
-        logits = self.forward(chunks)
+        logits = self.static.forward(chunks) if self.static is not None and self.static.fits(chunks) else (
+            self.forward(chunks))
         completing = [chunk.seq for chunk in chunks if chunk.completes]
         return sample_isolated(completing, logits) if completing else StepOutput()
 
@@ -266,3 +295,21 @@ class PagedModelRunner:
         layout.decode_rows = torch.tensor(rows, device=self.device)
         layout.decode_slots = slots.to(self.device)
         layout.decode_lengths = torch.tensor(lengths, device=self.device)
+
+
+def profile_activations(model, num_tokens: int, block_size: int) -> int:
+    """CUDA only: the peak bytes one packed eager step of `num_tokens` prompt tokens (the largest step the
+    scheduler makes) allocates beyond what is allocated before it, on a throwaway cache of its own size."""
+    blocks = -(-num_tokens // block_size)
+    runner = PagedModelRunner(model, blocks, block_size)
+    sequence = Sequence("profile", [0] * num_tokens, block_size)
+    sequence.block_table = list(range(blocks))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    runner.forward([ScheduledChunk(sequence, num_tokens)])
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del runner
+    torch.cuda.empty_cache()
+    return peak

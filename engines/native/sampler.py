@@ -24,20 +24,22 @@ class SamplingBatch:
         self.params = list(params)
         self.device = device
 
-        def column(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device)[:, None]
-
-        self.temperature = column([p.temperature if p.temperature > 0 else 1.0 for p in params])
-        self.greedy = torch.tensor([p.greedy for p in params], device=device)
         self.all_greedy = all(p.greedy for p in params)
-        self.top_p = column([p.top_p for p in params])
-        self.top_k = column([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.long)
-        self.min_p = column([p.min_p for p in params])
-        self.presence = column([p.presence_penalty for p in params])
-        self.frequency = column([p.frequency_penalty for p in params])
-        self.repetition = column([p.repetition_penalty for p in params])
         self.uses_penalties = any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
                                   for p in params)
+        # The per-row numbers go to the device in one copy (from pinned memory on a GPU, not waited for),
+        # and only when a row needs them: an all-greedy batch without penalties reads none.
+        if not self.all_greedy or self.uses_penalties:
+            floats = torch.tensor([[p.temperature if p.temperature > 0 else 1.0, p.top_p, p.min_p, p.presence_penalty,
+                                    p.frequency_penalty, p.repetition_penalty, float(p.greedy)] for p in params],
+                                  dtype=torch.float32)
+            top_k = torch.tensor([[p.top_k if p.top_k > 0 else vocab_size] for p in params], dtype=torch.long)
+            if device.type == "cuda":
+                floats, top_k = floats.pin_memory(), top_k.pin_memory()
+            self._host = (floats, top_k)  # alive until the copies are done
+            (self.temperature, self.top_p, self.min_p, self.presence, self.frequency, self.repetition,
+             greedy) = floats.to(device, non_blocking=True).split(1, dim=1)
+            self.top_k, self.greedy = top_k.to(device, non_blocking=True), greedy[:, 0].bool()
         self.bias = None
         if any(p.logit_bias for p in params):
             self.bias = torch.zeros(rows, vocab_size, device=device)
