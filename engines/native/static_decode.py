@@ -4,11 +4,10 @@ A step whose chunks are all decodes (one new token per sequence) and that fits t
 any step that carries a prefill chunk runs the runner's eager packed path (model_runner.py), as vLLM and
 nano-vllm also do. The step's inputs live in persistent buffers sized for the largest bucket:
 
-    token ids, positions, slot mapping, context lengths   [max bucket]
+    token ids, positions, slot mapping, context lengths   [4, max bucket]
     block tables                                          [max bucket, most blocks a sequence can have]
 
-They are filled on the host in one (pinned, on CUDA) buffer and copied to the device in one non-blocking
-copy. A step pads its batch to the next bucket (1, 2, 4, 8, 16, 24, 32, then steps of 16 up to
+They are filled on the host (pinned memory, on CUDA) and copied to the device in two non-blocking copies. A step pads its batch to the next bucket (1, 2, 4, 8, 16, 24, 32, then steps of 16 up to
 max_num_seqs); a padding row reads and writes only the scratch block, one block past the end of the cache
 that the block manager never hands out. Attention reads K/V through the block tables in place: the Triton
 kernel (triton_attention.py) where there is CUDA, else a static-shaped torch reference (the CPU tests).
@@ -109,13 +108,16 @@ class StaticDecode:
         self.graphs: dict[int, Replay] = {}
         self.steps = 0  # decode steps run here (replayed or eager)
         rows = self.buckets[-1]
-        # one flat int buffer: ids | positions | slots | lengths | tables, copied to the device at once
-        self._fields = (rows, rows, rows, rows, rows * max_blocks)
-        size = sum(self._fields)
-        self.host = torch.zeros(size, dtype=torch.long, pin_memory=self.device.type == "cuda")
-        self.buffer = torch.zeros(size, dtype=torch.long, device=self.device)
-        self.token_ids, self.positions, self.slots, self.lengths, flat_tables = self.buffer.split(self._fields)
-        self.tables = flat_tables.view(rows, max_blocks)
+        pinned = self.device.type == "cuda"
+        # ids | positions | slots | lengths as one [4, rows] int64 buffer (copied whole: a few KiB), and the
+        # block tables as [rows, max blocks] int32 (copied for the bucket's rows only). The host side is
+        # filled through numpy views, which cost far less a row than torch indexing.
+        self.host_meta = torch.zeros(4, rows, dtype=torch.long, pin_memory=pinned)
+        self.host_tables = torch.zeros(rows, max_blocks, dtype=torch.int32, pin_memory=pinned)
+        self._meta, self._tables = self.host_meta.numpy(), self.host_tables.numpy()
+        self.meta = torch.zeros(4, rows, dtype=torch.long, device=self.device)
+        self.tables = torch.zeros(rows, max_blocks, dtype=torch.int32, device=self.device)
+        self.token_ids, self.positions, self.slots, self.lengths = self.meta
 
     def bucket(self, rows: int) -> int | None:
         return next((b for b in self.buckets if b >= rows), None)
@@ -125,25 +127,20 @@ class StaticDecode:
                 and all(c.num_tokens == 1 and c.seq.num_computed_tokens > 0 for c in chunks))
 
     def load(self, rows: list[tuple[int, int, list[int]]]) -> int:
-        """Fill the buffers with (token id, position, block table) rows, padded to their bucket; one copy
-        to the device. Returns the bucket."""
+        """Fill the buffers with (token id, position, block table) rows, padded to their bucket, and copy
+        them to the device (non-blocking from pinned memory on a GPU). Returns the bucket.
+
+        Table entries past a row's context are never read, so they are left as they were."""
         bucket = self.bucket(len(rows))
-        rows_max, size = self.buckets[-1], self.block_size
-        ids, positions, slots, lengths, tables = self.host.split(self._fields)
-        tables = tables.view(rows_max, self.max_blocks)
-        scratch = self.scratch_block * size
-        ids[:bucket] = 0
-        positions[:bucket] = 0
-        slots[:bucket] = scratch
-        lengths[:bucket] = 1
-        tables[:bucket] = self.scratch_block
+        size, meta, tables = self.block_size, self._meta, self._tables
         for row, (token, position, table) in enumerate(rows):
-            ids[row] = token
-            positions[row] = position
-            slots[row] = table[position // size] * size + position % size
-            lengths[row] = position + 1
-            tables[row, :len(table)] = torch.as_tensor(table[:self.max_blocks], dtype=torch.long)
-        self.buffer.copy_(self.host, non_blocking=True)
+            meta[:, row] = (token, position, table[position // size] * size + position % size, position + 1)
+            tables[row, :len(table)] = table[:self.max_blocks]
+        if bucket > len(rows):  # padding rows: token 0 at position 0 in the scratch block, a context of 1
+            meta[:, len(rows):bucket] = [[0], [0], [self.scratch_block * size], [1]]
+            tables[len(rows):bucket, 0] = self.scratch_block
+        self.meta.copy_(self.host_meta, non_blocking=True)
+        self.tables[:bucket].copy_(self.host_tables[:bucket], non_blocking=True)
         return bucket
 
     def layout(self, bucket: int, kernel: bool | None = None) -> StaticLayout:
