@@ -22,8 +22,9 @@ class ChoiceOutput:
         self.completion_tokens = 0
         self.finish_reason: str | None = None
 
-    def push(self, token_id: int, logprobs=None) -> GenerationEvent:
-        """One sampled token -> its event (finished when it ends the choice)."""
+    def push(self, token_id: int, logprobs=None, complete: bool = False) -> GenerationEvent:
+        """One sampled token -> its event (finished when it ends the choice). `complete`: the choice's
+        grammar has reached its end, so the choice stops here."""
         self.completion_tokens += 1
         entries = [logprobs] if logprobs is not None else None
         if token_id in self._stop_ids:
@@ -31,9 +32,10 @@ class ChoiceOutput:
         text, hit_stop = self._stops.push(self._detokenizer.push(token_id))
         if hit_stop:
             return self._event([token_id], text, "stop", entries)
-        if self.completion_tokens >= self.params.max_tokens:
+        if complete or self.completion_tokens >= self.params.max_tokens:
             tail, _ = self._stops.push(self._detokenizer.flush())
-            return self._event([token_id], text + tail + self._stops.flush(), "length", entries)
+            return self._event([token_id], text + tail + self._stops.flush(), "stop" if complete else "length",
+                               entries)
         return self._event([token_id], text, None, entries)
 
     def abort(self) -> GenerationEvent:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.config import ModelConfig
+
+if TYPE_CHECKING:
+    from engines.structured import StructuredOutput
 
 
 class EngineError(Exception):
@@ -68,6 +71,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1: off
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k alternatives
+    structured: StructuredOutput | None = None  # a grammar the text must match (engines/structured.py)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -239,9 +243,15 @@ class GenerationEngine(Engine):
         """Waiting and running requests, KV-cache use and the like, for /metrics."""
         return {}
 
+    async def prepare(self, params: SamplingParams) -> None:
+        """Work a request needs before it may queue, done off the event loop and the step loop (the native
+        engine compiles its grammar); raises InvalidGenerationRequest for this request alone."""
+
     def check_request(self, prompt_len: int, params: SamplingParams) -> None:
         """Reject a request that cannot run as asked, before any work is queued. A prompt too long for the
         context raises ContextLengthExceeded without a param: the caller knows which of its fields it was."""
+        if params.structured is not None:
+            params.structured.check()
         vocab = self.vocab_size()
         bad = [token_id for token_id, _ in params.logit_bias if not 0 <= token_id < vocab]
         if bad:

@@ -10,6 +10,7 @@ Importing this module imports vllm; the registry imports it only for `engine: vl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from engines.protocol import (
     TokenLogprobs,
 )
 from engines.sources import resolve_hf_dir, weights_revision
+from engines.structured import StructuredOutput
 
 log = logging.getLogger("ozwell.engines")
 
@@ -84,7 +86,22 @@ def vllm_sampling_params(params: SamplingParams, stop_token_ids: frozenset[int])
         logprobs=params.logprobs,
         detokenize=False,
         output_kind=RequestOutputKind.DELTA,
+        structured_outputs=vllm_structured(params.structured),
     )
+
+
+def vllm_structured(structured: StructuredOutput | None):
+    """Our grammar as vLLM's structured outputs, compiled by its llguidance (`guidance`) backend, as the native
+    engine's is; its own whitespace is turned off, as ours is."""
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if structured.kind == "lark":
+        return StructuredOutputsParams(grammar=structured.spec)
+    if structured.kind == "json_object":
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    return StructuredOutputsParams(json=json.loads(structured.spec), disable_any_whitespace=True)
 
 
 def token_logprobs(position: dict, token_id: int, k: int) -> TokenLogprobs:
@@ -209,6 +226,7 @@ class VllmEngine(HFGenerationEngine):
             quantization=options.quantization,
             enforce_eager=options.enforce_eager,
             disable_log_stats=False,  # the per-request queue times and the scheduler figures need them
+            structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
         )
 
     @property

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from engines.protocol import SamplingParams
+from engines.structured import StructuredOutput
 from server.errors import InvalidRequestError, UnsupportedParameterError
 
 # Every integer a client sends is bounded before it reaches a tensor, a database column or a datetime:
@@ -85,6 +86,44 @@ def _check_stop(value: StopField) -> StopField:
     return value
 
 
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's pattern for schema and function names
+
+
+class JsonSchemaSpec(OpenAIBaseModel):
+    """`response_format.json_schema` (chat), and the same fields inline in the Responses API's `text.format`."""
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    def structured(self, param: str) -> StructuredOutput:
+        """OpenAI's default is strict false: enforced leniently (engines/structured.py)."""
+        return StructuredOutput.json_schema(self.schema_ or {}, strict=bool(self.strict), param=param)
+
+
+def _structured(kind: str, spec: JsonSchemaSpec | None, param: str) -> StructuredOutput | None:
+    if kind == "json_object":
+        return StructuredOutput("json_object", param=param)
+    if kind == "json_schema":
+        return spec.structured(f"{param}.schema")
+    return None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        return self
+
+    def structured(self) -> StructuredOutput | None:
+        return _structured(self.type, self.json_schema, "response_format.json_schema")
+
+
 class GenerationFields(OpenAIBaseModel):
     """Fields every generation request shares (chat, legacy completions, responses)."""
 
@@ -124,6 +163,8 @@ class SamplingFields(GenerationFields):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool | None = None
+    # Grammar-enforced output: OpenAI's for chat; an extension on the legacy completions route.
+    response_format: ResponseFormat | None = None
 
     @property
     def logprobs_k(self) -> int | None:
@@ -144,7 +185,8 @@ class SamplingFields(GenerationFields):
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             ignore_eos=bool(self.ignore_eos), logprobs=self.logprobs_k,
-            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
+            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
+            structured=self.response_format.structured() if self.response_format else None)
 
     @field_validator("stop")
     @classmethod
@@ -197,7 +239,6 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "response_format": (None, {"type": "text"}),
         "tools": (None, []),
         "tool_choice": (None, "none"),
         "parallel_tool_calls": (None, True),
@@ -293,6 +334,40 @@ class EmbeddingRequest(OpenAIBaseModel):
         return as_prompt_list(self.input)
 
 
+class TextFormat(OpenAIBaseModel):
+    """The Responses API's `text.format`: text, json_object, or json_schema with its fields inline."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, pattern=TOOL_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _named_schema(self) -> TextFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise ValueError("a json_schema format needs its name and schema")
+        return self
+
+    def structured(self) -> StructuredOutput | None:
+        spec = None
+        if self.type == "json_schema":
+            spec = JsonSchemaSpec(name=self.name, description=self.description, schema=self.schema_,
+                                  strict=self.strict)
+        return _structured(self.type, spec, "text.format")
+
+    def echo(self) -> dict[str, Any]:
+        """As a Response object shows it."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class ResponseText(OpenAIBaseModel):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+    NEUTRAL: ClassVar[dict[str, tuple]] = {"verbosity": (None, "medium")}
+
+
 class ResponseRequest(GenerationFields):
     """POST /v1/responses, for text models."""
 
@@ -304,11 +379,12 @@ class ResponseRequest(GenerationFields):
     previous_response_id: str | None = None
     safety_identifier: str | None = Field(default=None, max_length=64)
     truncation: Literal["auto", "disabled"] | None = None
+    text: ResponseText | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
         "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
         "reasoning": (None,), "background": (None, False), "include": (None, []),
-        "text": (None, {}, {"format": {"type": "text"}}), "conversation": (None,), "context_management": (None,),
+        "conversation": (None,), "context_management": (None,),
         "max_tool_calls": (None,), "prompt": (None,), "service_tier": (None, "auto", "default"),
         "top_logprobs": (None, 0), "prompt_cache_key": (None,), "prompt_cache_retention": (None,),
         "prompt_cache_options": (None,), "moderation": (None,),
@@ -319,8 +395,18 @@ class ResponseRequest(GenerationFields):
         return self.max_output_tokens
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        text_format = self.text.format if self.text else None
         return SamplingParams(max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-                              top_p=1.0 if self.top_p is None else self.top_p)
+                              top_p=1.0 if self.top_p is None else self.top_p,
+                              structured=text_format.structured() if text_format else None)
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.text is not None:
+            try:
+                self.text.reject_unsupported()
+            except UnsupportedParameterError as exc:
+                raise UnsupportedParameterError(f"text.{exc.param}") from None
 
     @field_validator("metadata")
     @classmethod

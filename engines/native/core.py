@@ -64,6 +64,7 @@ class Job:
     queue_time_sent: bool = False
     sequences: list = field(default_factory=list)
     remaining: int = 0
+    grammar: object = None  # the request's compiled grammar (each choice matches with its own copy)
 
     def emit(self, item) -> None:
         if isinstance(item, GenerationEvent) and self.started is not None and not self.queue_time_sent:
@@ -80,6 +81,17 @@ class _SeqState:
 
     job: Job
     output: ChoiceOutput
+
+
+def _grammar_done(sequence: Sequence, token_id: int) -> bool:
+    """Advance the sequence's grammar by its sampled token: whether the grammar is now complete."""
+    grammar = sequence.grammar
+    if grammar is None:
+        return False
+    if not grammar.consume_token(token_id):  # cannot happen for a masked draw; end the choice, not the engine
+        log.error("grammar rejected token %d of %s: %s", token_id, sequence.seq_id, grammar.get_error())
+        return True
+    return grammar.is_stopped()
 
 
 class EngineCore:
@@ -117,6 +129,8 @@ class EngineCore:
             output = ChoiceOutput(index, self.tokenizer, prompt, params, self.stop_token_ids)
             sequence = Sequence(f"{job.request.request_id}#{index}", prompt, self.block_size,
                                 _SeqState(job, output), params=params, generator=generator)
+            if job.grammar is not None:
+                sequence.grammar = job.grammar.deep_copy()
             job.sequences.append(sequence)
         # The other choices wait until the first has computed the prompt, then share its KV blocks
         # through the prefix cache instead of computing them again.
@@ -150,7 +164,8 @@ class EngineCore:
         # A row of a request that failed just now is dropped.
         rows = [row for row in zip(out.sequences, out.token_ids, out.logprobs) if row[0].payload.job in self.jobs_live]
         sequences, token_ids = [row[0] for row in rows], [row[1] for row in rows]
-        events = [seq.payload.output.push(token_id, logprobs) for seq, token_id, logprobs in rows]
+        events = [seq.payload.output.push(token_id, logprobs, _grammar_done(seq, token_id))
+                  for seq, token_id, logprobs in rows]
         self.scheduler.postprocess(chunks, sequences, token_ids, [e.finish_reason is not None for e in events])
         self.generated.add(len(token_ids))
         for sequence, event in zip(sequences, events):

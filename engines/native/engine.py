@@ -25,6 +25,7 @@ from engines.config import ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
+from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
 from engines.native.scheduler import Scheduler, SchedulerConfig
@@ -35,6 +36,7 @@ from engines.protocol import (
     EngineUnavailable,
     GenerationEvent,
     GenerationRequest,
+    SamplingParams,
 )
 
 log = logging.getLogger("ozwell.engines")
@@ -103,6 +105,7 @@ class NativeEngine(HFGenerationEngine):
                             max_num_batched_tokens=self.config.max_num_batched_tokens,
                             max_waiting=self.config.max_waiting + self.config.max_num_seqs),
             KVBlockManager(self._num_blocks, size))
+        self.grammars = GrammarCache(self.tokenizer, self.vocab_size(), sorted(self._stop_token_ids))
         self._core = EngineCore(self.config.id, self._scheduler, self.runner, self.tokenizer, self._stop_token_ids,
                                 self.device, size)
         log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d%s", self.config.id,
@@ -140,14 +143,21 @@ class NativeEngine(HFGenerationEngine):
             return f"the step loop is stalled: one step has run for {time.monotonic() - started:.0f}s"
         return None
 
+    async def prepare(self, params: SamplingParams) -> None:
+        if params.structured is not None:
+            await self.grammars.matcher(params.structured)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        grammar = None
+        if request.params.structured is not None:  # compiled by prepare(): from the cache
+            grammar = await self.grammars.matcher(request.params.structured)
         if self._dead:
             raise EngineUnavailable(f"the engine for {self.config.id!r} is down: {self._dead}")
         if self._worker is None:
             raise EngineError(f"engine for {self.config.id!r} is not running")
         if request.request_id in self._jobs:
             raise EngineError(f"request id {request.request_id!r} is already running")
-        job = Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), grammar=grammar)
         self._jobs[request.request_id] = job
         self._pending += request.params.n
         self._queue.put(job)

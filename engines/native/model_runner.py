@@ -12,6 +12,7 @@ row, with its own position id, so prefill chunks and decodes share the pass.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import types
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.native.cpu_linears import pack_cpu_linears
+from engines.native.grammar import mask_logits
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
@@ -83,7 +85,8 @@ def logprobs_per_row(chosen, top_values, top_ids, ks: list[int | None]) -> list[
         if k is None:
             rows.append(None)
         else:
-            pairs = list(zip(top[1][row][:k], top[0][row][:k])) if (k and top) else []
+            # (under a grammar, tokens it forbids have no probability: they are not alternatives)
+            pairs = [(t, v) for t, v in zip(top[1][row][:k], top[0][row][:k]) if v != -math.inf] if (k and top) else []
             rows.append(TokenLogprobs(chosen[row], pairs))
     return rows
 log = logging.getLogger("ozwell.engines")
@@ -232,6 +235,8 @@ class PagedModelRunner:
         logits = self.static.forward(chunks) if self.static is not None and self.static.fits(chunks) else (
             self.forward(chunks))
         completing = [chunk.seq for chunk in chunks if chunk.completes]
+        if any(seq.grammar is not None for seq in completing):
+            mask_logits(logits, [seq.grammar for seq in completing])
         return sample_isolated(completing, logits) if completing else StepOutput()
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:

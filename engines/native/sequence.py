@@ -30,6 +30,7 @@ class Sequence:
         self.payload = payload  # the engine's own per-sequence state (its request, its text output)
         self.params = params  # SamplingParams, read by the model runner's sampler
         self.generator = generator  # its seeded torch.Generator (None when greedy)
+        self.grammar: Any = None  # its grammar's matcher (engines/native/grammar.py), None when unconstrained
         # Sequences that wait to be scheduled until this one's prompt is computed (a request's other n-1
         # choices: they then share its prompt's KV blocks through the prefix cache).
         self.followers: list[Sequence] = []

@@ -7,8 +7,10 @@
 3. admit it before any work: the engine's waiting queue, then a lower bound of its tokens against the
    key's tokens per minute (each prompt's `floor`, computed without templating or tokenizing);
 4. tokenize its prompts off the event loop (templates, files, truncation: server/services/prompts.py);
-5. its sampling parameters for each prompt, checked against the engine (context length, vocabulary);
-6. reserve its exact tokens (the same reservation, resized).
+5. its sampling parameters for each prompt, checked against the engine (context length, vocabulary, a
+   grammar it cannot enforce);
+6. reserve its exact tokens (the same reservation, resized);
+7. let the engine prepare what the request needs before it queues (its grammar, compiled off the loop).
 
 A service supplies its request and its prompts, calls `start`, and formats what the `Generation` yields
 (server/services/streaming.py), which settles the tokens used however it ends. The pipeline never calls
@@ -113,6 +115,10 @@ class GenerationPipeline:
         generation = Generation(engine, request_id, ids, [self._params(req, engine, p) for p in ids],
                                 context.settle, self.observers)
         await context.reserve_tokens(generation.reserved_tokens)
+        try:
+            await engine.prepare(generation.params[0])  # e.g. its grammar, compiled off the loop
+        except InvalidGenerationRequest as exc:
+            raise request_error(exc) from None
         return generation
 
     def _params(self, req, engine: GenerationEngine, prompt_ids: list[int]) -> SamplingParams:

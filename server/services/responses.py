@@ -84,6 +84,7 @@ class _Run:
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, truncation=req.truncation or "disabled",
             metadata=req.metadata or {}, ozwell=self.extension(),
+            text={"format": req.text.format.echo() if req.text and req.text.format else {"type": "text"}},
             usage=ResponseUsage(input_tokens=len(self.prompt_ids), output_tokens=self.output_tokens,
                                 total_tokens=len(self.prompt_ids) + self.output_tokens) if done else None,
             user=req.user, safety_identifier=req.safety_identifier).dump()

@@ -65,7 +65,7 @@ def test_missing_required_field_is_named(client):
     "change, param",
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
         ({"store": True}, "store"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),

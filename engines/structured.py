@@ -1,0 +1,67 @@
+"""Structured outputs: what a generation's text must match, as engine terms (no HTTP, no tools), and its
+grammar in llguidance's format.
+
+Why llguidance (over xgrammar): one dependency-free abi3 wheel; a JSON-schema compiler whose default JSON has
+no free whitespace (xgrammar's defaults let random logits write spaces forever inside JSON); Lark grammars for
+the text-then-call shapes of tool calling; matchers that compute masks in native threads without the GIL; and
+schema errors that name the keyword ("Unimplemented keys: [\"not\"]"). vLLM ships it as its `guidance`
+backend, so the vLLM engine enforces the same grammars.
+
+`strict` follows OpenAI: a strict schema that uses a keyword the compiler does not implement is refused
+(400 naming it); a non-strict one is enforced leniently, the unimplemented keywords ignored and the rest held.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from engines.protocol import InvalidGenerationRequest
+
+# Compact JSON: no whitespace the model may repeat (a weak model would loop on it).
+JSON_OPTIONS = {"whitespace_flexible": False}
+MAX_SPEC_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """`json_schema` (spec: the schema as JSON text), `json_object` (any JSON object) or `lark` (spec: a Lark
+    grammar). `param` names the request field it came from, for errors."""
+
+    kind: Literal["json_schema", "json_object", "lark"]
+    spec: str = ""
+    strict: bool = True
+    param: str = "response_format"
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any], strict: bool = True, param: str = "response_format"):
+        return cls("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")), strict, param)
+
+    def grammar(self) -> str:
+        """The llguidance grammar (JSON text); raises InvalidGenerationRequest for a malformed spec."""
+        from llguidance import LLMatcher
+
+        if len(self.spec) > MAX_SPEC_BYTES:
+            raise InvalidGenerationRequest(f"the schema is over {MAX_SPEC_BYTES} bytes", param=self.param)
+        if self.kind == "lark":
+            return LLMatcher.grammar_from_lark(self.spec)
+        schema: Any = {"type": "object"} if self.kind == "json_object" else json.loads(self.spec)
+        options = JSON_OPTIONS if self.strict else {**JSON_OPTIONS, "lenient": True}
+        try:
+            return LLMatcher.grammar_from_json_schema(schema, defaults=options)
+        except ValueError as exc:
+            raise InvalidGenerationRequest(f"invalid JSON schema: {exc}", param=self.param) from None
+
+    def check(self) -> str:
+        """The grammar, validated: a schema the compiler cannot enforce is refused with the compiler's reason
+        (which names the keyword)."""
+        from llguidance import LLMatcher
+
+        grammar = self.grammar()
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+        if is_error:
+            what = "grammar" if self.kind == "lark" else "JSON schema"
+            raise InvalidGenerationRequest(f"this {what} cannot be enforced: {messages[0]}", param=self.param,
+                                           code="invalid_schema" if self.kind != "lark" else "invalid_grammar")
+        return grammar
