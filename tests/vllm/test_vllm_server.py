@@ -215,3 +215,21 @@ def test_ready_and_metrics_read_the_vllm_engine(server, sdk):
     assert free > 0 and used >= 0
     assert samples['ozwell:engine_healthy{model_name="tiny-vllm"}'] == 1.0
     assert samples['ozwell:num_requests_waiting{model_name="tiny-vllm"}'] == 0.0
+
+
+def test_response_format_is_enforced_through_vllms_guidance_backend(sdk):
+    """The same structured request as the native engine's, mapped onto vLLM's structured outputs."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "c": {"enum": ["x", "y"]}},
+              "required": ["n", "c"], "additionalProperties": False}
+    reply = sdk.chat.completions.create(
+        model="tiny-vllm", messages=MESSAGES, temperature=1.0, seed=3, n=2, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}})
+    assert_valid(reply.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), schema)
