@@ -8,6 +8,7 @@ the field: nothing is silently ignored.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
 from engines.protocol import SamplingParams
 from engines.structured import StructuredOutput
 from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.tool_calls import Tool, ToolPlan
 
 # Every integer a client sends is bounded before it reaches a tensor, a database column or a datetime:
 # Python ints are unbounded, and one past int64 faulted the sampler (issue #23). The sampling fields'
@@ -186,7 +188,11 @@ class SamplingFields(GenerationFields):
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             ignore_eos=bool(self.ignore_eos), logprobs=self.logprobs_k,
             logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
-            structured=self.response_format.structured() if self.response_format else None)
+            structured=self.structured_output())
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The grammar the answer decodes under (response_format here; chat adds tools)."""
+        return self.response_format.structured() if self.response_format else None
 
     @field_validator("stop")
     @classmethod
@@ -203,12 +209,47 @@ class SamplingFields(GenerationFields):
 MAX_MESSAGES = 2048  # as OpenAI caps a conversation
 
 
+class ToolCallFunction(OpenAIBaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+MAX_TOOLS_BYTES = 1 << 20
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     refusal: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: Any = None
     audio: Any = None
@@ -230,6 +271,40 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError("'logprobs' must be true when 'top_logprobs' is set.", param="top_logprobs",
                                       code="invalid_value")
+        self.tool_plan()  # its own checks
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The request's tools and tool_choice, checked (400 naming what is wrong); None without tools."""
+        choice = self.tool_choice
+        if not self.tools:
+            if choice not in (None, "none"):
+                raise InvalidRequestError("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice",
+                                          code="invalid_value")
+            return None
+        names = [t.function.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("Tool names must be unique.", param="tools", code="invalid_value")
+        if len(json.dumps([t.model_dump(by_alias=True) for t in self.tools])) > MAX_TOOLS_BYTES:
+            raise InvalidRequestError(f"'tools' must be at most {MAX_TOOLS_BYTES} bytes of JSON.", param="tools",
+                                      code="invalid_value")
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in names:
+                raise InvalidRequestError(f"tool_choice names the function '{choice.function.name}', which is not in "
+                                          "'tools'.", param="tool_choice", code="invalid_value")
+            choice = choice.function.name
+        plan = ToolPlan([Tool(t.function.name, t.function.description,
+                              t.function.parameters or {"type": "object", "properties": {}}, bool(t.function.strict))
+                         for t in self.tools], choice or "auto", self.parallel_tool_calls is not False)
+        if plan.active and self.response_format is not None and self.response_format.type != "text":
+            raise UnsupportedParameterError("response_format", "cannot be combined with tools that may be called yet "
+                                            "(use tool_choice 'none', or leave response_format out)")
+        return plan
+
+    def structured_output(self) -> StructuredOutput | None:
+        plan = self.tool_plan()
+        if plan is not None and plan.active:
+            return plan.structured()
+        return super().structured_output()
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
@@ -237,11 +312,11 @@ class ChatCompletionRequest(SamplingFields):
     safety_identifier: str | None = Field(default=None, max_length=64)
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[ChatTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "tools": (None, []),
-        "tool_choice": (None, "none"),
-        "parallel_tool_calls": (None, True),
         "functions": (None, []),
         "function_call": (None, "none"),
         "store": (None, False),

@@ -24,8 +24,9 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # left out of the body when there are none
 
 
 class Choice(BaseModel):
@@ -48,9 +49,17 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
 
+    def dump(self) -> dict[str, Any]:
+        """The body; a message without tool calls has no tool_calls key (as OpenAI's)."""
+        body = self.model_dump()
+        for choice in body["choices"]:
+            if choice["message"]["tool_calls"] is None:
+                del choice["message"]["tool_calls"]
+        return body
+
 
 class ChunkChoice(Choice):
-    delta: dict[str, str]  # {"role", "content"} first, {"content"} then, {} with the finish reason
+    delta: dict[str, Any]  # {"role", "content"} first, then {"content"} or {"tool_calls"}, {} with the finish reason
 
 
 class ChatCompletionChunk(BaseModel):

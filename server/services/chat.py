@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from engines.protocol import SamplingParams
+from engines.protocol import InvalidGenerationRequest, SamplingParams
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.protocol import ChatCompletionRequest
@@ -17,9 +17,11 @@ from server.response_models import (
     Usage,
 )
 from server.services.formats import chat_logprobs, new_id, openai_finish_reason, sse, sse_stream
-from server.services.pipeline import GenerationPipeline
+from server.services.pipeline import GenerationPipeline, off_loop, request_error
 from server.services.prompts import ChatPrompt, FileStore, file_reader
 from server.services.streaming import Generation, Observers
+from server.tool_calls import StreamParser, check_tool_schemas
+from server.tool_calls import parse as parse_tool_calls
 
 
 class ChatService:
@@ -28,22 +30,34 @@ class ChatService:
         self.files = files
 
     async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        prompt = ChatPrompt(req.messages, file_reader(self.files, context.owner))
+        tools = req.tool_plan()
+        if tools is not None and tools.active:
+            try:  # each tool's schema alone, so that a refusal names the tool
+                await off_loop(check_tool_schemas, tools.tools)
+            except InvalidGenerationRequest as exc:
+                raise request_error(exc) from None
+        else:
+            tools = None
+        prompt = ChatPrompt(req.messages, file_reader(self.files, context.owner), tools)
         generation = await self.pipeline.start(req, [prompt], context, new_id("chatcmpl"))
         if req.stream:
-            return sse_stream(self._chunks(generation, req.include_usage))
+            return sse_stream(self._chunks(generation, req.include_usage, tools is not None))
         params = generation.params[0]
         collected = await generation.collect()
-        return ChatCompletion(
-            id=generation.request_id, created=generation.created, model=generation.model,
-            choices=[ChatChoice(index=index, message=AssistantMessage(content=choice.text),
-                                finish_reason=choice.finish_reason,
-                                logprobs=_logprobs(generation, params, choice.token_ids, choice.logprobs))
-                     for index, choice in collected.sorted()],
-            usage=Usage.of(collected.prompt_tokens, collected.completion_tokens)).model_dump()
+        choices = []
+        for index, choice in collected.sorted():
+            content, calls = parse_tool_calls(choice.text) if tools is not None else (choice.text, [])
+            reason = "tool_calls" if calls and choice.finish_reason == "stop" else choice.finish_reason
+            choices.append(ChatChoice(index=index, message=AssistantMessage(content=content, tool_calls=calls or None),
+                                      finish_reason=reason,
+                                      logprobs=_logprobs(generation, params, choice.token_ids, choice.logprobs)))
+        return ChatCompletion(id=generation.request_id, created=generation.created, model=generation.model,
+                              choices=choices,
+                              usage=Usage.of(collected.prompt_tokens, collected.completion_tokens)).dump()
 
-    async def _chunks(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+    async def _chunks(self, generation: Generation, include_usage: bool, tools: bool) -> AsyncIterator[str]:
         params = generation.params[0]
+        parsers = {index: StreamParser() for index in range(params.n)} if tools else {}
 
         def chunk(choices: list[dict], usage: Usage | None = None) -> str:
             return sse(ChatCompletionChunk.model_construct(
@@ -57,14 +71,21 @@ class ChatService:
         async with generation.running() as events:
             async for index, event in events:
                 logprobs = _logprobs(generation, params, event.token_ids, event.logprobs) if event.logprobs else None
-                if event.text or (logprobs and not event.finish_reason):
-                    # (a token whose text is still held back sends its logprobs with empty content)
-                    yield chunk([{"index": index, "delta": {"content": event.text}, "finish_reason": None,
-                                  "logprobs": logprobs}])
+                parser = parsers.get(index)
+                if parser is not None:  # text and tool-call deltas, read out of the text as it comes
+                    deltas = parser.feed(event.text, final=bool(event.finish_reason))
+                else:
+                    deltas = [{"content": event.text}] if event.text else []
+                if not deltas and logprobs and not event.finish_reason:
+                    deltas = [{"content": ""}]  # (a token whose text is still held back sends its logprobs)
+                for delta in deltas:
+                    yield chunk([{"index": index, "delta": delta, "finish_reason": None, "logprobs": logprobs}])
                     logprobs = None
                 if event.finish_reason:
-                    yield chunk([{"index": index, "delta": {},
-                                  "finish_reason": openai_finish_reason(event.finish_reason), "logprobs": logprobs}])
+                    reason = openai_finish_reason(event.finish_reason)
+                    if parser is not None and parser.called and reason == "stop":
+                        reason = "tool_calls"
+                    yield chunk([{"index": index, "delta": {}, "finish_reason": reason, "logprobs": logprobs}])
         if include_usage:
             yield chunk([], usage=Usage.of(generation.prompt_tokens, generation.used_tokens))
 

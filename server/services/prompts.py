@@ -14,6 +14,7 @@ from typing import Protocol
 from engines.protocol import GenerationEngine
 from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.protocol import ChatMessage
+from server.tool_calls import ToolPlan, call_text
 
 # The chat templates we load know system, user and assistant; a developer message is the newer name for
 # a system message. Chat and Responses both map their roles through this.
@@ -77,12 +78,20 @@ class TokenPrompt:
 class ChatPrompt:
     messages: list[ChatMessage]
     file_text: FileText | None = None
+    tools: ToolPlan | None = None  # shown in the built-in format (server/tool_calls.py) when they may be called
 
     def floor(self, engine: GenerationEngine) -> int:
         return text_floor(engine, "".join(_plain_text(m) for m in self.messages))
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
-        return engine.encode_chat(template_messages(self.messages, self.file_text))
+        rendered = template_messages(self.messages, self.file_text)
+        if self.tools is not None and self.tools.active:
+            prompt = self.tools.system_prompt()
+            if rendered and rendered[0]["role"] == "system":
+                rendered[0] = {"role": "system", "content": rendered[0]["content"] + "\n\n" + prompt}
+            else:
+                rendered.insert(0, {"role": "system", "content": prompt})
+        return engine.encode_chat(rendered)
 
 
 def file_part_text(file_id: object, param: str, file_text: FileText | None) -> str:
@@ -139,13 +148,36 @@ def _plain_text(message: ChatMessage) -> str:
 
 
 def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
-    rendered = []
+    """The messages as the chat template takes them: developer as system; an assistant's tool calls written
+    into its text, and tool results as user turns, in the built-in format (server/tool_calls.py)."""
+    rendered: list[dict] = []
+    call_ids: set[str] = set()
     for i, message in enumerate(messages):
-        if message.role not in TEMPLATE_ROLES:
-            raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' needs tool calling, which "
-                                            "is not supported by this server yet")
-        for name in ("tool_calls", "function_call", "audio"):
+        for name in ("function_call", "audio"):
             if getattr(message, name):
                 raise UnsupportedParameterError(f"messages[{i}].{name}")
-        rendered.append({"role": TEMPLATE_ROLES[message.role], "content": _message_text(message, i, file_text)})
+        if message.role == "tool":
+            if message.tool_call_id not in call_ids:
+                raise InvalidRequestError(f"messages[{i}].tool_call_id must be the id of a tool call in an earlier "
+                                          "assistant message.", param=f"messages[{i}].tool_call_id",
+                                          code="invalid_value")
+            text = f"<tool_response>\n{_message_text(message, i, file_text)}\n</tool_response>"
+            if rendered and rendered[-1].get("tool_results"):  # results of one turn's calls: one user turn
+                rendered[-1]["content"] += "\n" + text
+            else:
+                rendered.append({"role": "user", "content": text, "tool_results": True})
+            continue
+        if message.role not in TEMPLATE_ROLES:
+            raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' is the deprecated "
+                                            "function-calling role; use tools and role 'tool'")
+        text = _message_text(message, i, file_text)
+        if message.tool_calls:
+            if message.role != "assistant":
+                raise InvalidRequestError(f"messages[{i}].tool_calls is only for assistant messages.",
+                                          param=f"messages[{i}].tool_calls")
+            call_ids.update(call.id for call in message.tool_calls)
+            text += "".join(call_text(call.function.name, call.function.arguments) for call in message.tool_calls)
+        rendered.append({"role": TEMPLATE_ROLES[message.role], "content": text})
+    for turn in rendered:
+        turn.pop("tool_results", None)
     return rendered

@@ -1,0 +1,198 @@
+"""Function calling in chat completions, on random weights, in the built-in format (server/tool_calls.py):
+`required` and named choices always give calls whose arguments validate; `auto` gives text or valid calls;
+streamed calls arrive in OpenAI's delta shape and the SDK's stream helper assembles them; a tool round trip
+works; and bad tools are a 400 naming the parameter. The built-in prompt needs a longer context than the
+shared tiny models have, so this module serves its own tiny Llama with 2,048 positions."""
+
+import json
+
+import jsonschema
+import pytest
+
+from server.tool_calls import StreamParser, call_text
+from server.tool_calls import parse as parse_calls
+from tests.conftest import write_config
+from tests.openapi_schemas import assert_valid
+from tests.server.sse import read_sse
+from tests.tiny_models import build_tiny_llama
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                            "unit": {"enum": ["c", "f"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+TIME = {"type": "object", "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 12}},
+        "required": ["zone"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": WEATHER, "strict": True}},
+         {"type": "function", "function": {"name": "get_time", "parameters": TIME, "strict": True}}]
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def tools_client(tiny_dir, tiny_tokenizer_dir, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from engines.registry import EngineRegistry
+    from server.app import create_app
+    from server.db.database import open_database
+    from server.settings import Settings
+
+    root = tmp_path_factory.mktemp("tools")
+    source = build_tiny_llama(tiny_dir / "llama-2048", tiny_tokenizer_dir, max_position_embeddings=2048)
+    write_config(root / "configs", "tiny-tools", f"id: tiny-tools\ntask: chat\nengine: transformers\n"
+                                                 f"source: {source}\ndtype: float32\ndevice: cpu\n"
+                                                 "max_model_len: 1024\nmax_num_seqs: 16\n")
+    registry = EngineRegistry.from_config_dir(root / "configs", root / "data")
+    app = create_app(Settings(config_dir=root / "configs", data_dir=root / "data"), registry,
+                     database=open_database(None, root / "data"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _, key = app.state.services.keys.create(name="t", plan="enterprise", rpm=10**6, tpm=10**10)
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sdk(tools_client):
+    from openai import OpenAI
+
+    return OpenAI(base_url=str(tools_client.base_url) + "/v1", api_key=tools_client.headers["Authorization"][7:],
+                  http_client=tools_client, max_retries=0)
+
+
+def _chat(client, **fields):
+    response = client.post("/v1/chat/completions", json={"model": "tiny-tools", "messages": ASK, "max_tokens": 120,
+                                                         "temperature": 1.0, **fields})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_valid(body, "CreateChatCompletionResponse")
+    return body
+
+
+def _check_calls(calls, names=None):
+    assert calls
+    for call in calls:
+        assert call["id"].startswith("call_") and call["type"] == "function"
+        name = call["function"]["name"]
+        assert name in (names or SCHEMAS)
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[name])
+
+
+def test_required_always_calls_a_tool(tools_client):
+    for seed in range(10):
+        body = _chat(tools_client, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, seed=seed, n=2)
+        for choice in body["choices"]:
+            assert choice["finish_reason"] == "tool_calls", choice
+            assert len(choice["message"]["tool_calls"]) == 1
+            _check_calls(choice["message"]["tool_calls"])
+
+
+def test_parallel_calls_parse_when_they_stop(tools_client):
+    stopped = 0
+    for seed in range(6):
+        for choice in _chat(tools_client, tools=TOOLS, tool_choice="required", seed=seed, n=2,
+                            max_tokens=300)["choices"]:
+            if choice["finish_reason"] == "tool_calls":
+                stopped += 1
+                _check_calls(choice["message"]["tool_calls"])
+                assert choice["message"]["content"] is None
+    assert stopped
+
+
+def test_a_named_choice_calls_that_function(tools_client):
+    for seed in range(6):
+        body = _chat(tools_client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}},
+                     seed=seed)
+        choice = body["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_time"]
+        _check_calls(choice["message"]["tool_calls"], ["get_time"])
+
+
+def test_auto_gives_text_or_valid_calls(tools_client):
+    for seed in range(6):
+        for choice in _chat(tools_client, tools=TOOLS, tool_choice="auto", seed=seed, n=2)["choices"]:
+            calls = choice["message"].get("tool_calls")
+            if calls:
+                _check_calls(calls)
+                assert choice["finish_reason"] == "tool_calls"
+            else:
+                content = choice["message"]["content"]
+                assert isinstance(content, str) and "<tool_call>" not in content
+
+
+def test_none_is_plain_text(tools_client):
+    choice = _chat(tools_client, tools=TOOLS, tool_choice="none", seed=1, max_tokens=20)["choices"][0]
+    assert "tool_calls" not in choice["message"] and choice["finish_reason"] in ("stop", "length")
+
+
+def test_streamed_calls_have_openais_delta_shape(tools_client):
+    chunks = read_sse(tools_client, "/v1/chat/completions", {
+        "model": "tiny-tools", "messages": ASK, "max_tokens": 120, "temperature": 1.0, "seed": 4, "stream": True,
+        "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False})
+    assert chunks.pop() == "[DONE]"
+    for chunk in chunks:
+        assert_valid(chunk, "CreateChatCompletionStreamResponse")
+    deltas = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"][0]["delta"].get("tool_calls")]
+    first = deltas[0]
+    assert first["id"].startswith("call_") and first["type"] == "function" and first["function"]["arguments"] == ""
+    assert all("id" not in d and "name" not in d["function"] for d in deltas[1:])
+    arguments = "".join(d["function"]["arguments"] for d in deltas)
+    jsonschema.validate(json.loads(arguments), SCHEMAS[first["function"]["name"]])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_sdk_stream_helper_assembles_the_call(sdk):
+    with sdk.chat.completions.stream(model="tiny-tools", messages=ASK, tools=TOOLS, max_tokens=120, seed=2,
+                                     tool_choice={"type": "function", "function": {"name": "get_weather"}}) as stream:
+        final = stream.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+
+def test_a_tool_round_trip(sdk):
+    first = sdk.chat.completions.create(model="tiny-tools", messages=ASK, tools=TOOLS, tool_choice="required",
+                                        parallel_tool_calls=False, max_tokens=120, seed=3)
+    message = first.choices[0].message
+    call = message.tool_calls[0]
+    history = [*ASK, message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18})}]
+    final = sdk.chat.completions.create(model="tiny-tools", messages=history, tools=TOOLS, tool_choice="none",
+                                        max_tokens=16, seed=3)
+    assert final.choices[0].message.tool_calls is None and isinstance(final.choices[0].message.content, str)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [TOOLS[0]] * 2}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+        "type": "object", "properties": {"a": {"not": {}}}}}}], "tool_choice": "required"},
+     "tools[0].function.parameters"),
+    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": TOOLS, "messages": [*ASK, {"role": "tool", "tool_call_id": "call_nope", "content": "x"}]},
+     "messages[1].tool_call_id"),
+])
+def test_bad_tools_are_400_naming_the_parameter(tools_client, fields, param):
+    response = tools_client.post("/v1/chat/completions", json={"model": "tiny-tools", "messages": ASK,
+                                                               "max_tokens": 5, **fields})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param, response.json()
+
+
+def test_the_stream_parser_splits_text_names_and_arguments():
+    parser = StreamParser()
+    text = "Sure. " + call_text("get_time", '{"zone":3}') + call_text("get_weather", '{"city":"Rome","unit":"c"}')
+    deltas = parser.feed("Sure. <tool_")  # a possible tag start is held back
+    assert deltas == [{"content": "Sure. "}]
+    deltas += parser.feed(text[len("Sure. <tool_"):], final=True)  # both calls complete within one step
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert [c["function"].get("name") for c in calls if "id" in c] == ["get_time", "get_weather"]
+    by_index = {}
+    for c in calls:
+        by_index[c["index"]] = by_index.get(c["index"], "") + c["function"]["arguments"]
+    assert by_index == {0: '{"zone":3}', 1: '{"city":"Rome","unit":"c"}'} and parser.called
+    content, whole = parse_calls(text)
+    assert content == "Sure." and [c["function"]["arguments"] for c in whole] == list(by_index.values())
