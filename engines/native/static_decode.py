@@ -5,10 +5,11 @@ any step that carries a prefill chunk runs the runner's eager packed path (model
 nano-vllm also do. The step's inputs live in persistent buffers sized for the largest bucket:
 
     token ids, positions, slot mapping, context lengths   [4, max bucket]
-    block tables                       [max bucket, most blocks a sequence can have]
+    block tables                                          [max bucket, most blocks a sequence can have]
 
-They are filled on the host (pinned memory, on CUDA) and copied to the device in two non-blocking copies. A step pads its batch to the next bucket (1, 2, 4, 8, 16, 24, 32, then steps of 16 up to
-max_num_seqs); a padding row reads and writes only the scratch block, one block past the end of the cache
+They are filled on the host (pinned memory, on CUDA) and copied to the device in two non-blocking copies.
+A step pads its batch to the next bucket (1, 2, 4, 8, 16, 24, 32, then steps of 16 up to max_num_seqs);
+a padding row reads and writes only the scratch block, one block past the end of the cache
 that the block manager never hands out. Attention reads K/V through the block tables in place: the Triton
 kernel (triton_attention.py) where there is CUDA, else a static-shaped torch reference (the CPU tests).
 
