@@ -244,6 +244,31 @@ class NamedToolChoice(OpenAIBaseModel):
 MAX_TOOLS_BYTES = 1 << 20
 
 
+def tool_plan(tools: list[Tool], choice: str | None, parallel: bool | None, formatted: bool,
+              format_param: str) -> ToolPlan | None:
+    """Chat's and the Responses API's tools and tool_choice (a keyword, or the named function), checked: 400
+    naming what is wrong. `formatted`: the request also asks for a JSON response format (not combinable yet)."""
+    if not tools:
+        if choice not in (None, "none"):
+            raise InvalidRequestError("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice",
+                                      code="invalid_value")
+        return None
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequestError("Tool names must be unique.", param="tools", code="invalid_value")
+    if len(json.dumps([t.parameters for t in tools])) > MAX_TOOLS_BYTES:
+        raise InvalidRequestError(f"'tools' must be at most {MAX_TOOLS_BYTES} bytes of JSON.", param="tools",
+                                  code="invalid_value")
+    if choice not in (None, "none", "auto", "required") and choice not in names:
+        raise InvalidRequestError(f"tool_choice names the function '{choice}', which is not in 'tools'.",
+                                  param="tool_choice", code="invalid_value")
+    plan = ToolPlan(tools, choice or "auto", parallel is not False)
+    if plan.active and formatted:
+        raise UnsupportedParameterError(format_param, "cannot be combined with tools that may be called yet (use "
+                                        "tool_choice 'none', or leave it out)")
+    return plan
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -275,30 +300,11 @@ class ChatCompletionRequest(SamplingFields):
 
     def tool_plan(self) -> ToolPlan | None:
         """The request's tools and tool_choice, checked (400 naming what is wrong); None without tools."""
-        choice = self.tool_choice
-        if not self.tools:
-            if choice not in (None, "none"):
-                raise InvalidRequestError("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice",
-                                          code="invalid_value")
-            return None
-        names = [t.function.name for t in self.tools]
-        if len(set(names)) != len(names):
-            raise InvalidRequestError("Tool names must be unique.", param="tools", code="invalid_value")
-        if len(json.dumps([t.model_dump(by_alias=True) for t in self.tools])) > MAX_TOOLS_BYTES:
-            raise InvalidRequestError(f"'tools' must be at most {MAX_TOOLS_BYTES} bytes of JSON.", param="tools",
-                                      code="invalid_value")
-        if isinstance(choice, NamedToolChoice):
-            if choice.function.name not in names:
-                raise InvalidRequestError(f"tool_choice names the function '{choice.function.name}', which is not in "
-                                          "'tools'.", param="tool_choice", code="invalid_value")
-            choice = choice.function.name
-        plan = ToolPlan([Tool(t.function.name, t.function.description,
-                              t.function.parameters or {"type": "object", "properties": {}}, bool(t.function.strict))
-                         for t in self.tools], choice or "auto", self.parallel_tool_calls is not False)
-        if plan.active and self.response_format is not None and self.response_format.type != "text":
-            raise UnsupportedParameterError("response_format", "cannot be combined with tools that may be called yet "
-                                            "(use tool_choice 'none', or leave response_format out)")
-        return plan
+        choice = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        return tool_plan([Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict,
+                               f"tools[{i}].function.parameters") for i, t in enumerate(self.tools or [])],
+                         choice, self.parallel_tool_calls, self.response_format is not None
+                         and self.response_format.type != "text", "response_format")
 
     def structured_output(self) -> StructuredOutput | None:
         plan = self.tool_plan()
@@ -443,6 +449,21 @@ class ResponseText(OpenAIBaseModel):
     NEUTRAL: ClassVar[dict[str, tuple]] = {"verbosity": (None, "medium")}
 
 
+class ResponseFunctionTool(OpenAIBaseModel):
+    """The Responses API's function tool (flat: no `function` wrapper)."""
+
+    type: Literal["function"]
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseNamedChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    name: str
+
+
 class ResponseRequest(GenerationFields):
     """POST /v1/responses, for text models."""
 
@@ -455,9 +476,11 @@ class ResponseRequest(GenerationFields):
     safety_identifier: str | None = Field(default=None, max_length=64)
     truncation: Literal["auto", "disabled"] | None = None
     text: ResponseText | None = None
+    tools: list[ResponseFunctionTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | ResponseNamedChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
         "reasoning": (None,), "background": (None, False), "include": (None, []),
         "conversation": (None,), "context_management": (None,),
         "max_tool_calls": (None,), "prompt": (None,), "service_tier": (None, "auto", "default"),
@@ -469,11 +492,20 @@ class ResponseRequest(GenerationFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_output_tokens
 
-    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+    def tool_plan(self) -> ToolPlan | None:
+        choice = self.tool_choice.name if isinstance(self.tool_choice, ResponseNamedChoice) else self.tool_choice
         text_format = self.text.format if self.text else None
+        return tool_plan([Tool(t.name, t.description, t.parameters, t.strict, f"tools[{i}].parameters")
+                          for i, t in enumerate(self.tools or [])], choice, self.parallel_tool_calls,
+                         text_format is not None and text_format.type != "text", "text.format")
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        plan = self.tool_plan()
+        text_format = self.text.format if self.text else None
+        structured = plan.structured() if plan is not None and plan.active else (
+            text_format.structured() if text_format else None)
         return SamplingParams(max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-                              top_p=1.0 if self.top_p is None else self.top_p,
-                              structured=text_format.structured() if text_format else None)
+                              top_p=1.0 if self.top_p is None else self.top_p, structured=structured)
 
     def reject_unsupported(self) -> None:
         super().reject_unsupported()

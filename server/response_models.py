@@ -156,7 +156,7 @@ class ResponseObject(BaseModel):
     store: bool
     temperature: float
     top_p: float
-    tool_choice: str = "auto"
+    tool_choice: str | dict[str, Any] = "auto"
     tools: list[Any] = []
     truncation: Literal["auto", "disabled"]
     metadata: dict[str, str]

@@ -39,8 +39,13 @@ def call_id() -> str:
 class Tool:
     name: str
     description: str | None
-    parameters: dict
-    strict: bool
+    parameters: dict | None  # None: no arguments
+    strict: bool | None
+    param: str = "tools"  # where its parameters stand in the request, for errors
+
+    def __post_init__(self) -> None:
+        self.parameters = self.parameters or {"type": "object", "properties": {}}
+        self.strict = bool(self.strict)
 
 
 @dataclass
@@ -88,10 +93,9 @@ def _call_rule(tools: list[Tool]) -> str:
 
 def check_tool_schemas(tools: list[Tool]) -> None:
     """Each tool's parameters, compiled alone, so that a refusal names the tool (raises the engine's
-    InvalidGenerationRequest, with param tools[i].function.parameters)."""
-    for i, tool in enumerate(tools):
-        StructuredOutput.json_schema(tool.parameters, strict=tool.strict,
-                                     param=f"tools[{i}].function.parameters").check()
+    InvalidGenerationRequest, with the tool's param)."""
+    for tool in tools:
+        StructuredOutput.json_schema(tool.parameters, strict=tool.strict, param=tool.param).check()
 
 
 def call_text(name: str, arguments: str) -> str:

@@ -12,10 +12,18 @@ from server.protocol import ResponseRequest
 from server.services.formats import new_id
 from server.services.prompts import TEMPLATE_ROLES, FileText, file_part_text, text_floor
 from server.services.response_store import not_found
+from server.tool_calls import ToolPlan, call_text
 
 
 def item_id(prefix: str) -> str:
     return new_id(prefix, "_")
+
+
+def function_call_item(call_id: str, name: str, arguments: str, item: str | None = None,
+                       status: str = "completed") -> dict:
+    """A function_call output (or input) item."""
+    return {"id": item or item_id("fc"), "type": "function_call", "call_id": call_id, "name": name,
+            "arguments": arguments, "status": status}
 
 
 def output_text_part(text: str) -> dict:
@@ -67,28 +75,59 @@ class ConversationPrompt:
         cap = engine.max_model_len - (self.req.max_output_tokens or 1)
         return max(min(text_floor(engine, "".join(input_texts(self.req))), cap), 1)
 
+    tools: ToolPlan | None = None  # shown in the built-in format when they may be called
+
     def token_ids(self, engine: GenerationEngine) -> list[int]:
         req = self.req
-        self.current, self.items = parse_input(req.input, self.file_text)
         history: list[dict] = []
         if req.previous_response_id:
             if self.chain is None:
                 raise not_found(req.previous_response_id, "previous_response_id")
             history = self.chain(req.previous_response_id)
-        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+        known = {call_id for turn in history for call_id in turn.get("call_ids", ())}
+        history = [{"role": turn["role"], "content": turn["content"]} for turn in history]
+        self.current, self.items = parse_input(req.input, self.file_text, known)
+        instructions = [req.instructions] if req.instructions else []
+        if self.tools is not None and self.tools.active:
+            instructions.append(self.tools.system_prompt())
+        system = [{"role": "system", "content": "\n\n".join(instructions)}] if instructions else []
         return fit_prompt(engine, system, history, self.current, req.max_output_tokens,
                           req.truncation or "disabled")[0]
 
 
-def parse_input(value: str | list[dict], file_text: FileText | None) -> tuple[list[dict], list[dict]]:
-    """(messages for the template, input item resources to store)."""
+def parse_input(value: str | list[dict], file_text: FileText | None,
+                known_calls: set[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(messages for the template, input item resources to store). Function calls are written into the
+    assistant's text and their outputs come back as user turns, in the built-in format (server/tool_calls.py);
+    an output's call_id must name a call in this input or in the chain it continues (`known_calls`)."""
     if isinstance(value, str):
         item = {"id": item_id("msg"), "type": "message", "role": "user", "status": "completed",
                 "content": [{"type": "input_text", "text": value}]}
         return [{"role": "user", "content": value}], [item]
-    messages, items = [], []
+    messages: list[dict] = []
+    items: list[dict] = []
+    known = set(known_calls or ())
     for i, raw in enumerate(value):
         kind, role = raw.get("type", "message"), raw.get("role")
+        if kind == "function_call":
+            call = _function_call(raw, i)
+            known.add(call["call_id"])
+            text = call_text(call["name"], call["arguments"])
+            if messages and messages[-1]["role"] == "assistant":
+                messages[-1]["content"] += text
+            else:
+                messages.append({"role": "assistant", "content": text})
+            items.append(call)
+            continue
+        if kind == "function_call_output":
+            output = _function_output(raw, i, known)
+            text = f"<tool_response>\n{output['output']}\n</tool_response>"
+            if items and items[-1]["type"] == "function_call_output":
+                messages[-1]["content"] += "\n" + text
+            else:
+                messages.append({"role": "user", "content": text})
+            items.append(output)
+            continue
         if kind != "message":
             raise UnsupportedParameterError(f"input[{i}].type", f"'{kind}' is not supported by this server yet")
         if role not in TEMPLATE_ROLES:
@@ -111,6 +150,24 @@ def parse_input(value: str | list[dict], file_text: FileText | None) -> tuple[li
             items.append({"id": item_id("msg"), "type": "message", "role": role, "status": "completed",
                           "content": [dict(p) for p in parts]})
     return messages, items
+
+
+def _function_call(raw: dict, i: int) -> dict:
+    for name in ("call_id", "name", "arguments"):
+        if not isinstance(raw.get(name), str):
+            raise InvalidRequestError(f"input[{i}].{name} must be a string.", param=f"input[{i}].{name}")
+    return function_call_item(raw["call_id"], raw["name"], raw["arguments"], raw.get("id"))
+
+
+def _function_output(raw: dict, i: int, known: set[str]) -> dict:
+    if raw.get("call_id") not in known:
+        raise InvalidRequestError(f"input[{i}].call_id must be the call_id of a function call earlier in the input "
+                                  "or in the response it continues.", param=f"input[{i}].call_id",
+                                  code="invalid_value")
+    if not isinstance(raw.get("output"), str):
+        raise InvalidRequestError(f"input[{i}].output must be a string.", param=f"input[{i}].output")
+    return {"id": raw.get("id") or item_id("fco"), "type": "function_call_output", "call_id": raw["call_id"],
+            "output": raw["output"], "status": "completed"}
 
 
 def fit_prompt(engine: GenerationEngine, system: list[dict], history: list[dict], current: list[dict],

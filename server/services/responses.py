@@ -11,7 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from engines.protocol import GenerationEngine
+from pydantic import BaseModel
+
+from engines.protocol import GenerationEngine, InvalidGenerationRequest
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.errors import (
@@ -21,11 +23,13 @@ from server.errors import (
 from server.protocol import ResponseRequest
 from server.response_models import ResponseObject, ResponseUsage
 from server.services.formats import sse_event
-from server.services.pipeline import GenerationPipeline, off_loop
+from server.services.pipeline import GenerationPipeline, off_loop, request_error
 from server.services.prompts import FileStore, file_reader
-from server.services.response_input import ConversationPrompt, item_id, output_text_part
+from server.services.response_input import ConversationPrompt, function_call_item, item_id, output_text_part
 from server.services.response_store import ResponseStore
 from server.services.streaming import Generation, Observers
+from server.tool_calls import StreamParser, check_tool_schemas
+from server.tool_calls import parse as parse_tool_calls
 
 
 @dataclass
@@ -46,6 +50,9 @@ class _Run:
     first_token_at: float | None = None
     finished_at: float | None = None
     queue_time_s: float | None = None
+    tools: bool = False  # tools may be called: the text is read for calls (server/tool_calls.py)
+    content: str | None = None  # with tools: the text outside the calls
+    calls: list[dict] = field(default_factory=list)  # with tools: the function_call output items
 
     @property
     def status(self) -> str:
@@ -55,8 +62,21 @@ class _Run:
             return "in_progress"
         return "incomplete" if self.finish_reason == "length" else "completed"
 
+    def read_calls(self) -> None:
+        """With tools, once the text is whole: its calls as function_call items, and the text around them."""
+        if self.tools:
+            self.content, calls = parse_tool_calls(self.text)
+            self.calls = [function_call_item(call["id"], call["function"]["name"], call["function"]["arguments"])
+                          for call in calls]
+
+    def output(self) -> list[dict]:
+        if not self.tools:
+            return [self.message()]
+        return ([self.message()] if self.content else []) + self.calls
+
     def message(self, status: str | None = None) -> dict:
-        content = [output_text_part(self.text)] if status != "in_progress" else []
+        text = self.content or "" if self.tools else self.text
+        content = [output_text_part(text)] if status != "in_progress" else []
         return {"id": self.message_id, "type": "message", "role": "assistant", "status": status or (
             "incomplete" if self.status == "incomplete" else "completed"), "content": content}
 
@@ -79,11 +99,15 @@ class _Run:
             completed_at=int(time.time()) if status in ("completed", "incomplete") else None, error=self.error,
             incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
             instructions=req.instructions, max_output_tokens=req.max_output_tokens, model=self.engine.config.id,
-            output=[self.message()] if done and self.error is None else [],
+            output=self.output() if done and self.error is None else [],
             previous_response_id=req.previous_response_id, store=bool(req.store),
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, truncation=req.truncation or "disabled",
             metadata=req.metadata or {}, ozwell=self.extension(),
+            tools=[tool.model_dump(exclude_none=True) for tool in req.tools or []],
+            tool_choice=(req.tool_choice.model_dump() if isinstance(req.tool_choice, BaseModel) else
+                         req.tool_choice or "auto"),
+            parallel_tool_calls=req.parallel_tool_calls is not False,
             text={"format": req.text.format.echo() if req.text and req.text.format else {"type": "text"}},
             usage=ResponseUsage(input_tokens=len(self.prompt_ids), output_tokens=self.output_tokens,
                                 total_tokens=len(self.prompt_ids) + self.output_tokens) if done else None,
@@ -101,10 +125,21 @@ class ResponseService:
     async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         owner = context.owner
         chain = None if self.store is None else (lambda response_id: self.store.chain(owner, response_id))
-        prompt = ConversationPrompt(req, file_reader(self.files, owner), chain)
+        tools = req.tool_plan()
+        if tools is not None and tools.active:
+            try:  # each tool's schema alone, so that a refusal names the tool
+                await off_loop(check_tool_schemas, tools.tools)
+            except InvalidGenerationRequest as exc:
+                raise request_error(exc) from None
+        else:
+            tools = None
+        prompt = ConversationPrompt(req, file_reader(self.files, owner), chain, tools=tools)
         generation = await self.pipeline.start(req, [prompt], context, item_id("resp"))
-        run = _Run(generation.request_id, req, generation.engine, generation.created, generation.prompts[0])
+        run = _Run(generation.request_id, req, generation.engine, generation.created, generation.prompts[0],
+                   tools=tools is not None)
         if req.stream:
+            if tools is not None:
+                return self._stream_with_tools(run, generation, owner, prompt)
             return self._stream(run, generation, owner, prompt)
         async for _ in self._generate(run, generation):
             pass
@@ -127,9 +162,15 @@ class ResponseService:
         run.finished_at = time.perf_counter()
 
     async def _finish(self, run: _Run, owner: str, prompt: ConversationPrompt) -> dict:
+        run.read_calls()
         body = run.body()
         if self.store is not None and run.req.store:
-            conversation = [*prompt.current, {"role": "assistant", "content": run.text}]
+            # the assistant's turn as the model wrote it (calls included), and its call ids for the outputs
+            # a next response will bring back
+            answer = {"role": "assistant", "content": run.text}
+            if run.calls:
+                answer["call_ids"] = [call["call_id"] for call in run.calls]
+            conversation = [*prompt.current, answer]
             await off_loop(self.store.save, owner, body, conversation, prompt.items)
         return body
 
@@ -160,6 +201,93 @@ class ResponseService:
             yield event("response.output_text.done", **where, text=run.text, logprobs=[])
             yield event("response.content_part.done", **where, part=output_text_part(run.text))
             yield event("response.output_item.done", output_index=0, item=run.message())
+        body = await self._finish(run, owner, prompt)
+        final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
+                                                                                            "response.failed")
+        yield event(final, response=body)
+
+    async def _stream_with_tools(self, run: _Run, generation: Generation, owner: str,
+                                 prompt: ConversationPrompt) -> AsyncIterator[str]:
+        """With tools: items are added as the text shows them, a message for text outside calls and a
+        function_call per call, each finished before the next begins."""
+        sequence = 0
+        parser = StreamParser()
+        index = -1  # the output index of the open item
+        open_item: dict | None = None
+
+        def event(kind: str, **payload) -> str:
+            nonlocal sequence
+            data = {"type": kind, **payload, "sequence_number": sequence}
+            sequence += 1
+            return sse_event(kind, data)
+
+        def close() -> list[str]:
+            nonlocal open_item
+            item, open_item = open_item, None
+            if item is None:
+                return []
+            if item["type"] == "message":
+                where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+                text = item["text"]
+                return [event("response.output_text.done", **where, text=text, logprobs=[]),
+                        event("response.content_part.done", **where, part=output_text_part(text)),
+                        event("response.output_item.done", output_index=index, item={
+                            "id": item["id"], "type": "message", "role": "assistant", "status": "completed",
+                            "content": [output_text_part(text)]})]
+            done = function_call_item(item["call_id"], item["name"], item["arguments"], item["id"])
+            return [event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                          name=item["name"], arguments=item["arguments"]),
+                    event("response.output_item.done", output_index=index, item=done)]
+
+        def handle(delta: dict) -> list[str]:
+            nonlocal index, open_item
+            lines = []
+            if "content" in delta:
+                if open_item is None or open_item["type"] != "message":
+                    lines += close()
+                    index += 1
+                    open_item = {"type": "message", "id": run.message_id, "text": ""}
+                    lines.append(event("response.output_item.added", output_index=index,
+                                       item=run.message("in_progress")))
+                    lines.append(event("response.content_part.added", item_id=run.message_id, output_index=index,
+                                       content_index=0, part=output_text_part("")))
+                open_item["text"] += delta["content"]
+                lines.append(event("response.output_text.delta", item_id=run.message_id, output_index=index,
+                                   content_index=0, delta=delta["content"], logprobs=[]))
+                return lines
+            call = delta["tool_calls"][0]
+            if "id" in call:  # a new call: its name is known
+                lines += close()
+                index += 1
+                open_item = {"type": "function_call", "id": item_id("fc"), "call_id": call["id"],
+                             "name": call["function"]["name"], "arguments": ""}
+                added = function_call_item(call["id"], open_item["name"], "", open_item["id"], "in_progress")
+                lines.append(event("response.output_item.added", output_index=index, item=added))
+            fragment = call["function"].get("arguments", "")
+            if fragment:
+                open_item["arguments"] += fragment
+                lines.append(event("response.function_call_arguments.delta", item_id=open_item["id"],
+                                   output_index=index, delta=fragment))
+            return lines
+
+        yield event("response.created", response=run.body())
+        yield event("response.in_progress", response=run.body())
+        deltas = self._generate(run, generation)
+        try:
+            async for text in deltas:
+                for delta in parser.feed(text):
+                    for line in handle(delta):
+                        yield line
+            for delta in parser.feed("", final=True):
+                for line in handle(delta):
+                    yield line
+        except OpenAIError as exc:
+            run.error = {"code": "server_error", "message": exc.message}
+        finally:
+            await deltas.aclose()
+        if run.error is None:
+            for line in close():
+                yield line
         body = await self._finish(run, owner, prompt)
         final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
                                                                                             "response.failed")

@@ -174,10 +174,11 @@ def test_retention_sweep_removes_old_responses(client, database):
 
 
 @pytest.mark.parametrize("change, param", [
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"reasoning": {"effort": "high"}}, "reasoning"), ({"background": True}, "background"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type"),
+    ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input[0].type"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].call_id"),
 ])
 def test_fields_we_cannot_honour_are_400(client, change, param):
     response = client.post("/v1/responses", json={**BASE, "input": "x", **change})

@@ -196,3 +196,62 @@ def test_the_stream_parser_splits_text_names_and_arguments():
     assert by_index == {0: '{"zone":3}', 1: '{"city":"Rome","unit":"c"}'} and parser.called
     content, whole = parse_calls(text)
     assert content == "Sure." and [c["function"]["arguments"] for c in whole] == list(by_index.values())
+
+
+RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
+                   "parameters": WEATHER, "strict": True},
+                  {"type": "function", "name": "get_time", "parameters": TIME, "strict": True}]
+
+
+def _respond(client, **fields):
+    response = client.post("/v1/responses", json={"model": "tiny-tools", "input": "Weather in Paris?",
+                                                  "max_output_tokens": 120, "temperature": 1.0, **fields})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_valid(body, "Response")
+    return body
+
+
+def test_responses_function_calls_and_a_chained_round_trip(tools_client):
+    body = _respond(tools_client, tools=RESPONSE_TOOLS, tool_choice="required", parallel_tool_calls=False)
+    calls = [item for item in body["output"] if item["type"] == "function_call"]
+    assert len(calls) == 1 and calls[0]["call_id"].startswith("call_") and calls[0]["id"].startswith("fc_")
+    jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS[calls[0]["name"]])
+    assert body["status"] == "completed" and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+    assert [tool["name"] for tool in body["tools"]] == ["get_weather", "get_time"]
+    # the tool's result comes back as a function_call_output, chained to the response that called
+    final = _respond(tools_client, previous_response_id=body["id"], max_output_tokens=16, input=[
+        {"type": "function_call_output", "call_id": calls[0]["call_id"], "output": "18 degrees"}])
+    assert final["output"][0]["type"] == "message"
+    items = tools_client.get(f"/v1/responses/{final['id']}/input_items").json()["data"]
+    assert items[0]["type"] == "function_call_output" and items[0]["call_id"] == calls[0]["call_id"]
+    # without the chain, the client sends the call back itself
+    again = _respond(tools_client, max_output_tokens=16, input=[
+        {"role": "user", "content": "Weather in Paris?"}, {key: calls[0][key] for key in (
+            "type", "call_id", "name", "arguments")},
+        {"type": "function_call_output", "call_id": calls[0]["call_id"], "output": "18 degrees"}])
+    assert again["status"] in ("completed", "incomplete")
+
+
+def test_responses_stream_function_call_events(tools_client):
+    events = []
+    with tools_client.stream("POST", "/v1/responses", json={
+            "model": "tiny-tools", "input": "Time?", "max_output_tokens": 120, "temperature": 1.0, "stream": True,
+            "tools": RESPONSE_TOOLS, "tool_choice": {"type": "function", "name": "get_time"}}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" not in kinds  # a named choice: the call from the first token
+    added = next(e for e in events if e["type"] == "response.output_item.added")
+    assert added["item"]["type"] == "function_call" and added["item"]["name"] == "get_time"
+    arguments = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert done["arguments"] == arguments and done["item_id"] == added["item"]["id"]
+    jsonschema.validate(json.loads(arguments), TIME)
+    final = events[-1]["response"]
+    assert_valid(final, "Response")
+    assert final["output"][0]["arguments"] == arguments
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
