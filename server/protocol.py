@@ -212,12 +212,16 @@ MAX_MESSAGES = 2048  # as OpenAI caps a conversation
 class ToolCallFunction(OpenAIBaseModel):
     name: str
     arguments: str  # JSON text, as OpenAI sends it
+    # The SDK's parse and stream helpers add the arguments decoded; a message sent back as they returned it
+    # carries them. They say nothing that `arguments` does not.
+    parsed_arguments: Any = None
 
 
 class ToolCall(OpenAIBaseModel):
     id: str = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: ToolCallFunction
+    index: int | None = None  # (a streamed call's position, which the SDK's stream helper keeps)
 
 
 class FunctionDefinition(OpenAIBaseModel):

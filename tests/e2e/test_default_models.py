@@ -169,3 +169,56 @@ def test_responses_and_files_on_the_chat_default(sdk):
                                   previous_response_id=first.id)
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert sdk.responses.retrieve(second.id).output_text == second.output_text
+
+
+class _City:
+    """The schema the structured tests ask for (a pydantic model, as SDK users write it)."""
+
+    @staticmethod
+    def model():
+        from pydantic import BaseModel, Field
+
+        class City(BaseModel):
+            name: str = Field(max_length=40)
+            country: str = Field(max_length=40)
+            # (an integer: a float's digits are not bounded by any schema, and a greedy 135M model can write
+            # 12.7888888... until max_tokens; see the README)
+            population_millions: int = Field(ge=0, le=100)
+
+        return City
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                   "required": ["city"], "additionalProperties": False}, "strict": True}}
+
+
+def test_structured_output_parse_helpers_on_the_defaults(sdk):
+    city = _City.model()
+    for model in ("smollm2-135m-instruct", "gemma-3-270m"):
+        completion = sdk.chat.completions.parse(model=model, response_format=city, max_tokens=120, temperature=0,
+                                                messages=[{"role": "user", "content": "Describe Paris as JSON."}])
+        assert isinstance(completion.choices[0].message.parsed, city), model
+    parsed = sdk.responses.parse(model="gpt-4", input="Describe Rome as JSON.", text_format=city,
+                                 max_output_tokens=120, temperature=0).output_parsed
+    assert isinstance(parsed, city)
+
+
+def test_a_streamed_tool_call_and_its_round_trip_on_the_default(sdk):
+    import json
+
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with sdk.chat.completions.stream(model="gpt-4", messages=messages, tools=[WEATHER_TOOL], max_tokens=60,
+                                     temperature=0, tool_choice="required", parallel_tool_calls=False) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
+    answer = sdk.chat.completions.create(model="gpt-4", messages=messages, tools=[WEATHER_TOOL], max_tokens=40,
+                                         temperature=0)
+    assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
