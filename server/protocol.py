@@ -230,6 +230,9 @@ class FunctionDefinition(OpenAIBaseModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    def tool(self, param: str) -> Tool:
+        return Tool(self.name, self.description, self.parameters, self.strict, param)
+
 
 class ChatTool(OpenAIBaseModel):
     type: Literal["function"]
@@ -305,8 +308,7 @@ class ChatCompletionRequest(SamplingFields):
     def tool_plan(self) -> ToolPlan | None:
         """The request's tools and tool_choice, checked (400 naming what is wrong); None without tools."""
         choice = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
-        return tool_plan([Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict,
-                               f"tools[{i}].function.parameters") for i, t in enumerate(self.tools or [])],
+        return tool_plan([t.function.tool(f"tools[{i}].function.parameters") for i, t in enumerate(self.tools or [])],
                          choice, self.parallel_tool_calls, self.response_format is not None
                          and self.response_format.type != "text", "response_format")
 
@@ -453,19 +455,17 @@ class ResponseText(OpenAIBaseModel):
     NEUTRAL: ClassVar[dict[str, tuple]] = {"verbosity": (None, "medium")}
 
 
-class ResponseFunctionTool(OpenAIBaseModel):
-    """The Responses API's function tool (flat: no `function` wrapper)."""
-
+class FunctionType(OpenAIBaseModel):
     type: Literal["function"]
-    name: str = Field(pattern=TOOL_NAME)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
-class ResponseNamedChoice(OpenAIBaseModel):
-    type: Literal["function"]
-    name: str
+# (the type first: a tool of another type is refused for its type, not for the fields it lacks)
+class ResponseFunctionTool(FunctionDefinition, FunctionType):
+    """The Responses API's function tool: chat's function definition, flat (no `function` wrapper)."""
+
+
+class ResponseNamedChoice(ToolChoiceFunction, FunctionType):
+    pass
 
 
 class ResponseRequest(GenerationFields):
@@ -499,8 +499,8 @@ class ResponseRequest(GenerationFields):
     def tool_plan(self) -> ToolPlan | None:
         choice = self.tool_choice.name if isinstance(self.tool_choice, ResponseNamedChoice) else self.tool_choice
         text_format = self.text.format if self.text else None
-        return tool_plan([Tool(t.name, t.description, t.parameters, t.strict, f"tools[{i}].parameters")
-                          for i, t in enumerate(self.tools or [])], choice, self.parallel_tool_calls,
+        return tool_plan([t.tool(f"tools[{i}].parameters") for i, t in enumerate(self.tools or [])], choice,
+                         self.parallel_tool_calls,
                          text_format is not None and text_format.type != "text", "text.format")
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from engines.protocol import InvalidGenerationRequest, SamplingParams
+from engines.protocol import SamplingParams
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.protocol import ChatCompletionRequest
@@ -17,10 +17,10 @@ from server.response_models import (
     Usage,
 )
 from server.services.formats import chat_logprobs, new_id, openai_finish_reason, sse, sse_stream
-from server.services.pipeline import GenerationPipeline, off_loop, request_error
+from server.services.pipeline import GenerationPipeline, callable_tools
 from server.services.prompts import ChatPrompt, FileStore, file_reader
 from server.services.streaming import Generation, Observers
-from server.tool_calls import StreamParser, check_tool_schemas
+from server.tool_calls import StreamParser
 from server.tool_calls import parse as parse_tool_calls
 
 
@@ -30,14 +30,7 @@ class ChatService:
         self.files = files
 
     async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        tools = req.tool_plan()
-        if tools is not None and tools.active:
-            try:  # each tool's schema alone, so that a refusal names the tool
-                await off_loop(check_tool_schemas, tools.tools)
-            except InvalidGenerationRequest as exc:
-                raise request_error(exc) from None
-        else:
-            tools = None
+        tools = await callable_tools(req.tool_plan())
         prompt = ChatPrompt(req.messages, file_reader(self.files, context.owner), tools)
         generation = await self.pipeline.start(req, [prompt], context, new_id("chatcmpl"))
         if req.stream:

@@ -39,6 +39,7 @@ from server.errors import (
 from server.executors import run_cpu
 from server.services.prompts import Prompt
 from server.services.streaming import Generation, Observers
+from server.tool_calls import ToolPlan, check_tool_schemas
 
 
 def resolve_engine(registry: EngineRegistry, model: str, kind: type, refusal: str):
@@ -84,6 +85,18 @@ async def off_loop(func: Callable, *args):
         raise request_error(exc) from None
     except (ValueError, TypeError) as exc:
         raise InvalidRequestError(str(exc)) from None
+
+
+async def callable_tools(plan: ToolPlan | None) -> ToolPlan | None:
+    """The request's tools when they may be called, each tool's schema compiled alone first (off the loop) so
+    that a refusal names the tool; None when there are none to call."""
+    if plan is None or not plan.active:
+        return None
+    try:
+        await off_loop(check_tool_schemas, plan.tools)
+    except InvalidGenerationRequest as exc:
+        raise request_error(exc) from None
+    return plan
 
 
 def sampling(req, max_tokens: int) -> SamplingParams:

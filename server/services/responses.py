@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from engines.protocol import GenerationEngine, InvalidGenerationRequest
+from engines.protocol import GenerationEngine
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.errors import (
@@ -23,12 +23,12 @@ from server.errors import (
 from server.protocol import ResponseRequest
 from server.response_models import ResponseObject, ResponseUsage
 from server.services.formats import sse_event
-from server.services.pipeline import GenerationPipeline, off_loop, request_error
+from server.services.pipeline import GenerationPipeline, callable_tools, off_loop
 from server.services.prompts import FileStore, file_reader
 from server.services.response_input import ConversationPrompt, function_call_item, item_id, output_text_part
 from server.services.response_store import ResponseStore
 from server.services.streaming import Generation, Observers
-from server.tool_calls import StreamParser, check_tool_schemas
+from server.tool_calls import StreamParser
 from server.tool_calls import parse as parse_tool_calls
 
 
@@ -125,14 +125,7 @@ class ResponseService:
     async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         owner = context.owner
         chain = None if self.store is None else (lambda response_id: self.store.chain(owner, response_id))
-        tools = req.tool_plan()
-        if tools is not None and tools.active:
-            try:  # each tool's schema alone, so that a refusal names the tool
-                await off_loop(check_tool_schemas, tools.tools)
-            except InvalidGenerationRequest as exc:
-                raise request_error(exc) from None
-        else:
-            tools = None
+        tools = await callable_tools(req.tool_plan())
         prompt = ConversationPrompt(req, file_reader(self.files, owner), chain, tools=tools)
         generation = await self.pipeline.start(req, [prompt], context, item_id("resp"))
         run = _Run(generation.request_id, req, generation.engine, generation.created, generation.prompts[0],
