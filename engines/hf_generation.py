@@ -17,13 +17,18 @@ class HFGenerationEngine(GenerationEngine):
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+    def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
         if not self.tokenizer.chat_template:
             raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
+                                                  add_generation_prompt=True, tokenize=False)
         # The template writes BOS itself where the model wants it.
         return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
                                      "messages")
+
+    def template_tool_format(self) -> str | None:
+        template = self.tokenizer.chat_template or ""
+        return "hermes" if "tools" in template and "<tool_call>" in template else None
 
     def encode_text(self, text: str) -> list[int]:
         return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=True)["input_ids"],

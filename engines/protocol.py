@@ -200,8 +200,14 @@ class GenerationEngine(Engine):
     def max_model_len(self) -> int: ...
 
     @abc.abstractmethod
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        """Render messages with the chat template and tokenize (blocking: call off the event loop)."""
+    def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
+        """Render messages (and, for a template that takes them, tools in OpenAI's shape) with the chat template
+        and tokenize (blocking: call off the event loop)."""
+
+    def template_tool_format(self) -> str | None:
+        """The tool-call format the chat template itself renders tools and calls in ("hermes": <tool_call>
+        blocks), or None when it takes no tools."""
+        return None
 
     @abc.abstractmethod
     def encode_text(self, text: str) -> list[int]:

@@ -6,8 +6,10 @@ The format is Hermes-style, one block per call:
     <tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>
 
 The tools are given in a system message (the built-in prompt below), earlier calls are shown in the
-assistant's text in the same format, and tool results come back as user turns in <tool_response> blocks. The
-models we ship (SmolLM2, Gemma 3) have templates without tools, so this format is used for every model.
+assistant's text in the same format, and tool results come back as user turns in <tool_response> blocks. A chat
+template that takes tools and writes this same <tool_call> format (Hermes, Qwen) renders the tools, the calls and
+the results itself instead; a template with another format (Llama 3's JSON) gets the built-in one. The models we
+ship (SmolLM2, Gemma 3) have templates without tools.
 
 How each `tool_choice` decodes (the grammar is llguidance's Lark, with each call's JSON compiled from the
 tools' own schemas, compact, name first):
@@ -73,6 +75,11 @@ class ToolPlan:
             start = "start: calls\n"
         grammar = f"{start}calls: {calls}\ncall: {one_call}\n"
         return StructuredOutput("lark", grammar, param="tools")
+
+    def openai_tools(self) -> list[dict]:
+        """The tools in OpenAI's shape, as chat templates that take tools expect them."""
+        return [{"type": "function", "function": {"name": t.name, "description": t.description or "",
+                                                  "parameters": t.parameters}} for t in self.tools]
 
     def system_prompt(self) -> str:
         listed = "\n".join(json.dumps({"name": t.name, "description": t.description or "",

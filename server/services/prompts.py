@@ -7,6 +7,7 @@ ids, and the Responses API's conversation (server/services/response_input.py) ar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -84,6 +85,10 @@ class ChatPrompt:
         return text_floor(engine, "".join(_plain_text(m) for m in self.messages))
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
+        if self.tools is not None and self.tools.active and engine.template_tool_format() == "hermes":
+            # the template shows the tools and the calls itself, in the same <tool_call> format we decode
+            return engine.encode_chat(template_messages(self.messages, self.file_text, native_tools=True),
+                                      tools=self.tools.openai_tools())
         rendered = template_messages(self.messages, self.file_text)
         if self.tools is not None and self.tools.active:
             prompt = self.tools.system_prompt()
@@ -147,9 +152,12 @@ def _plain_text(message: ChatMessage) -> str:
     return "".join(p.get("text", "") for p in message.content or [] if isinstance(p.get("text"), str))
 
 
-def template_messages(messages: list[ChatMessage], file_text: FileText | None = None) -> list[dict]:
+def template_messages(messages: list[ChatMessage], file_text: FileText | None = None,
+                      native_tools: bool = False) -> list[dict]:
     """The messages as the chat template takes them: developer as system; an assistant's tool calls written
-    into its text, and tool results as user turns, in the built-in format (server/tool_calls.py)."""
+    into its text, and tool results as user turns, in the built-in format (server/tool_calls.py). With
+    `native_tools` (a template that renders tools itself), calls and results go to it in Hugging Face's shape:
+    `tool_calls` with decoded arguments, and `tool` messages."""
     rendered: list[dict] = []
     call_ids: set[str] = set()
     for i, message in enumerate(messages):
@@ -161,6 +169,10 @@ def template_messages(messages: list[ChatMessage], file_text: FileText | None = 
                 raise InvalidRequestError(f"messages[{i}].tool_call_id must be the id of a tool call in an earlier "
                                           "assistant message.", param=f"messages[{i}].tool_call_id",
                                           code="invalid_value")
+            if native_tools:
+                rendered.append({"role": "tool", "tool_call_id": message.tool_call_id,
+                                 "content": _message_text(message, i, file_text)})
+                continue
             text = f"<tool_response>\n{_message_text(message, i, file_text)}\n</tool_response>"
             if rendered and rendered[-1].get("tool_results"):  # results of one turn's calls: one user turn
                 rendered[-1]["content"] += "\n" + text
@@ -176,8 +188,25 @@ def template_messages(messages: list[ChatMessage], file_text: FileText | None = 
                 raise InvalidRequestError(f"messages[{i}].tool_calls is only for assistant messages.",
                                           param=f"messages[{i}].tool_calls")
             call_ids.update(call.id for call in message.tool_calls)
+            if native_tools:
+                rendered.append({"role": "assistant", "content": text, "tool_calls": [
+                    {"id": call.id, "type": "function", "function": {
+                        "name": call.function.name, "arguments": _arguments(call.function.arguments, i)}}
+                    for call in message.tool_calls]})
+                continue
             text += "".join(call_text(call.function.name, call.function.arguments) for call in message.tool_calls)
         rendered.append({"role": TEMPLATE_ROLES[message.role], "content": text})
     for turn in rendered:
         turn.pop("tool_results", None)
     return rendered
+
+
+def _arguments(text: str, i: int) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"messages[{i}].tool_calls: arguments must be a JSON object.",
+                                  param=f"messages[{i}].tool_calls", code="invalid_value")
+    return value

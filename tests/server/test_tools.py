@@ -26,6 +26,14 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
          {"type": "function", "function": {"name": "get_time", "parameters": TIME, "strict": True}}]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# A template that takes tools and writes Hermes-style <tool_call> blocks, as Qwen's and Hermes' do.
+HERMES_TEMPLATE = """{% if tools %}<|im_start|>system
+TOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}. Call with <tool_call>.<|im_end|>
+{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}
+{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}\
+{% elif m.role == 'tool' %}RESULT {{ m.content }}{% else %}{{ m.content }}{% endif %}<|im_end|>
+{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +50,10 @@ def tools_client(tiny_dir, tiny_tokenizer_dir, tmp_path_factory):
     write_config(root / "configs", "tiny-tools", f"id: tiny-tools\ntask: chat\nengine: transformers\n"
                                                  f"source: {source}\ndtype: float32\ndevice: cpu\n"
                                                  "max_model_len: 1024\nmax_num_seqs: 16\n")
+    write_config(root / "configs", "tiny-hermes", f"id: tiny-hermes\ntask: chat\nengine: transformers\n"
+                                                  f"source: {source}\ndtype: float32\ndevice: cpu\n"
+                                                  "max_model_len: 1024\nchat_template: |\n" + "".join(
+                                                      f"  {line}\n" for line in HERMES_TEMPLATE.splitlines()))
     registry = EngineRegistry.from_config_dir(root / "configs", root / "data")
     app = create_app(Settings(config_dir=root / "configs", data_dir=root / "data"), registry,
                      database=open_database(None, root / "data"))
@@ -255,3 +267,22 @@ def test_responses_stream_function_call_events(tools_client):
     assert_valid(final, "Response")
     assert final["output"][0]["arguments"] == arguments
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_a_template_that_takes_tools_renders_them_itself(tools_client):
+    """The template shows the tools, the earlier call and its result (Hugging Face's shapes); the answer is still
+    decoded and read in the same <tool_call> format."""
+    from server.protocol import ChatCompletionRequest
+    from server.services.prompts import ChatPrompt
+
+    engine = tools_client.app.state.services.chat.pipeline.registry.resolve("tiny-hermes")
+    assert engine.template_tool_format() == "hermes"
+    history = [*ASK, {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_time", "arguments": '{"zone":2}'}}]}, {"role": "tool", "tool_call_id": "call_1", "content": "9am"}]
+    request = ChatCompletionRequest(model="tiny-hermes", messages=history, tools=TOOLS)
+    text = engine.tokenizer.decode(ChatPrompt(request.messages, tools=request.tool_plan()).token_ids(engine))
+    assert "TOOLS: get_weather get_time." in text and "You can call these functions" not in text
+    assert '<tool_call>{"name": "get_time", "arguments": {"zone": 2}}</tool_call>' in text and "RESULT 9am" in text
+    body = _chat(tools_client, model="tiny-hermes", messages=history, tools=TOOLS, tool_choice="required",
+                 parallel_tool_calls=False, seed=1)
+    _check_calls(body["choices"][0]["message"]["tool_calls"])
