@@ -171,3 +171,33 @@ def test_grammars_are_compiled_once(engine):
 
     first, second = asyncio.run(twice())
     assert first is second
+
+
+def test_a_compile_over_the_time_limit_fails_that_request_alone(engine, monkeypatch):
+    import time as clock
+
+    import engines.native.grammar as grammar
+
+    structured = StructuredOutput.json_schema({"type": "object", "properties": {"slow": {"type": "boolean"}}})
+    original = grammar.GrammarCache.compile
+
+    def slow(self, spec):
+        if spec == structured:
+            clock.sleep(0.5)
+        return original(self, spec)
+
+    monkeypatch.setattr(grammar, "COMPILE_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(grammar.GrammarCache, "compile", slow)
+    prompt = engine.encode_text("Hello")
+
+    async def scenario():
+        await engine.start()
+        with pytest.raises(InvalidGenerationRequest, match="took over 0.1 s to compile") as caught:
+            await engine.prepare(SamplingParams(max_tokens=8, structured=structured))
+        assert caught.value.code == "grammar_too_complex"
+        # the engine goes on serving others meanwhile
+        texts, reasons, _ = await _choices(engine, "other", prompt, SamplingParams(
+            max_tokens=60, temperature=1.0, seed=1, structured=StructuredOutput.json_schema(SCHEMAS["enum"])))
+        jsonschema.validate(json.loads(texts[0]), SCHEMAS["enum"])
+
+    asyncio.run(scenario())
