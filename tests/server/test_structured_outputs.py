@@ -41,18 +41,22 @@ def test_json_schema_answers_validate(client, model):
 
 
 def test_streamed_json_schema_chunks_assemble_to_valid_json(client):
-    for seed in range(3):
+    for seed in range(20):
         chunks = read_sse(client, "/v1/chat/completions", {
             "model": "tiny-llama-256", "messages": HELLO, "max_tokens": 180, "temperature": 1.0, "seed": seed,
-            "stream": True, "response_format": JSON_SCHEMA})
+            "n": 3, "stream": True, "response_format": JSON_SCHEMA})
         assert chunks.pop() == "[DONE]"
-        text = ""
+        texts: dict[int, str] = {}
+        reasons: dict[int, str] = {}
         for chunk in chunks:
             assert_valid(chunk, "CreateChatCompletionStreamResponse")
             for choice in chunk["choices"]:
-                text += choice["delta"].get("content") or ""
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-        jsonschema.validate(json.loads(text), SCHEMA)
+                texts[choice["index"]] = texts.get(choice["index"], "") + (choice["delta"].get("content") or "")
+                if choice["finish_reason"]:
+                    reasons[choice["index"]] = choice["finish_reason"]
+        assert sorted(texts) == [0, 1, 2] and set(reasons.values()) == {"stop"}, (seed, reasons)
+        for text in texts.values():
+            jsonschema.validate(json.loads(text), SCHEMA)
 
 
 def test_the_sdk_parse_helper_returns_the_model(openai_client):
