@@ -108,6 +108,21 @@ def _param_from_loc(loc: tuple) -> str | None:
     return text or None
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _body_problem(kind: str | None, received) -> str:
+    """What is wrong with a body that is not a JSON object, in words a client can act on."""
+    if kind == "missing" or received in (None, b"", ""):
+        if received is None and kind != "missing":
+            return "The request body must be a JSON object; it was null."
+        return "The request body is empty; it must be a JSON object, sent with Content-Type: application/json."
+    if isinstance(received, bytes):  # not parsed: no JSON content type
+        return ("The request body must be a JSON object, sent with Content-Type: application/json (it came with "
+                "another content type, or none).")
+    return f"The request body must be a JSON object; it was {_JSON_KINDS.get(type(received), 'not an object')}."
+
+
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "Invalid request", "type": ""}
@@ -116,7 +131,12 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
             "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
             code="invalid_json",
         )
-    param = _param_from_loc(tuple(first.get("loc", ())))
+    loc = tuple(first.get("loc", ()))
+    if loc == ("body",):  # the body as a whole is not an object
+        kind, received = first.get("type"), first.get("input")
+        unread = kind == "missing" or isinstance(received, bytes) or received == ""  # no JSON at all
+        return InvalidRequestError(_body_problem(kind, received), code="invalid_json" if unread else "invalid_value")
+    param = _param_from_loc(loc)
     if first.get("type") == "extra_forbidden":
         return InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param,
                                    code="unknown_parameter")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engines.registry import EngineRegistry, UnknownModel
 from server.context import RequestContext
-from server.errors import NotFoundError, PermissionDeniedError
+from server.errors import ModelNotFoundError, PermissionDeniedError
 from server.response_models import ModelCard, ModelList
 
 
@@ -40,8 +40,7 @@ class ModelService:
         try:
             allowed = self._allowed(context, model_id)
         except UnknownModel:
-            raise NotFoundError(f"The model '{model_id}' does not exist", param="model",
-                                code="model_not_found") from None
+            raise ModelNotFoundError(model_id) from None
         if not allowed:
             raise PermissionDeniedError(f"This API key may not use the model `{model_id}`.", param="model",
                                         code="model_not_allowed")

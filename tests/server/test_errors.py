@@ -156,3 +156,30 @@ def test_engine_fault_is_500_and_in_band_for_streams(client, registry, monkeypat
     monkeypatch.undo()
     assert client.post("/v1/chat/completions", json={"model": "tiny-gemma", "messages": HELLO,
                                                      "max_tokens": 2}).status_code == 200
+
+
+BODY_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/admin/keys"]
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+@pytest.mark.parametrize("content, headers, words", [
+    (b'{"model": "gpt-4"}', {"content-type": "text/plain"}, "sent with Content-Type: application/json"),
+    (b"model=gpt-4", {"content-type": "application/x-www-form-urlencoded"}, "Content-Type: application/json"),
+    (b"[1, 2]", {"content-type": "application/json"}, "it was an array"),
+    (b'"hello"', {"content-type": "application/json"}, "it was a string"),
+    (b"", {"content-type": "application/json"}, "is empty"),
+])
+def test_a_body_that_is_not_a_json_object_says_so(client, path, content, headers, words):
+    response = client.post(path, content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and words in error["message"], error
+    assert_valid(response.json(), "ErrorResponse")
+
+
+def test_an_unknown_model_is_worded_once_everywhere(client):
+    responses = [client.get("/v1/models/nope"),
+                 client.post("/v1/chat/completions", json={"model": "nope", "messages": HELLO}),
+                 client.post("/v1/embeddings", json={"model": "nope", "input": "x"})]
+    assert {(r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]) for r in responses} == {
+        (404, "model_not_found", "The model `nope` does not exist or you do not have access to it.")}
