@@ -27,6 +27,7 @@ _SERVE_LIMITS = [
     ("--max-body-mb", float, 8.0, "largest JSON request body in MB, refused with 413 before parsing"),
     ("--owner-rpm", int, None, "requests per minute for all of an owner's keys together"),
     ("--owner-tpm", int, None, "tokens per minute for all of an owner's keys together"),
+    ("--completion-reserve", int, 256, "tokens a request without max_tokens reserves per choice, beside its prompt"),
     ("--header-timeout", float, 15.0, "seconds a request's headers may take to arrive, from their first byte"),
     ("--body-timeout", float, 60.0, "seconds a request body may go without a byte before a 408"),
     ("--drain-timeout", float, 30.0, "on SIGTERM, seconds in-flight requests may run on before they are cut"),
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_body_bytes=int(args.max_body_mb * 1024 * 1024), drain_timeout_s=args.drain_timeout,
                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                             owner_rpm=args.owner_rpm, owner_tpm=args.owner_tpm,
+                            completion_reserve_tokens=args.completion_reserve,
                             **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:

@@ -33,6 +33,7 @@ class RequestContext:
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     owner_tpm: int | None = None  # the server's owner-level limit (--owner-tpm), across the owner's keys
+    completion_reserve: int | None = None  # per choice, for a request without max_tokens (None: its whole room)
     _reservations: dict[str, Reservation] = field(default_factory=dict)  # limiter key -> held tokens
 
     @property

@@ -1,8 +1,11 @@
 """Per-key rate limits: requests and tokens per minute over a moving window.
 
 The window is a log of (time, amount) entries per key and kind, so the count is exact: a key may
-use `limit` units in any 60-second span. Tokens are reserved at admission (prompt + max_tokens) and
-reconciled to the real use when the request ends, which refunds what was not used. Every
+use `limit` units in any 60-second span. Tokens are reserved at admission (prompt + max_tokens, or the
+server's completion reserve without max_tokens) and reconciled to the real use when the request ends, which
+refunds what was not used, or charges what ran past the reservation. A refusal's Retry-After is the time
+until enough of the window expires, or a short hint (RUNNING_RETRY_S) when only reservations of requests
+still running stand in the way. Every
 operation runs to completion without awaiting inside, so concurrent requests on one event loop
 are counted exactly. RateLimiter is the interface; a Redis implementation for several replicas
 can take InMemoryRateLimiter's place.
@@ -17,6 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 WINDOW_S = 60.0
+# Retry-After when only the reservations of requests still running stand in the way: they give back what they
+# do not use when they end, which the window's age says nothing about.
+RUNNING_RETRY_S = 2.0
 
 
 @dataclass
@@ -66,12 +72,23 @@ class RateLimiter(abc.ABC):
 
 class _Log:
     def __init__(self) -> None:
-        self.entries: deque[list] = deque()  # [time, amount], oldest first
+        self.entries: deque[list] = deque()  # [time, amount, running], oldest first
         self.total = 0
+        self.running = 0  # of the total, what requests still running hold (reserved, not yet settled)
 
     def expire(self, now: float) -> None:
         while self.entries and self.entries[0][0] <= now - WINDOW_S:
-            self.total -= self.entries.popleft()[1]
+            _, amount, running = self.entries.popleft()
+            self.total -= amount
+            self.running -= amount if running else 0
+
+    def retry_after(self, need: int, limit: int, now: float) -> float:
+        """Seconds to wait before `need` more units may fit: a short hint when what blocks them is held by
+        requests still running (they refund what they do not use as they end), else until enough expire."""
+        wait = self.wait_for(need, limit, now)
+        if self.total - self.running + need <= limit:
+            return min(wait, RUNNING_RETRY_S)
+        return wait
 
     def state(self, limit: int, now: float) -> WindowState:
         reset = self.entries[0][0] + WINDOW_S - now if self.entries else 0.0
@@ -80,16 +97,17 @@ class _Log:
     def wait_for(self, need: int, limit: int, now: float) -> float:
         """Seconds until `need` more units fit under `limit`."""
         excess = self.total + need - limit
-        for when, amount in self.entries:
+        for when, amount, _ in self.entries:
             excess -= amount
             if excess <= 0:
                 return max(when + WINDOW_S - now, 0.0)
         return WINDOW_S
 
-    def add(self, amount: int, now: float) -> list:
-        entry = [now, amount]
+    def add(self, amount: int, now: float, running: bool = False) -> list:
+        entry = [now, amount, running]
         self.entries.append(entry)
         self.total += amount
+        self.running += amount if running else 0
         return entry
 
 
@@ -117,8 +135,8 @@ class InMemoryRateLimiter(RateLimiter):
         if amount > limit:
             return Decision(False, log.state(limit, now), retry_after_s=WINDOW_S, never=True), None
         if log.total + amount > limit:
-            return Decision(False, log.state(limit, now), retry_after_s=log.wait_for(amount, limit, now)), None
-        entry = log.add(amount, now)
+            return Decision(False, log.state(limit, now), retry_after_s=log.retry_after(amount, limit, now)), None
+        entry = log.add(amount, now, running=True)
         return Decision(True, log.state(limit, now)), Reservation(key, entry)
 
     async def resize(self, reservation: Reservation, limit: int, amount: int) -> Decision:
@@ -129,12 +147,13 @@ class InMemoryRateLimiter(RateLimiter):
         if amount > limit:
             return Decision(False, log.state(limit, now), retry_after_s=WINDOW_S, never=True)
         if log.total - held + amount > limit:
-            return Decision(False, log.state(limit, now), retry_after_s=log.wait_for(amount - held, limit, now))
+            return Decision(False, log.state(limit, now), retry_after_s=log.retry_after(amount - held, limit, now))
         if present:
             log.total += amount - held
+            log.running += amount - held
             entry[1] = amount
         else:  # the lower bound already left the window (the work took over a minute)
-            reservation.entry = log.add(amount, now)
+            reservation.entry = log.add(amount, now, running=True)
         return Decision(True, log.state(limit, now))
 
     async def reconcile(self, reservation: Reservation, actual: int) -> None:
@@ -143,7 +162,8 @@ class InMemoryRateLimiter(RateLimiter):
         # An entry that already left the window no longer counts; nothing to adjust then.
         if any(e is entry for e in log.entries):
             log.total += actual - entry[1]
-            entry[1] = actual
+            log.running -= entry[1] if entry[2] else 0
+            entry[1], entry[2] = actual, False
 
     async def tokens_state(self, key: str, limit: int) -> WindowState:
         log, now = self._log(self._tokens, key)

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     # Without them, an owner's admin key can mint keys that each get the full per-key limits.
     owner_rpm: int | None = Field(default=None, ge=1)
     owner_tpm: int | None = Field(default=None, ge=1)
+    # What a request without max_tokens reserves of its key's tokens per minute for each choice, beside its
+    # prompt (capped by the context it has left). It is charged what it really used when it ends.
+    completion_reserve_tokens: int = Field(default=256, ge=1)
     # A request's head must arrive within this many seconds of its first byte (408 after); its body may
     # go this long without a byte (408 after).
     header_timeout_s: float = Field(default=15.0, gt=0)

@@ -48,7 +48,7 @@ async def authenticate(request: Request) -> None:
         limit, whose = settings.owner_rpm, " for this key's owner"
     tokens = await state.limiter.tokens_state(caller.key_id, caller.limits.tpm)
     context = RequestContext(caller=caller, limiter=state.limiter, requests_state=decision.state,
-                             owner_tpm=settings.owner_tpm)
+                             owner_tpm=settings.owner_tpm, completion_reserve=settings.completion_reserve_tokens)
     context.headers = rate_limit_headers(decision.state, tokens, None if decision.allowed else decision.retry_after_s)
     request.state.ozwell_context = context
     if not decision.allowed:

@@ -127,7 +127,11 @@ class GenerationPipeline:
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
         generation = Generation(engine, request_id, ids, [self._params(req, engine, p) for p in ids],
                                 context.settle, self.observers)
-        await context.reserve_tokens(generation.reserved_tokens)
+        # Without max_tokens a choice may run to the end of the context, but it reserves only the server's
+        # completion reserve (--completion-reserve) and is charged its real use when it ends.
+        cap = context.completion_reserve if requested is None else None
+        await context.reserve_tokens(generation.prompt_tokens + sum(
+            p.n * (min(p.max_tokens, cap) if cap else p.max_tokens) for p in generation.params))
         try:
             await engine.prepare(generation.params[0])  # e.g. its grammar, compiled off the loop
         except InvalidGenerationRequest as exc:

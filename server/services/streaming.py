@@ -190,10 +190,6 @@ class Generation:
         return sum(len(ids) for ids in self.prompts)
 
     @property
-    def reserved_tokens(self) -> int:
-        return self.prompt_tokens + sum(p.max_tokens * p.n for p in self.params)
-
-    @property
     def used_tokens(self) -> int:
         return sum(self.completion_tokens.values())
 

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from server.ratelimit import InMemoryRateLimiter, go_duration, rate_limit_headers
+from server.ratelimit import RUNNING_RETRY_S, InMemoryRateLimiter, go_duration, rate_limit_headers
 
 
 class Clock:
@@ -59,13 +59,33 @@ def test_ask_larger_than_limit_is_never_allowed():
 def test_token_wait_counts_until_enough_expires():
     clock = Clock()
     limiter = InMemoryRateLimiter(clock)
-    run(limiter.reserve_tokens("k", 100, 40))  # t=1000
+    _, first = run(limiter.reserve_tokens("k", 100, 40))  # t=1000
+    run(limiter.reconcile(first, 40))  # the request ended, using all it reserved
     clock.now = 1010.0
-    run(limiter.reserve_tokens("k", 100, 50))  # t=1010
+    _, second = run(limiter.reserve_tokens("k", 100, 50))  # t=1010
+    run(limiter.reconcile(second, 50))
     clock.now = 1020.0
     decision, _ = run(limiter.reserve_tokens("k", 100, 60))  # needs 50 freed: both entries must leave
     assert not decision.allowed
     assert decision.retry_after_s == 50.0  # t=1010 leaves at 1070
+
+
+def test_reservations_of_running_requests_give_a_short_retry_hint():
+    """What blocks is held by requests still running, which refund what they do not use when they end: the
+    window's age would overstate the wait (issue #17's Retry-After: 60 for a refund 10 s later)."""
+    clock = Clock()
+    limiter = InMemoryRateLimiter(clock)
+    _, running = run(limiter.reserve_tokens("k", 100, 70))  # t=1000, still running
+    clock.now = 1005.0
+    decision, _ = run(limiter.reserve_tokens("k", 100, 40))
+    assert not decision.allowed and decision.retry_after_s == RUNNING_RETRY_S
+    run(limiter.reconcile(running, 20))  # it ended using 20 of its 70
+    allowed, second = run(limiter.reserve_tokens("k", 100, 40))
+    assert allowed.allowed
+    run(limiter.reconcile(second, 40))
+    # settled use (60) that leaves too little waits for the window to move on
+    decision, _ = run(limiter.reserve_tokens("k", 100, 60))
+    assert not decision.allowed and decision.retry_after_s > RUNNING_RETRY_S
 
 
 def test_headers_are_consistent():

@@ -2,7 +2,8 @@
 `required` and named choices always give calls whose arguments validate; `auto` gives text or valid calls;
 streamed calls arrive in OpenAI's delta shape and the SDK's stream helper assembles them; a tool round trip
 works; and bad tools are a 400 naming the parameter. The built-in prompt needs a longer context than the
-shared tiny models have, so this module serves its own tiny Llama with 2,048 positions."""
+shared tiny models have, so this module uses `tools_client` (tests/server/conftest.py): a tiny Llama with a
+1,024-token context."""
 
 import json
 
@@ -11,10 +12,8 @@ import pytest
 
 from server.tool_calls import StreamParser, call_text
 from server.tool_calls import parse as parse_calls
-from tests.conftest import write_config
 from tests.openapi_schemas import assert_valid
 from tests.server.sse import read_sse
-from tests.tiny_models import build_tiny_llama
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
                                             "unit": {"enum": ["c", "f"]}},
@@ -26,41 +25,6 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
          {"type": "function", "function": {"name": "get_time", "parameters": TIME, "strict": True}}]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-# A template that takes tools and writes Hermes-style <tool_call> blocks, as Qwen's and Hermes' do.
-HERMES_TEMPLATE = """{% if tools %}<|im_start|>system
-TOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}. Call with <tool_call>.<|im_end|>
-{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}
-{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}\
-{% elif m.role == 'tool' %}RESULT {{ m.content }}{% else %}{{ m.content }}{% endif %}<|im_end|>
-{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
-
-
-@pytest.fixture(scope="module")
-def tools_client(tiny_dir, tiny_tokenizer_dir, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from engines.registry import EngineRegistry
-    from server.app import create_app
-    from server.db.database import open_database
-    from server.settings import Settings
-
-    root = tmp_path_factory.mktemp("tools")
-    source = build_tiny_llama(tiny_dir / "llama-2048", tiny_tokenizer_dir, max_position_embeddings=2048)
-    write_config(root / "configs", "tiny-tools", f"id: tiny-tools\ntask: chat\nengine: transformers\n"
-                                                 f"source: {source}\ndtype: float32\ndevice: cpu\n"
-                                                 "max_model_len: 1024\nmax_num_seqs: 16\n")
-    write_config(root / "configs", "tiny-hermes", f"id: tiny-hermes\ntask: chat\nengine: transformers\n"
-                                                  f"source: {source}\ndtype: float32\ndevice: cpu\n"
-                                                  "max_model_len: 1024\nchat_template: |\n" + "".join(
-                                                      f"  {line}\n" for line in HERMES_TEMPLATE.splitlines()))
-    registry = EngineRegistry.from_config_dir(root / "configs", root / "data")
-    app = create_app(Settings(config_dir=root / "configs", data_dir=root / "data"), registry,
-                     database=open_database(None, root / "data"))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        _, key = app.state.services.keys.create(name="t", plan="enterprise", rpm=10**6, tpm=10**10)
-        client.headers["Authorization"] = f"Bearer {key}"
-        yield client
 
 
 @pytest.fixture(scope="module")
