@@ -13,7 +13,6 @@ from server.protocol import EmbeddingRequest
 from server.response_models import Embedding, EmbeddingList, EmbeddingUsage
 from server.services.pipeline import off_loop, request_error, resolve_engine
 
-
 # Token ids sent under OpenAI's embedding model names are that model's tiktoken ids (LangChain's
 # OpenAIEmbeddings tokenizes with tiktoken by the model name and sends them): they are decoded to text and
 # embedded as text. Under a model's own id, token ids are that model's own.
