@@ -13,6 +13,7 @@ backend, so the vLLM engine enforces the same grammars.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,13 +56,19 @@ class StructuredOutput:
 
     def check(self) -> str:
         """The grammar, validated: a schema the compiler cannot enforce is refused with the compiler's reason
-        (which names the keyword)."""
-        from llguidance import LLMatcher
+        (which names the keyword). Valid grammars are remembered, so a schema sent again is not checked again
+        on the event loop."""
+        return _checked(self)
 
-        grammar = self.grammar()
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-        if is_error:
-            what = "grammar" if self.kind == "lark" else "JSON schema"
-            raise InvalidGenerationRequest(f"this {what} cannot be enforced: {messages[0]}", param=self.param,
-                                           code="invalid_schema" if self.kind != "lark" else "invalid_grammar")
-        return grammar
+
+@functools.lru_cache(maxsize=256)
+def _checked(structured: StructuredOutput) -> str:
+    from llguidance import LLMatcher
+
+    grammar = structured.grammar()
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:  # (an exception is not cached: a refused schema is refused again each time, alike)
+        what = "grammar" if structured.kind == "lark" else "JSON schema"
+        raise InvalidGenerationRequest(f"this {what} cannot be enforced: {messages[0]}", param=structured.param,
+                                       code="invalid_schema" if structured.kind != "lark" else "invalid_grammar")
+    return grammar

@@ -135,6 +135,17 @@ class GenerationFields(OpenAIBaseModel):
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    _tools: tuple = PrivateAttr(default=())  # (the checked tool plan,) once tool_plan() has built it
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The request's tools and tool_choice, checked (400 naming what is wrong); None without tools. Built
+        once: the checks, the request's admission and the service all ask for it."""
+        if not self._tools:
+            self._tools = (self._build_tool_plan(),)
+        return self._tools[0]
+
+    def _build_tool_plan(self) -> ToolPlan | None:
+        return None
 
     def reject_unsupported(self) -> None:
         super().reject_unsupported()
@@ -305,8 +316,7 @@ class ChatCompletionRequest(SamplingFields):
                                       code="invalid_value")
         self.tool_plan()  # its own checks
 
-    def tool_plan(self) -> ToolPlan | None:
-        """The request's tools and tool_choice, checked (400 naming what is wrong); None without tools."""
+    def _build_tool_plan(self) -> ToolPlan | None:
         choice = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
         return tool_plan([t.function.tool(f"tools[{i}].function.parameters") for i, t in enumerate(self.tools or [])],
                          choice, self.parallel_tool_calls, self.response_format is not None
@@ -496,7 +506,7 @@ class ResponseRequest(GenerationFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_output_tokens
 
-    def tool_plan(self) -> ToolPlan | None:
+    def _build_tool_plan(self) -> ToolPlan | None:
         choice = self.tool_choice.name if isinstance(self.tool_choice, ResponseNamedChoice) else self.tool_choice
         text_format = self.text.format if self.text else None
         return tool_plan([t.tool(f"tools[{i}].parameters") for i, t in enumerate(self.tools or [])], choice,

@@ -199,18 +199,18 @@ class PagedModelRunner:
         self.block_size = block_size
         self.device = next(model.parameters()).device
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (config.num_hidden_layers, num_blocks * block_size, config.num_key_value_heads, head_dim)
+        # the manager's blocks, and the scratch block past them
+        shape = (config.num_hidden_layers, (num_blocks + 1) * block_size, config.num_key_value_heads, head_dim)
         dtype = next(model.parameters()).dtype
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None:
                 head.forward = types.MethodType(_tall_head_forward, head)
-        shape = (shape[0], (num_blocks + 1) * block_size, *shape[2:])  # + the scratch block
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.static = None
         if static_decode:
-            self.static = StaticDecode(model, self.k_cache, self.v_cache, block_size, max_num_seqs,
+            self.static = StaticDecode(self.k_cache, self.v_cache, block_size, max_num_seqs,
                                        -(-max_model_len // block_size), num_blocks, kernel, self._static_forward)
 
     def capture_graphs(self, capturer: Capturer) -> None:

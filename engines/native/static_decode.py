@@ -94,9 +94,8 @@ class StaticLayout:
 class StaticDecode:
     """Decode steps on persistent buffers; optionally replayed as captured graphs, one a bucket."""
 
-    def __init__(self, model, k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, max_num_seqs: int,
+    def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, max_num_seqs: int,
                  max_blocks: int, scratch_block: int, kernel: bool, forward: Callable):
-        self.model = model
         self.k_cache, self.v_cache = k_cache, v_cache
         self.block_size = block_size
         self.buckets = decode_buckets(max_num_seqs)
