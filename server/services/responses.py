@@ -114,6 +114,24 @@ class _Run:
             user=req.user, safety_identifier=req.safety_identifier).dump()
 
 
+class _Events:
+    """A Responses stream's semantic events, numbered in order (`sequence_number`)."""
+
+    def __init__(self):
+        self.sequence = 0
+
+    def __call__(self, kind: str, **payload) -> str:
+        data = {"type": kind, **payload, "sequence_number": self.sequence}
+        self.sequence += 1
+        return sse_event(kind, data)
+
+    def final(self, body: dict) -> str:
+        """The last event: completed, incomplete (cut by max_output_tokens) or failed, with the whole body."""
+        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
+                                                                                           "response.failed")
+        return self(kind, response=body)
+
+
 class ResponseService:
     def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileStore | None,
                  observers: Observers | None = None):
@@ -169,14 +187,7 @@ class ResponseService:
 
     async def _stream(self, run: _Run, generation: Generation, owner: str,
                       prompt: ConversationPrompt) -> AsyncIterator[str]:
-        sequence = 0
-
-        def event(kind: str, **payload) -> str:
-            nonlocal sequence
-            data = {"type": kind, **payload, "sequence_number": sequence}
-            sequence += 1
-            return sse_event(kind, data)
-
+        event = _Events()
         where = {"item_id": run.message_id, "output_index": 0, "content_index": 0}
         yield event("response.created", response=run.body())
         yield event("response.in_progress", response=run.body())
@@ -194,25 +205,16 @@ class ResponseService:
             yield event("response.output_text.done", **where, text=run.text, logprobs=[])
             yield event("response.content_part.done", **where, part=output_text_part(run.text))
             yield event("response.output_item.done", output_index=0, item=run.message())
-        body = await self._finish(run, owner, prompt)
-        final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
-                                                                                            "response.failed")
-        yield event(final, response=body)
+        yield event.final(await self._finish(run, owner, prompt))
 
     async def _stream_with_tools(self, run: _Run, generation: Generation, owner: str,
                                  prompt: ConversationPrompt) -> AsyncIterator[str]:
         """With tools: items are added as the text shows them, a message for text outside calls and a
         function_call per call, each finished before the next begins."""
-        sequence = 0
+        event = _Events()
         parser = StreamParser()
         index = -1  # the output index of the open item
         open_item: dict | None = None
-
-        def event(kind: str, **payload) -> str:
-            nonlocal sequence
-            data = {"type": kind, **payload, "sequence_number": sequence}
-            sequence += 1
-            return sse_event(kind, data)
 
         def close() -> list[str]:
             nonlocal open_item
@@ -281,10 +283,7 @@ class ResponseService:
         if run.error is None:
             for line in close():
                 yield line
-        body = await self._finish(run, owner, prompt)
-        final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(body["status"],
-                                                                                            "response.failed")
-        yield event(final, response=body)
+        yield event.final(await self._finish(run, owner, prompt))
 
     # ---- stored ------------------------------------------------------------------------------
     def _store(self) -> ResponseStore:
