@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from engines.native import cpu_kernel
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
+from engines.native.paged_attention import DecodeBlocks, attend_blocks, decode_blocks
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
@@ -29,6 +31,7 @@ from engines.native.static_decode import Capturer, StaticDecode, StaticLayout
 from engines.protocol import TokenLogprobs
 
 ATTENTION_NAME = "ozwell_paged"
+CPU_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @dataclass
@@ -95,9 +98,9 @@ _step = threading.local()  # the layout of the forward pass running on this thre
 
 @dataclass
 class StepLayout:
-    """Where the step's tokens are. Sequences that decode one token are attended together in one
-    padded batch ([decoding, heads, 1, dim] against [decoding, kv_heads, longest context, dim]);
-    a sequence that prefills a chunk is attended on its own."""
+    """Where the step's tokens are. Sequences that decode one token are attended together, block by
+    block from the paged cache (paged_attention.py); a sequence that prefills a chunk is attended on
+    its own."""
 
     k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim]
     v_cache: torch.Tensor
@@ -106,8 +109,10 @@ class StepLayout:
     context_slots: list[torch.Tensor]  # per prefilling sequence: the slots of positions 0..context-1
     query_positions: list[torch.Tensor]  # per prefilling sequence: the positions of its new tokens
     decode_rows: torch.Tensor | None = None  # [decoding]: each decoding sequence's token in the packed row
-    decode_slots: torch.Tensor | None = None  # [decoding, longest context], padded with slot 0
+    decode_tables: torch.Tensor | None = None  # [decoding, most blocks], padded with block 0
     decode_lengths: torch.Tensor | None = None  # [decoding]: context length, the new token included
+    block_size: int = 0
+    kernel: object = None  # the CPU decode-attention kernel (cpu_kernel.py), when it serves this step
     _masks: dict = field(default_factory=dict)
 
     def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
@@ -124,16 +129,20 @@ class StepLayout:
             self._masks[key] = allowed[None, None]
         return self._masks[key]
 
-    def decode_mask(self, sliding_window: int | None) -> torch.Tensor:
-        """[decoding, 1, 1, longest context]: each decoding sequence's real context (and window)."""
+    def decode_view(self, sliding_window: int | None) -> DecodeBlocks:
+        """The decoding sequences' visible blocks and mask (paged_attention.py), once a step per window."""
         key = ("decode", sliding_window)
         if key not in self._masks:
-            lengths = self.decode_lengths
-            context = torch.arange(self.decode_slots.shape[1], device=lengths.device)
-            allowed = context[None, :] < lengths[:, None]
-            if sliding_window is not None:
-                allowed &= context[None, :] >= lengths[:, None] - sliding_window
-            self._masks[key] = allowed[:, None, None, :]
+            self._masks[key] = decode_blocks(self.decode_tables, self.decode_lengths, self.block_size,
+                                             sliding_window, torch.float32)
+        return self._masks[key]
+
+    def decode_starts(self, sliding_window: int | None) -> torch.Tensor:
+        """The first position each decoding sequence sees: 0, or where its window opens."""
+        key = ("starts", sliding_window)
+        if key not in self._masks:
+            zero = torch.zeros_like(self.decode_lengths)
+            self._masks[key] = zero if sliding_window is None else (self.decode_lengths - sliding_window).clamp(min=0)
         return self._masks[key]
 
     def attend(self, module, query, key, value, scaling, sliding_window):
@@ -145,14 +154,15 @@ class StepLayout:
         out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
         if self.decode_rows is not None:
             rows = self.decode_rows
-            slots = self.decode_slots
-            gathered = (slots.shape[0], slots.shape[1], *k_cache.shape[1:])  # [decoding, context, kv_heads, dim]
-            keys = k_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
-            values = v_cache.index_select(0, slots.reshape(-1)).view(gathered).transpose(1, 2)
-            queries = query[0][:, rows].transpose(0, 1)[:, :, None]  # [decoding, heads, 1, dim]
-            result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=self.decode_mask(sliding_window),
-                                                    scale=scaling, enable_gqa=True)
-            out[rows] = result[:, :, 0]
+            queries = query[0][:, rows].transpose(0, 1)  # [decoding, heads, dim]
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            if self.kernel is not None:
+                out[rows] = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
+                                        self.decode_starts(sliding_window), self.decode_lengths, self.block_size,
+                                        scale)
+            else:
+                out[rows] = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window),
+                                          self.block_size, scale)
         for index, ((start, end), slots) in enumerate(zip(self.query_ranges, self.context_slots)):
             keys = k_cache.index_select(0, slots).transpose(0, 1)  # [kv_heads, context, dim]
             values = v_cache.index_select(0, slots).transpose(0, 1)
@@ -206,6 +216,8 @@ class PagedModelRunner:
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None:
                 head.forward = types.MethodType(_tall_head_forward, head)
+        # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
+        self.cpu_kernel = cpu_kernel.load() if self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES else None
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.static = None
@@ -271,7 +283,8 @@ class PagedModelRunner:
             slot_mapping[start:end] = slots[pos[0]:]
         if decode_rows:
             last = layout.decode_lengths - 1
-            slot_mapping[layout.decode_rows] = layout.decode_slots.gather(1, last[:, None])[:, 0]
+            blocks = layout.decode_tables.gather(1, (last // self.block_size)[:, None])[:, 0]
+            slot_mapping[layout.decode_rows] = blocks * self.block_size + last % self.block_size
         layout.slot_mapping = slot_mapping
         _step.layout = layout
         try:
@@ -288,18 +301,17 @@ class PagedModelRunner:
 
     def _decode_layout(self, layout: StepLayout, rows: list[int], tables: list[list[int]],
                        lengths: list[int]) -> None:
-        """Padded slot table of the decoding sequences: [decoding, longest context]."""
-        longest = max(lengths)
-        width = -(-longest // self.block_size)
+        """Block tables of the decoding sequences, padded to the longest: [decoding, most blocks]."""
+        width = -(-max(lengths) // self.block_size)
         table = torch.zeros(len(tables), width, dtype=torch.long)
         for i, blocks in enumerate(tables):
             used = blocks[:width]
             table[i, :len(used)] = torch.tensor(used, dtype=torch.long)
-        offsets = torch.arange(self.block_size)
-        slots = (table[:, :, None] * self.block_size + offsets).reshape(len(tables), -1)[:, :longest]
         layout.decode_rows = torch.tensor(rows, device=self.device)
-        layout.decode_slots = slots.to(self.device)
+        layout.decode_tables = table.to(self.device)
         layout.decode_lengths = torch.tensor(lengths, device=self.device)
+        layout.block_size = self.block_size
+        layout.kernel = self.cpu_kernel
 
 
 def profile_activations(model, num_tokens: int, block_size: int) -> int:

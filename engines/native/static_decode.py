@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from engines.native.paged_attention import paged_decode
 
 log = logging.getLogger("ozwell.engines")
 
@@ -40,25 +41,6 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
     while sizes[-1] < max_num_seqs:
         sizes.append(sizes[-1] + 16)
     return [s for s in sizes if s < max_num_seqs] + [max_num_seqs]
-
-
-def torch_paged_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
-                       lengths: torch.Tensor, block_size: int, scale: float | None,
-                       sliding_window: int | None) -> torch.Tensor:
-    """The reference the kernel is checked against, with static shapes: query [seqs, heads, dim] against
-    every slot the tables name ([seqs, blocks x block size]), masked to each context (and window)."""
-    seqs, width = tables.shape
-    slots = (tables[:, :, None].long() * block_size + torch.arange(block_size, device=tables.device)).reshape(seqs, -1)
-    shape = (seqs, width * block_size, *k_cache.shape[1:])  # [seqs, context, kv_heads, dim]
-    keys = k_cache.index_select(0, slots.reshape(-1)).view(shape).transpose(1, 2)
-    values = v_cache.index_select(0, slots.reshape(-1)).view(shape).transpose(1, 2)
-    context = torch.arange(shape[1], device=tables.device)
-    allowed = context[None, :] < lengths[:, None]
-    if sliding_window is not None:
-        allowed &= context[None, :] >= lengths[:, None] - sliding_window
-    out = F.scaled_dot_product_attention(query[:, :, None], keys, values, attn_mask=allowed[:, None, None, :],
-                                         scale=scale, enable_gqa=True)
-    return out[:, :, 0]
 
 
 @dataclass
@@ -86,8 +68,8 @@ class StaticLayout:
                                          scaling if scaling is not None else query.shape[-1] ** -0.5,
                                          sliding_window)
         else:
-            out = torch_paged_decode(queries, k_cache, v_cache, self.tables, self.lengths, self.block_size, scaling,
-                                     sliding_window)
+            out = paged_decode(queries, k_cache, v_cache, self.tables, self.lengths, self.block_size, scaling,
+                               sliding_window)
         return out[None], None  # [1, bucket, heads, dim]
 
 

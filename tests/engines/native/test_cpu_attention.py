@@ -1,0 +1,98 @@
+"""The CPU decode-attention paths against SDPA over the gathered context: the C++ kernel that reads the paged
+cache in place (cpu_kernel.py), and the plain torch path that gathers whole blocks (paged_attention.py), on
+random blocks, ragged lengths, GQA, sliding windows and tables with holes; bf16 too. Then the engine: its
+greedy outputs are the same with the kernel and without it (the fallback where it cannot be built)."""
+
+import pytest
+import torch
+
+from engines.config import load_model_config
+from engines.native import cpu_kernel
+from engines.native.engine import NativeEngine
+from engines.native.paged_attention import attend_blocks, decode_blocks, paged_decode
+from engines.protocol import SamplingParams
+from tests.conftest import write_config
+from tests.engines.native.attention_reference import CASES, make_case, reference
+from tests.engines.test_continuous_batching import PROMPTS, _generate, _run
+
+KERNEL = cpu_kernel.load()
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the CPU kernel did not build here (no compiler?)")
+
+
+def _starts(lengths, window):
+    return torch.zeros_like(lengths) if window is None else (lengths - window).clamp(min=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,window", CASES)
+def test_kernel_matches_sdpa(heads, kv_heads, dim, block_size, window):
+    query, k_cache, v_cache, tables, lengths = make_case(heads, kv_heads, dim, block_size)
+    tables, lengths = tables.long(), lengths.long()
+    got = KERNEL(query, k_cache, v_cache, tables, _starts(lengths, window), lengths, block_size, dim ** -0.5)
+    want = reference(query, k_cache, v_cache, tables, lengths, block_size, dim ** -0.5, window)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+@needs_kernel
+def test_kernel_in_bf16_and_with_nothing_to_attend():
+    query, k_cache, v_cache, tables, lengths = make_case(8, 2, 32, 16)
+    tables, lengths = tables.long(), lengths.long()
+    want = reference(query, k_cache, v_cache, tables, lengths, 16, 0.2, None)
+    got = KERNEL(query.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, _starts(lengths, None), lengths,
+                 16, 0.2)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want, atol=3e-2, rtol=3e-2), (got.float() - want).abs().max()
+    empty = KERNEL(query, k_cache, v_cache, tables, lengths, lengths, 16, 0.2)  # starts == lengths: no position
+    assert torch.count_nonzero(empty) == 0
+
+
+@needs_kernel
+def test_kernel_refuses_what_it_cannot_run():
+    query, k_cache, v_cache, tables, lengths = make_case(4, 2, 16, 4)
+    with pytest.raises(RuntimeError, match="int64"):
+        KERNEL(query, k_cache, v_cache, tables, lengths, lengths, 4, 0.25)  # int32 tables
+    with pytest.raises(RuntimeError, match="heads"):
+        KERNEL(query[:, :3], k_cache, v_cache, tables.long(), lengths.long(), lengths.long(), 4, 0.25)
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,window", CASES)
+def test_torch_block_path_matches_sdpa(heads, kv_heads, dim, block_size, window):
+    # this path gathers whole blocks, so the table's padding must name real blocks (the runner pads with 0)
+    query, k_cache, v_cache, tables, lengths = make_case(heads, kv_heads, dim, block_size, hole=0)
+    want = reference(query, k_cache, v_cache, tables, lengths, block_size, dim ** -0.5, window)
+    narrowed = attend_blocks(query, k_cache, v_cache, decode_blocks(tables, lengths, block_size, window,
+                                                                    torch.float32), block_size, dim ** -0.5)
+    static = paged_decode(query, k_cache, v_cache, tables, lengths, block_size, None, window)
+    assert torch.allclose(narrowed, want, atol=1e-5, rtol=1e-4), (narrowed - want).abs().max()
+    assert torch.allclose(static, want, atol=1e-5, rtol=1e-4), (static - want).abs().max()
+
+
+def test_a_window_gathers_only_the_blocks_it_sees():
+    tables = torch.arange(42).view(2, 21)
+    view = decode_blocks(tables, torch.tensor([321, 17]), 16, 32, torch.float32)
+    assert view.shape == (2, 3)  # 32 positions span at most 3 blocks of 16, not the 21 of the longest context
+    assert view.blocks.view(2, 3).tolist() == [[18, 19, 20], [21, 22, 23]]
+    assert torch.isinf(view.bias[1, 0, 0, 17:]).all() and not torch.isinf(view.bias[1, 0, 0, :17]).any()
+
+
+def _greedy_outputs(source, root):
+    config = load_model_config(write_config(root, "gemma", f"id: gemma\ntask: chat\nengine: transformers\n"
+                                                           f"source: {source}\ndtype: float32\ndevice: cpu\n"
+                                                           f"max_model_len: 64\nblock_size: 4\n"))
+    engine = NativeEngine(config, root)
+    engine.load()
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompts = [engine.encode_text(text) for text in PROMPTS]
+    results = _run(engine, lambda: [_generate(engine, f"r{i}", p, params) for i, p in enumerate(prompts)])
+    kernel = engine.runner.cpu_kernel
+    return [tokens for tokens, _ in results], kernel
+
+
+@needs_kernel
+def test_engine_outputs_are_the_same_with_and_without_the_kernel(tiny_gemma_dir, tmp_path, monkeypatch):
+    # the tiny Gemma has a sliding-window layer (window 8) and these prompts run past it
+    with_kernel, kernel = _greedy_outputs(tiny_gemma_dir, tmp_path / "a")
+    monkeypatch.setattr(cpu_kernel, "_state", {"op": None})  # as where it cannot be built
+    without, fallback = _greedy_outputs(tiny_gemma_dir, tmp_path / "b")
+    assert kernel is not None and fallback is None
+    assert with_kernel == without and all(len(tokens) == 12 for tokens in with_kernel)
