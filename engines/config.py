@@ -134,6 +134,9 @@ class ModelConfig(BaseModel):
     # vLLM's enforce_eager), and the share of the GPU's memory that weights, activations, graphs and the KV
     # cache may take; the KV cache gets what is left (unless kv_cache_tokens says how much it holds).
     cuda_graphs: bool | None = None
+    # The native engine on a CPU: int8 linears, the LM head included (engines/native/cpu_quant.py). The
+    # embedding lookup stays exact. On a GPU, use the vLLM engine's own quantisation.
+    quantization: Literal["none", "int8"] = "none"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None
@@ -170,6 +173,10 @@ class ModelConfig(BaseModel):
             raise ValueError("'embedding' options are only for task: embedding")
         if self.vllm is not None and self.engine is not EngineKind.vllm:
             raise ValueError("'vllm' options are only for engine: vllm")
+        if self.quantization != "none" and (self.engine is not EngineKind.transformers or self.task is not Task.chat):
+            raise ValueError("'quantization' is for the native chat engine (engine: transformers, task: chat)")
+        if self.quantization != "none" and self.device.startswith("cuda"):
+            raise ValueError(f"quantization: {self.quantization} runs on a CPU only; on a GPU use engine: vllm")
         return self
 
     @property

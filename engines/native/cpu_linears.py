@@ -50,7 +50,8 @@ def pack_cpu_linears(model: torch.nn.Module) -> int:
     many were packed (0 where oneDNN cannot run the model's dtype on this CPU)."""
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     packed = sum(hasattr(m, "packed_weight") for m in linears)  # a model given to a second runner
-    linears = [m for m in linears if not hasattr(m, "packed_weight") and m.weight.device.type == "cpu"]
+    linears = [m for m in linears if not hasattr(m, "packed_weight") and not hasattr(m, "int8_packed")
+               and m.weight.device.type == "cpu"]  # (int8 linears: cpu_quant.py)
     if not linears or not _supported(linears[0].weight.dtype):
         return packed
     embeddings = model.get_input_embeddings()

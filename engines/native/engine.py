@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from engines.config import ModelConfig
+from engines.config import ConfigError, ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
+from engines.native.cpu_quant import quantize_linears
 from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
@@ -77,6 +78,8 @@ class NativeEngine(HFGenerationEngine):
         self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
         size = self.config.block_size
         cuda = self.device.type == "cuda"
+        if self.config.quantization == "int8":
+            self._quantize()
         dtype = next(self.model.parameters()).dtype
         budget = None
         if cuda:
@@ -111,6 +114,15 @@ class NativeEngine(HFGenerationEngine):
         log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d%s", self.config.id,
                  self.device, dtype, self._max_model_len, self._num_blocks * size, size,
                  f" (gpu_memory_utilization {budget.utilization})" if budget else "")
+
+    def _quantize(self) -> None:
+        if self.device.type != "cpu":
+            raise ConfigError(f"{self.config.id}: quantization: int8 runs on a CPU only, and this model is on "
+                              f"{self.device}")
+        cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
+        if not quantize_linears(self.model, cache):
+            log.warning("%s: quantization: int8 is unavailable here (see above); serving float linears",
+                        self.config.id)
 
     @property
     def max_model_len(self) -> int:

@@ -214,7 +214,7 @@ class PagedModelRunner:
         dtype = next(model.parameters()).dtype
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
-            if type(head) is torch.nn.Linear and head.bias is None:
+            if type(head) is torch.nn.Linear and head.bias is None and not hasattr(head, "int8_packed"):
                 head.forward = types.MethodType(_tall_head_forward, head)
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES else None
