@@ -1,0 +1,105 @@
+"""`quantization: int8` on the tiny models: logits close to fp32 (a relative error bound and top-1 agreement,
+fixed seed), the int8 cache read back at the next start and rebuilt when the weights change, the float
+fallback where the int8 ops are missing, and the configs that cannot be honoured refused."""
+
+import asyncio
+import shutil
+
+import pytest
+import torch
+
+from engines.config import ConfigError, load_model_config
+from engines.native import cpu_quant
+from engines.native.engine import NativeEngine
+from engines.protocol import GenerationRequest, SamplingParams
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.skipif(not cpu_quant.available(), reason="fbgemm's int8 linear is not available here")
+
+
+def _engine(source, root, quantization, name="tiny"):
+    config = load_model_config(write_config(root / "configs", name,
+                                            f"id: {name}\ntask: chat\nengine: transformers\nsource: {source}\n"
+                                            f"dtype: float32\ndevice: cpu\nmax_model_len: 64\n"
+                                            f"quantization: {quantization}\n"))
+    engine = NativeEngine(config, root)
+    engine.load()
+    return engine
+
+
+def _greedy(engine, prompts, tokens=10):
+    async def main():
+        await engine.start()
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+
+        async def one(i, ids):
+            events = [e async for e in engine.generate(GenerationRequest(f"g{i}", ids, params))]
+            return [t for e in events for t in e.token_ids]
+        try:
+            return await asyncio.gather(*[one(i, ids) for i, ids in enumerate(prompts)])
+        finally:
+            await engine.stop()
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma"])
+def test_int8_logits_stay_close_to_fp32(model, tiny_llama_dir, tiny_gemma_dir):
+    from transformers import AutoModelForCausalLM
+
+    source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
+    full = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    int8 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    count = cpu_quant.quantize_linears(int8)
+    assert count == sum(type(m) is torch.nn.Linear for m in full.modules())
+    assert hasattr(int8.get_output_embeddings(), "int8_packed")  # the (tied) head is int8 too
+    assert torch.equal(int8.get_input_embeddings().weight, full.get_input_embeddings().weight)  # an exact lookup
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = full(input_ids=ids).logits[0], int8(input_ids=ids).logits[0]
+    assert ((got - want).norm() / want.norm()).item() < 0.1  # random weights: 3-6% here
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+
+
+def test_the_int8_cache_is_read_back_and_rebuilt_when_the_weights_change(tiny_llama_dir, tmp_path, monkeypatch):
+    source = tmp_path / "weights"
+    shutil.copytree(tiny_llama_dir, source)
+    first = _engine(source, tmp_path, "int8")
+    cached = list((tmp_path / "quantized" / "tiny").glob("*-int8.pt"))
+    assert [p.name for p in cached] == [f"{first.revision}-int8.pt"]
+    calls = []
+    monkeypatch.setattr(cpu_quant, "quantize_weight", lambda w: calls.append(w) or (_ for _ in ()).throw(
+        AssertionError("quantised again although the cache holds these weights")))
+    second = _engine(source, tmp_path, "int8")  # a restart: reads the cache, quantises nothing
+    prompt = [second.encode_text("Hello there")]
+    assert _greedy(second, prompt) == _greedy(first, prompt) and not calls
+    monkeypatch.undo()
+    # new weights (a changed source): a new revision, quantised anew beside the old file
+    weights = next(source.glob("*.safetensors"))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("down_proj.weight"))
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, weights, metadata={"format": "pt"})
+    third = _engine(source, tmp_path, "int8")
+    assert third.revision != first.revision
+    assert (tmp_path / "quantized" / "tiny" / f"{third.revision}-int8.pt").is_file()
+
+
+def test_without_the_int8_ops_the_float_path_serves_the_same_tokens(tiny_gemma_dir, tmp_path, monkeypatch):
+    prompts_text = ["Once upon a time", "The quick brown fox jumps over the lazy dog."]
+    full = _engine(tiny_gemma_dir, tmp_path / "a", "none")
+    want = _greedy(full, [full.encode_text(t) for t in prompts_text])
+    monkeypatch.setattr(cpu_quant, "_checked", {"ok": False})  # as on a torch without the fbgemm ops
+    fallback = _engine(tiny_gemma_dir, tmp_path / "b", "int8")
+    assert not any(hasattr(m, "int8_packed") for m in fallback.model.modules())
+    assert _greedy(fallback, [fallback.encode_text(t) for t in prompts_text]) == want
+
+
+@pytest.mark.parametrize("text,error", [
+    ("task: embedding\nengine: sentence-transformers\n", "native chat engine"),
+    ("task: chat\nengine: transformers\ndevice: cuda\n", "CPU only"),
+])
+def test_quantization_that_cannot_be_honoured_is_refused(text, error, tmp_path):
+    path = write_config(tmp_path, "q", f"id: q\nsource: /nowhere\nquantization: int8\n{text}")
+    with pytest.raises(ConfigError, match=error):
+        load_model_config(path)
