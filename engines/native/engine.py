@@ -25,7 +25,7 @@ from engines.config import ConfigError, ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
-from engines.native.cpu_quant import quantize_linears
+from engines.native.cpu_quant import quantize_head
 from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
@@ -120,8 +120,8 @@ class NativeEngine(HFGenerationEngine):
             raise ConfigError(f"{self.config.id}: quantization: int8 runs on a CPU only, and this model is on "
                               f"{self.device}")
         cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
-        if not quantize_linears(self.model, cache):
-            log.warning("%s: quantization: int8 is unavailable here (see above); serving float linears",
+        if not quantize_head(self.model, cache):
+            log.warning("%s: quantization: int8 is unavailable here (see above); serving a float head",
                         self.config.id)
 
     @property

@@ -1,4 +1,4 @@
-"""`quantization: int8` on the tiny models: logits close to fp32 (a relative error bound and top-1 agreement,
+"""`quantization: int8` (the LM head in int8) on the tiny models: logits close to fp32 (a relative error bound and top-1 agreement,
 fixed seed), the int8 cache read back at the next start and rebuilt when the weights change, the float
 fallback where the int8 ops are missing, and the configs that cannot be honoured refused."""
 
@@ -49,14 +49,13 @@ def test_int8_logits_stay_close_to_fp32(model, tiny_llama_dir, tiny_gemma_dir):
     source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
     full = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     int8 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    count = cpu_quant.quantize_linears(int8)
-    assert count == sum(type(m) is torch.nn.Linear for m in full.modules())
-    assert hasattr(int8.get_output_embeddings(), "int8_packed")  # the (tied) head is int8 too
+    assert cpu_quant.quantize_head(int8)
+    assert [name for name, m in int8.named_modules() if hasattr(m, "int8_packed")] == ["lm_head"]
     assert torch.equal(int8.get_input_embeddings().weight, full.get_input_embeddings().weight)  # an exact lookup
     ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = full(input_ids=ids).logits[0], int8(input_ids=ids).logits[0]
-    assert ((got - want).norm() / want.norm()).item() < 0.1  # random weights: 3-6% here
+    assert ((got - want).norm() / want.norm()).item() < 0.08  # 4-5% on these 64-wide random heads
     assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
 
 

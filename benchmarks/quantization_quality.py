@@ -1,0 +1,110 @@
+"""What `quantization: int8` costs in quality, on the default chat models (no GPU, nothing downloaded).
+
+    python benchmarks/quantization_quality.py [--models gemma-3-270m smollm2-135m-instruct] [--prompts 20]
+
+Per model, the float model as the native engine loads it (fp32 here; bf16 where the CPU has it) against
+the same weights with their linears quantised by engines/native/cpu_quant.py:
+- perplexity on a fixed English text of about 2,000 tokens: the docstrings of a few standard-library
+  modules of the running Python (public, identical on every install of one Python version), in 512-token
+  windows;
+- greedy agreement over 128 new tokens on 20 prompts: the share of positions where the int8 model picks
+  the float model's token given the float model's own prefix (teacher-forced, so one early difference does
+  not decide the rest), and the mean length of the prefix both generate alike.
+Results go to benchmarks/results/quantization_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engines.config import load_model_config  # noqa: E402
+from engines.native.cpu_quant import quantize_head  # noqa: E402
+from engines.native.loader import load_model  # noqa: E402
+
+TEXT_MODULES = ["argparse", "json", "textwrap", "logging", "csv", "heapq", "bisect", "functools", "pickle", "zipfile"]
+PROMPTS = ["Write a story about number {i}:", "The history of the city of {i} begins", "Question {i}: why is the sky blue?",
+           "Here is a recipe with {i} ingredients:"]
+
+
+def fixed_text(tokenizer, tokens: int = 2048) -> list[int]:
+    import importlib
+
+    parts = [inspect.getdoc(importlib.import_module(name)) or "" for name in TEXT_MODULES]
+    ids = tokenizer("\n\n".join(parts))["input_ids"]
+    if len(ids) < tokens:
+        raise SystemExit(f"the fixed text has only {len(ids)} tokens")
+    return ids[:tokens]
+
+
+@torch.inference_mode()
+def perplexity(model, ids: list[int], window: int = 512) -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[start:start + window + 1]])
+        logits = model(input_ids=chunk[:, :-1]).logits[0].float()
+        total += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
+        count += chunk.shape[1] - 1
+    return math.exp(total / count)
+
+
+@torch.inference_mode()
+def greedy(model, prompt: list[int], tokens: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+@torch.inference_mode()
+def agreement(full, quant, prompts: list[list[int]], tokens: int) -> tuple[float, float]:
+    same, prefix = 0, 0
+    for prompt in prompts:
+        want = greedy(full, prompt, tokens)
+        got = greedy(quant, prompt, tokens)
+        prefix += next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens)
+        forced = quant(input_ids=torch.tensor([prompt + want[:-1]])).logits[0, len(prompt) - 1:].argmax(-1)
+        same += sum(int(a == b) for a, b in zip(forced.tolist(), want))
+    return same / (len(prompts) * tokens), prefix / len(prompts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["gemma-3-270m", "smollm2-135m-instruct"])
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--data-dir", default=str(ROOT / ".ozwell"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "text": f"docstrings of {', '.join(TEXT_MODULES)} (Python {platform.python_version()})", "models": {}}
+    for name in args.models:
+        config = load_model_config(ROOT / "model_configs" / f"{name}.yaml")
+        loaded = load_model(config, Path(args.data_dir))
+        full = loaded.model
+        quant = copy.deepcopy(full)
+        quantize_head(quant)
+        ids = fixed_text(loaded.tokenizer)
+        prompts = [loaded.tokenizer(PROMPTS[i % len(PROMPTS)].format(i=i))["input_ids"] for i in range(args.prompts)]
+        row = {"dtype": str(loaded.dtype), "ppl_float": perplexity(full, ids), "ppl_int8": perplexity(quant, ids)}
+        row["ppl_change"] = row["ppl_int8"] / row["ppl_float"] - 1
+        row["token_agreement"], row["common_prefix"] = agreement(full, quant, prompts, args.tokens)
+        results["models"][name] = row
+        print(name, json.dumps(row), flush=True)
+    out = ROOT / "benchmarks" / "results" / "quantization_quality.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
