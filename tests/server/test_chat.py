@@ -124,7 +124,8 @@ def test_client_disconnect_aborts_generation(client, registry):
 
 def test_a_full_waiting_queue_answers_429_with_retry_after(client, registry, monkeypatch):
     engine = registry.resolve("tiny-llama")
-    monkeypatch.setattr(engine, "_pending", engine.config.max_waiting)  # as if that many were queued
+    # as if the queue were full (with room to spare: a request an earlier test left queued may be taken in meanwhile)
+    monkeypatch.setattr(engine, "_pending", engine.config.max_waiting + 64)
     response = client.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": HELLO, "max_tokens": 2})
     assert response.status_code == 429 and response.headers["Retry-After"] == "1"
     assert_valid(response.json(), "ErrorResponse")
