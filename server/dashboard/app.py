@@ -37,7 +37,7 @@ SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                  b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make a browser send `Origin: null`
     (b"x-content-type-options", b"nosniff"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
@@ -116,7 +116,10 @@ def create_dashboard(services: AppServices) -> FastAPI:
         return found
 
     def same_origin(request: Request) -> bool:
-        """A browser names the page that sent a POST in Origin; another site's page is refused outright."""
+        """A browser names the page that sent a POST in Origin (and says whence in Sec-Fetch-Site); a page
+        from another origin, even of the same site, is refused outright."""
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return False
         origin = request.headers.get("origin")
         if origin is None or origin == "null":
             return origin is None
