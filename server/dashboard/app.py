@@ -282,7 +282,7 @@ def create_dashboard(services: AppServices) -> FastAPI:
         owner = user.caller.owner
         summary = await asyncio.to_thread(services.usage.summary, owner, since, bucket_s, buckets)
         keys = await asyncio.to_thread(services.keys.list, owner)
-        names = {k.id: f"{k.name} ({k.prefix}…)" for k in keys}
+        names = {k.id: f"{k.name} ({k.prefix}…)" for k in keys} | {"-": "(no key)"}
         live = []
         for key in keys:
             if key.revoked_at is not None:
@@ -293,7 +293,7 @@ def create_dashboard(services: AppServices) -> FastAPI:
         return page(request, "usage.html", user=user, section="usage", window=window, windows=list(charts.WINDOWS),
                     summary=summary, requests_chart=charts.column_chart(summary["timeline"], "requests", bucket_s),
                     tokens_chart=charts.column_chart(summary["timeline"], "tokens", bucket_s),
-                    by_key=charts.ranking(summary["by_key"], names), by_model=charts.ranking(summary["by_model"]),
+                    by_key=charts.ranking(summary["by_key"], names), by_model=charts.ranking(summary["by_model"], {"-": "(no model)"}),
                     live=live)
 
     # ---- Models ----------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def column_chart(timeline: list[dict], field: str, bucket_s: int) -> dict:
         if i % every == 0:
             ticks.append({"x": LEFT + i * step + step / 2, "label": when.strftime(fmt)})
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom": TOP + plot_h, "right": WIDTH - 4,
-            "max": top, "bars": bars, "ticks": ticks, "total": sum(b[field] for b in timeline)}
+            "max": top, "mid": top // 2 if top % 2 == 0 else top / 2, "bars": bars, "ticks": ticks, "total": sum(b[field] for b in timeline)}
 
 
 def ranking(table: dict[str, dict], names: dict[str, str] | None = None) -> list[dict]:
