@@ -95,10 +95,11 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     if settings.auth and database is not None:  # the dashboard signs in with admin keys: none without auth
         from server.dashboard.app import create_dashboard
 
-        @app.get("/dashboard", include_in_schema=False)
-        async def dashboard_root() -> RedirectResponse:
+        async def dashboard_root(_request) -> RedirectResponse:
             return RedirectResponse("/dashboard/", status_code=308)  # relative: never built from Host
 
+        # A plain route and a mount, not API routes: the dashboard signs in its own way (no bearer key).
+        app.add_route("/dashboard", dashboard_root, methods=["GET"], include_in_schema=False)
         app.mount("/dashboard", create_dashboard(app.state.services))
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    files_routes.router, responses_routes.router, admin.router, metrics_routes.router):

@@ -17,7 +17,7 @@ from server.executors import run_auth
 from server.ratelimit import rate_limit_headers
 from server.state import services
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/dashboard"})  # probes; the dashboard's redirect to its pages
+PUBLIC_PATHS = frozenset({"/health", "/ready"})  # probes: liveness and readiness
 
 def _route_path(request: Request) -> str:
     route = request.scope.get("route")

@@ -41,6 +41,14 @@ def nice_max(value: int) -> int:
         top *= 10
 
 
+def short(value: float) -> str:
+    """An axis label that fits the margin: 500, 2k, 1.5M."""
+    for scale, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def column_chart(timeline: list[dict], field: str, bucket_s: int) -> dict:
     """Vertical bars over time, one per bucket, with the axis' top and a few time labels."""
     top = nice_max(max((b[field] for b in timeline), default=0))
@@ -57,7 +65,7 @@ def column_chart(timeline: list[dict], field: str, bucket_s: int) -> dict:
         if i % every == 0:
             ticks.append({"x": LEFT + i * step + step / 2, "label": when.strftime(fmt)})
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom": TOP + plot_h, "right": WIDTH - 4,
-            "max": top, "mid": top // 2 if top % 2 == 0 else top / 2, "bars": bars, "ticks": ticks, "total": sum(b[field] for b in timeline)}
+            "max": short(top), "mid": short(top / 2), "bars": bars, "ticks": ticks, "total": sum(b[field] for b in timeline)}
 
 
 def ranking(table: dict[str, dict], names: dict[str, str] | None = None) -> list[dict]:
