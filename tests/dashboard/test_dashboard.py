@@ -271,3 +271,27 @@ def test_every_page_is_labelled_has_contrast_and_is_screenshotted(browser, serve
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"], (name, size)
             assert screenshot(page, f"{name}-{size}").stat().st_size > 5000
         context.close()
+
+
+def test_axe_core_finds_no_accessibility_violations(browser, server):
+    """axe-core (bundled by axe-playwright-python) on every page, WCAG 2 A and AA rules and best practices."""
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright", reason="needs axe-playwright-python").Axe()
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_in(page, server)
+    create_in_browser(page, "axe key")
+    pages = {"key created": None, **{name: f"/dashboard/{name}" for name in ("keys", "usage?window=7d", "models",
+                                                                              "files", "no-such-page")}}
+    for name, path in pages.items():
+        if path is not None:
+            page.goto(server.url + path)
+        results = axe.run(page)
+        assert results.violations_count == 0, (name, results.generate_report())
+    page.goto(server.url + "/dashboard/keys")
+    page.locator("table.keys tbody tr", has_text="axe key").get_by_role("link", name=re.compile("Revoke")).click()
+    assert axe.run(page).violations_count == 0
+    context.clear_cookies()
+    page.goto(server.url + "/dashboard/signin")
+    results = axe.run(page)
+    assert results.violations_count == 0, ("signin", results.generate_report())
+    context.close()
