@@ -287,7 +287,10 @@ def create_dashboard(services: AppServices) -> FastAPI:
         for key in keys:
             if key.revoked_at is not None:
                 continue
-            limits = services.keys.plans.limits_for(key.plan, key.rpm, key.tpm)
+            try:
+                limits = services.keys.plans.limits_for(key.plan, key.rpm, key.tpm)
+            except ValueError:  # its plan left the plans file: the key cannot authenticate, so has no window
+                continue
             live.append({"key": key, "requests": await services.limiter.requests_state(key.id, limits.rpm),
                          "tokens": await services.limiter.tokens_state(key.id, limits.tpm)})
         return page(request, "usage.html", user=user, section="usage", window=window, windows=list(charts.WINDOWS),
