@@ -51,7 +51,7 @@ def admin(server):
 
 @pytest.fixture()
 def page(browser, server):
-    context = browser.new_context(viewport=DESKTOP)
+    context = browser.new_context(viewport=DESKTOP, permissions=["clipboard-read", "clipboard-write"])
     page = context.new_page()
     sign_in(page, server)
     yield page
@@ -101,6 +101,7 @@ def test_a_key_is_created_used_seen_in_usage_and_revoked_in_the_browser(page, se
     assert "won't be shown again" in page.locator(".alert.warning").inner_text()
     page.get_by_role("button", name="Copy").click()
     assert page.locator("#copied").inner_text() == "Copied to the clipboard."
+    assert page.evaluate("navigator.clipboard.readText()") == plaintext
 
     sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=plaintext, max_retries=0)
     reply = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4)
