@@ -262,10 +262,13 @@ def test_every_page_is_labelled_has_contrast_and_is_screenshotted(browser, serve
         context = browser.new_context(viewport=viewport)
         page = context.new_page()
         sign_in(page, server)
-        for name in PAGES:
-            if name == "signin":
-                page.context.clear_cookies()
-            page.goto(server.url + "/dashboard/" + ("no-such-page" if name == "missing" else name))
+        for name in ["key-created", *PAGES]:
+            if name == "key-created":
+                create_in_browser(page, f"shown once ({size})")
+            else:
+                if name == "signin":
+                    page.context.clear_cookies()
+                page.goto(server.url + "/dashboard/" + ("no-such-page" if name == "missing" else name))
             assert page.evaluate(UNLABELLED_JS) == [], name
             assert page.evaluate(CONTRAST_JS) == [], name
             # Wide tables scroll inside their box; the page itself never scrolls sideways.
