@@ -15,6 +15,7 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -54,7 +55,8 @@ class _Forbidden(Exception):
 
 
 class SecurityHeaders:
-    """Pure ASGI: the dashboard's security headers on every response; pages (not assets) are never cached."""
+    """Pure ASGI: the dashboard's security headers on every response; pages (not assets) are never cached;
+    and the route's full path for the access log and the metrics."""
 
     def __init__(self, app):
         self.app = app
@@ -72,7 +74,14 @@ class SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, wrapped)
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            # The access log and the HTTP metrics label requests by route: name the dashboard's in full
+            # ("/dashboard/models", not the mount-relative "/models", which reads like an API route).
+            route = scope.get("route")
+            if route is not None and not getattr(route, "path", "").startswith(PATH):
+                scope["route"] = SimpleNamespace(path=PATH + getattr(route, "path", ""))
 
 
 def _when(value) -> str:
