@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import RedirectResponse
 
 from engines.registry import EngineRegistry
 from server import __version__
@@ -91,6 +92,15 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.services.usage)
     # Added last, so it is the outermost: it sees every request first and every response to its end.
     app.add_middleware(RequestGuard, limits=settings, lifecycle=lifecycle, metrics=metrics)
+    if settings.auth and database is not None:  # the dashboard signs in with admin keys: none without auth
+        from server.dashboard.app import create_dashboard
+
+        async def dashboard_root(_request) -> RedirectResponse:
+            return RedirectResponse("/dashboard/", status_code=308)  # relative: never built from Host
+
+        # A plain route and a mount, not API routes: the dashboard signs in its own way (no bearer key).
+        app.add_route("/dashboard", dashboard_root, methods=["GET"], include_in_schema=False)
+        app.mount("/dashboard", create_dashboard(app.state.services))
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    files_routes.router, responses_routes.router, admin.router, metrics_routes.router):
         app.include_router(router)

@@ -31,6 +31,8 @@ _SERVE_LIMITS = [
     ("--header-timeout", float, 15.0, "seconds a request's headers may take to arrive, from their first byte"),
     ("--body-timeout", float, 60.0, "seconds a request body may go without a byte before a 408"),
     ("--drain-timeout", float, 30.0, "on SIGTERM, seconds in-flight requests may run on before they are cut"),
+    ("--dashboard-session-ttl", float, 28800.0, "seconds a dashboard sign-in lasts"),
+    ("--dashboard-signin-attempts", int, 10, "failed dashboard sign-ins allowed per client address a minute"),
 ]
 
 
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                             owner_rpm=args.owner_rpm, owner_tpm=args.owner_tpm,
                             completion_reserve_tokens=args.completion_reserve,
+                            dashboard_session_ttl_s=args.dashboard_session_ttl,
+                            dashboard_signin_attempts=args.dashboard_signin_attempts,
                             **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:

@@ -69,6 +69,10 @@ class RateLimiter(abc.ABC):
     @abc.abstractmethod
     async def tokens_state(self, key: str, limit: int) -> WindowState: ...
 
+    @abc.abstractmethod
+    async def requests_state(self, key: str, limit: int) -> WindowState:
+        """The request window as it stands, counting nothing (the dashboard's live view)."""
+
 
 class _Log:
     def __init__(self) -> None:
@@ -167,6 +171,10 @@ class InMemoryRateLimiter(RateLimiter):
 
     async def tokens_state(self, key: str, limit: int) -> WindowState:
         log, now = self._log(self._tokens, key)
+        return log.state(limit, now)
+
+    async def requests_state(self, key: str, limit: int) -> WindowState:
+        log, now = self._log(self._requests, key)
         return log.state(limit, now)
 
 

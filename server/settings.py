@@ -49,6 +49,9 @@ class Settings(BaseModel):
     body_timeout_s: float = Field(default=60.0, gt=0)
     # On SIGTERM: how long in-flight requests may run on before they are cut.
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # The dashboard (/dashboard): how long a sign-in lasts, and failed sign-ins allowed per client address a minute.
+    dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0)
+    dashboard_signin_attempts: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:

@@ -134,9 +134,17 @@ class KeyService:
             raise GrantError(f"This key cannot grant model(s) it may not use: {', '.join(outside)}.", "models")
         return models
 
-    def list(self) -> list[ApiKey]:
+    def list(self, owner: str | None = None) -> list[ApiKey]:
+        """Every key, oldest first; only `owner`'s when given."""
+        statement = select(ApiKey).order_by(ApiKey.created_at)
+        if owner is not None:
+            statement = statement.where(ApiKey.owner == owner)
         with self.database.session() as session:
-            return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+            return list(session.scalars(statement))
+
+    def get(self, key_id: str) -> ApiKey | None:
+        with self.database.session() as session:
+            return session.get(ApiKey, key_id)
 
     def count_active(self) -> int:
         return sum(1 for key in self.list() if key.revoked_at is None)

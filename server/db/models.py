@@ -79,3 +79,15 @@ class StoredInputItem(Base):
     response_id: Mapped[str] = mapped_column(String(64), index=True)
     position: Mapped[int] = mapped_column(Integer)
     item: Mapped[dict] = mapped_column(JSON)
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard browser: the cookie holds a random id, this row only its SHA-256 hash."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)  # the admin key that signed in
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(Integer)  # epoch seconds
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engines.protocol import GenerationEngine
 from engines.registry import EngineRegistry, UnknownModel
 from server.context import RequestContext
 from server.errors import ModelNotFoundError, PermissionDeniedError
@@ -28,6 +29,23 @@ class ModelService:
         if isinstance(max_model_len, int):
             details["max_model_len"] = max_model_len
         return details
+
+    def overview(self) -> list[dict]:
+        """Each served model as the dashboard shows it: /v1/models/{id}'s details, the engine's dtype, and the
+        same live numbers /metrics reads (running and waiting sequences, KV-cache use) and /ready's health."""
+        rows = []
+        for engine in self.registry.engines:
+            config = engine.config
+            details = self._details(config.id)
+            stats = engine.stats() if isinstance(engine, GenerationEngine) else {}
+            dtype = getattr(engine, "torch_dtype", None)
+            total = stats.get("kv_blocks_total")
+            rows.append({**details, "aliases": list(config.aliases), "problem": engine.health(),
+                         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else config.dtype,
+                         "running": stats.get("running"), "waiting": stats.get("waiting"),
+                         "kv_blocks_used": stats.get("kv_blocks_used"), "kv_blocks_total": total,
+                         "kv_cache_usage": stats["kv_blocks_used"] / max(total, 1) if total else None})
+        return rows
 
     def _allowed(self, context: RequestContext, name: str) -> bool:
         return context.caller is None or context.caller.may_use_model(self.registry.resolve(name).config.names)

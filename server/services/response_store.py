@@ -40,6 +40,13 @@ class ResponseStore:
             raise not_found(response_id)
         return row.body
 
+    def list(self, owner: str, limit: int = 100) -> list[dict]:
+        """An owner's newest stored responses (their Response objects), newest first."""
+        with self.database.session() as session:
+            rows = session.scalars(select(StoredResponse).where(StoredResponse.owner == owner)
+                                   .order_by(StoredResponse.created_at.desc(), StoredResponse.id.desc()).limit(limit))
+            return [row.body for row in rows]
+
     def delete(self, owner: str, response_id: str) -> dict:
         self.get(owner, response_id)
         with self.database.session() as session, session.begin():

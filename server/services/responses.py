@@ -297,5 +297,9 @@ class ResponseService:
     async def delete(self, owner: str, response_id: str) -> dict:
         return await off_loop(self._store().delete, owner, response_id)
 
+    async def list_stored(self, owner: str, limit: int = 100) -> list[dict]:
+        """An owner's newest stored responses, newest first (the dashboard's list)."""
+        return await off_loop(self._store().list, owner, limit)
+
     async def input_items(self, owner: str, response_id: str, limit: int, order: str, after: str | None) -> dict:
         return await off_loop(self._store().input_items, owner, response_id, limit, order, after)

@@ -33,6 +33,36 @@ class UsageService:
         with self.database.session() as session:
             return [as_dict(r) for r in session.scalars(statement)]
 
+    def summary(self, owner: str | None, since: datetime, bucket_s: int, buckets: int) -> dict:
+        """Requests and tokens since `since` (an owner's, or everyone's with None), per key, per model and per
+        time bucket (see `summarize`). Only the four columns it needs are read."""
+        statement = select(UsageRecord.key_id, UsageRecord.model,
+                           UsageRecord.prompt_tokens + UsageRecord.completion_tokens, UsageRecord.created_at
+                           ).where(UsageRecord.created_at >= since)
+        if owner is not None:
+            statement = statement.where(UsageRecord.owner == owner)
+        with self.database.session() as session:
+            return summarize(session.execute(statement), since, bucket_s, buckets)
+
+
+def summarize(rows, since: datetime, bucket_s: int, buckets: int) -> dict:
+    """Requests and tokens per key, per model and per time bucket, from (key_id, model, tokens, created_at)
+    rows; bucket i covers [since + i*bucket_s, since + (i+1)*bucket_s)."""
+    start = since.timestamp()
+    timeline = [{"start": int(start + i * bucket_s), "requests": 0, "tokens": 0} for i in range(buckets)]
+    by_key: dict[str, dict] = {}
+    by_model: dict[str, dict] = {}
+    for key_id, model, tokens, created in rows:
+        created = created if created.tzinfo else created.replace(tzinfo=UTC)
+        index = min(max(int((created.timestamp() - start) // bucket_s), 0), buckets - 1)
+        tokens = tokens or 0
+        for table, name in ((timeline, index), (by_key, key_id or "-"), (by_model, model or "-")):
+            entry = table[name] if isinstance(table, list) else table.setdefault(name, {"requests": 0, "tokens": 0})
+            entry["requests"] += 1
+            entry["tokens"] += tokens
+    return {"timeline": timeline, "by_key": by_key, "by_model": by_model,
+            "requests": sum(b["requests"] for b in timeline), "tokens": sum(b["tokens"] for b in timeline)}
+
 
 def as_dict(record: UsageRecord) -> dict:
     created = record.created_at if record.created_at.tzinfo else record.created_at.replace(tzinfo=UTC)
