@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from engines.config import ConfigError, ModelConfig
+from engines.config import ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
@@ -116,9 +116,10 @@ class NativeEngine(HFGenerationEngine):
                  f" (gpu_memory_utilization {budget.utilization})" if budget else "")
 
     def _quantize(self) -> None:
-        if self.device.type != "cpu":
-            raise ConfigError(f"{self.config.id}: quantization: int8 runs on a CPU only, and this model is on "
-                              f"{self.device}")
+        if self.device.type != "cpu":  # device: auto found a GPU (an explicit GPU device is refused at config)
+            log.warning("%s: quantization: int8 is for CPUs; on %s the head stays %s", self.config.id, self.device,
+                        self.torch_dtype)
+            return
         cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
         if not quantize_head(self.model, cache):
             log.warning("%s: quantization: int8 is unavailable here (see above); serving a float head",

@@ -46,14 +46,19 @@ def _converted_dir(data_dir: Path, model_id: str) -> Path:
     return sources.converted_gguf_dir(config, sources.locate(config, data_dir), data_dir, config.dtype)
 
 
-def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> str:
+def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int, quantization: str = "none") -> str:
+    """transformers' greedy tokens on the server's converted weights, with the head in int8 where the shipped
+    config says `quantization: int8` (the same int8 head the server runs)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     from engines.devices import resolve_dtype
+    from engines.native.cpu_quant import quantize_head
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype("auto", torch.device("cpu"))).eval()
+    if quantization == "int8":
+        assert quantize_head(model)
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
@@ -115,7 +120,10 @@ def test_legacy_completion_continues_text_with_gemma(sdk, server):
     model_dir = _converted_dir(server["data_dir"], "gemma-3-270m")
     prompt_ids = AutoTokenizer.from_pretrained(model_dir)(prompt)["input_ids"]
     assert reply.choices[0].text.strip()
-    assert reply.choices[0].text == _hf_greedy(model_dir, prompt_ids, reply.usage.completion_tokens)
+    from engines.config import load_model_config
+
+    quantization = load_model_config(ROOT / "model_configs" / "gemma-3-270m.yaml").quantization
+    assert reply.choices[0].text == _hf_greedy(model_dir, prompt_ids, reply.usage.completion_tokens, quantization)
     streamed = "".join(c.choices[0].text for c in sdk.completions.create(
         model="gemma-3-270m", prompt=prompt, max_tokens=12, temperature=0, stream=True))
     assert streamed == reply.choices[0].text
