@@ -261,7 +261,8 @@ def main() -> None:
         configs = workdir / f"configs-{quantization}"
         configs.mkdir()
         shutil.copy(CONFIG.parent / "gemma-3-270m.jinja", configs / "gemma-3-270m.jinja")
-        (configs / CONFIG.name).write_text(CONFIG.read_text() + f"quantization: {quantization}\n")
+        shipped = [line for line in CONFIG.read_text().splitlines() if not line.startswith("quantization:")]
+        (configs / CONFIG.name).write_text("\n".join(shipped) + f"\nquantization: {quantization}\n")
         prefix = "ozwell" if index == 0 else f"ozwell_{quantization}"
         port = free_port()
         server = start_server(port, configs, args.data_dir)
