@@ -150,6 +150,24 @@ def test_redis_down_is_503_with_retry_after_and_recovers(fleet):
         assert httpx.get(replica.url + "/ready", timeout=30).status_code == 200
 
 
+def test_postgresql_restart_fails_requests_cleanly_then_they_succeed(fleet):
+    _, key = fleet.make_key(plan="pro")
+    fleet.postgres.stop("fast")
+    try:
+        for replica in fleet.replicas:
+            response = httpx.get(replica.url + "/v1/models", headers=_auth(key), timeout=30)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "database_unavailable"
+            assert int(response.headers["Retry-After"]) >= 1
+            ready = httpx.get(replica.url + "/ready", timeout=30)
+            assert ready.status_code == 503 and ready.json()["database"]["status"] == "down"
+    finally:
+        fleet.postgres.start()
+    for replica in fleet.replicas:  # the pool's dead connections are replaced (pre-ping)
+        assert httpx.get(replica.url + "/v1/models", headers=_auth(key), timeout=30).status_code == 200
+        assert httpx.get(replica.url + "/ready", timeout=30).status_code == 200
+
+
 def test_kill_9_one_replica_the_other_keeps_serving_and_a_restart_rejoins(fleet):
     _, key = fleet.make_key(plan="enterprise", rpm=10_000, tpm=10**7)
 
