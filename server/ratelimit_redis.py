@@ -154,11 +154,15 @@ class RateLimiterUnavailable(ServiceUnavailableError):
 
 
 class RedisRateLimiter(RateLimiter):
-    def __init__(self, url: str, prefix: str = "ozwell:rl", timeout_s: float = 2.0):
+    def __init__(self, url: str, prefix: str = "ozwell:rl", timeout_s: float = 2.0, max_connections: int = 64):
         self.url = url
         self.prefix = prefix
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                              retry=Retry(NoBackoff(), 1))  # one quick retry, then 503
+        # A bounded pool that makes a burst wait for a free connection (at most timeout_s) instead of
+        # failing it; one quick retry of a failed call, then 503.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+        self.client = aioredis.Redis(connection_pool=pool)
         self._script = self.client.register_script(_SCRIPT)
 
     def _keys(self, key: str, kind: str) -> list[str]:
@@ -211,4 +215,4 @@ class RedisRateLimiter(RateLimiter):
         return None
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)

@@ -43,6 +43,20 @@ def test_concurrent_hits_and_reservations_are_exact(limiter):
     assert all(d.retry_after_s == 2.0 for d, _ in reservations if not d.allowed)
 
 
+def test_a_burst_larger_than_the_connection_pool_waits_instead_of_failing(redis_server):
+    redis_server.cli("FLUSHALL")
+
+    async def run():
+        limiter = RedisRateLimiter(redis_server.url, max_connections=4)
+        try:
+            return await asyncio.gather(*(limiter.hit_request("burst", 150) for _ in range(200)))
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(run())
+    assert sum(d.allowed for d in decisions) == 150
+
+
 def test_same_decisions_as_the_in_memory_limiter(limiter):
     """One sequence of steps through both limiters: the same allowed/refused, remaining and never."""
 
