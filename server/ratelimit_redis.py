@@ -35,6 +35,7 @@ _SCRIPT = """
 local zset, entries, totals = KEYS[1], KEYS[2], KEYS[3]
 local op, limit, amount, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local window, running_hint = tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.replicate_commands then redis.replicate_commands() end  -- Redis < 7: writes after TIME
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 

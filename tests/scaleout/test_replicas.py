@@ -169,7 +169,10 @@ def test_postgresql_restart_fails_requests_cleanly_then_they_succeed(fleet):
 
 
 def test_kill_9_one_replica_the_other_keeps_serving_and_a_restart_rejoins(fleet):
-    _, key = fleet.make_key(plan="enterprise", rpm=10_000, tpm=10**7)
+    key_id, key = fleet.make_key(plan="enterprise", rpm=10_000, tpm=10**7)
+    stored = httpx.post(fleet.a.url + "/v1/responses", headers=_auth(key), timeout=60,
+                        json={"model": MODEL, "input": "keep this", "max_output_tokens": 16})
+    assert stored.status_code == 200
 
     async def traffic() -> list:
         async with httpx.AsyncClient(timeout=60) as client:
@@ -197,9 +200,15 @@ def test_kill_9_one_replica_the_other_keeps_serving_and_a_restart_rejoins(fleet)
     for _ in range(5):
         assert httpx.post(fleet.b.url + "/v1/chat/completions", headers=_auth(key), json=CHAT,
                           timeout=60).status_code == 200
-    rows = httpx.get(fleet.b.url + "/v1/admin/usage", headers=fleet.headers, timeout=30).json()["data"]
-    assert len([r for r in rows if r["status"] == 200 and r["endpoint"] == "/v1/chat/completions"]) >= \
-        len(served) + 5
+    # A response A acknowledged before it died is in the store, read through B.
+    again = httpx.get(fleet.b.url + f"/v1/responses/{stored.json()['id']}", headers=_auth(key), timeout=10)
+    assert again.status_code == 200 and again.json()["output"] == stored.json()["output"]
+    rows = httpx.get(fleet.b.url + "/v1/admin/usage", params={"key_id": key_id}, headers=fleet.headers,
+                     timeout=30).json()["data"]
+    chats = [r for r in rows if r["status"] == 200 and r["endpoint"] == "/v1/chat/completions"]
+    # B's rows are all there; A's are there for what it finished writing before the kill.
+    served_by_b = [r for r in served if r.url.port == fleet.b.port]
+    assert len(served_by_b) + 5 <= len(chats) <= len(served) + 5
     fleet.a.process.wait(10)
     started = time.time()
     fleet.a.start()  # rejoins: same database, same Redis, same files
