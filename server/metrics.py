@@ -92,6 +92,9 @@ class _Labelled:
             family.samples = [s._replace(labels={**s.labels, self._name: self._value}) for s in family.samples]
             yield family
 
+    def restricted_registry(self, names):  # prometheus_client's ?name[]=... filter on --metrics-port
+        return _Labelled(self._registry.restricted_registry(names), self._name, self._value)
+
 
 INSTANCE_LABEL = "instance_id"  # not "instance": Prometheus sets that one itself, per scrape target
 

@@ -67,8 +67,8 @@ class Postgres:
     def stop(self, mode: str = "fast") -> None:
         self._run(self.bin / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
 
-    def psql(self, sql: str) -> str:
-        done = self._run(self.bin / "psql", "-h", "127.0.0.1", "-p", self.port, "-U", "ozwell", "-d", "ozwell",
+    def psql(self, sql: str, database: str = "ozwell") -> str:
+        done = self._run(self.bin / "psql", "-h", "127.0.0.1", "-p", self.port, "-U", "ozwell", "-d", database,
                          "-At", "-c", sql)
         return done.stdout.strip()
 
