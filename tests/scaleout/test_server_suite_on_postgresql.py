@@ -1,5 +1,5 @@
-"""The server tests that touch storage (keys, usage, rate limits with reservations, files, stored responses,
-the operations API), run again with their app on PostgreSQL: the `database` fixture in tests/conftest.py
+"""The server tests that touch storage (keys, usage, rate limits, files, stored responses, the operations
+API), run again with their app on PostgreSQL: the `database` fixture in tests/conftest.py
 takes OZWELL_TEST_DATABASE_URL. They run in a child pytest, on a fresh database of this tier's server."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGE_TESTS = ["tests/server/test_auth.py", "tests/server/test_files.py", "tests/server/test_responses.py",
-                 "tests/server/test_ratelimit.py", "tests/server/test_reservations.py",
-                 "tests/server/test_operations.py"]
+                 "tests/server/test_ratelimit.py", "tests/server/test_operations.py"]
+# Not test_reservations.py: its app (tools_client) opens its own SQLite store, and its three-at-once timing
+# test is about the in-memory limiter, not storage.
 
 
 def test_storage_tests_pass_on_postgresql(postgres):
