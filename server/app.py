@@ -57,8 +57,12 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     if settings.auth and database is None:
         raise ValueError("authentication needs a database (keys live there)")
 
-    files = FileService(database, settings.data_dir, settings.max_upload_bytes,
-                        settings.owner_quota_bytes) if database else None
+    files = FileService(database, settings.data_dir, settings.max_upload_bytes, settings.owner_quota_bytes,
+                        files_dir=settings.files_dir, instance=settings.instance) if database else None
+    if limiter is None and settings.redis_url:
+        from server.ratelimit_redis import RedisRateLimiter
+
+        limiter = RedisRateLimiter(settings.redis_url)
     responses = ResponseStore(database, settings.response_retention_s) if database else None
 
     @asynccontextmanager
@@ -74,17 +78,21 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
             if sweeper is not None:
                 sweeper.cancel()
             await registry.stop()
+            close = getattr(app.state.services.limiter, "close", None)
+            if close is not None:
+                await close()
 
     # Deny by default: every route authenticates unless its path is in PUBLIC_PATHS.
     # No trailing-slash redirects: their Location is built from the Host header (an open redirect).
     app = FastAPI(title="Ozwell", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(authenticate)], redirect_slashes=False)
-    metrics, lifecycle = Metrics(registry), Lifecycle()
+    metrics, lifecycle = Metrics(registry, instance=settings.instance), Lifecycle()
     observers = Observers(metrics, lifecycle)
     app.state.services = AppServices(
         settings=settings, registry=registry,
         keys=KeyService(database, Plans.from_file(settings.plans_file)) if database else None,
         usage=UsageService(database) if database else None, limiter=limiter or InMemoryRateLimiter(),
+        database=database,
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
         chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
         embeddings=EmbeddingService(registry), responses=ResponseService(registry, responses, files, observers))

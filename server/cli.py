@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="also serve /metrics without a key on this port (default: only /metrics for operator keys)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     _add_store_args(serve)
+    serve.add_argument("--db-pool-size", type=int, default=5,
+                       help="PostgreSQL connections each replica keeps open (default 5)")
+    serve.add_argument("--db-max-overflow", type=int, default=10,
+                       help="PostgreSQL connections a replica may open beyond the pool under load (default 10)")
+    serve.add_argument("--redis-url", default=None,
+                       help="share the rate limits of several replicas in Redis, e.g. redis://redis:6379/0 "
+                            "(default: in this process; if Redis is unreachable, requests get 503)")
+    serve.add_argument("--files-dir", type=Path, default=None,
+                       help="where uploaded files' bytes live (default: <data-dir>/files); "
+                            "replicas share one directory, e.g. a mounted volume")
+    serve.add_argument("--instance-id", default=None,
+                       help="this replica's name in /metrics and /ready (default: hostname:port)")
     models = sub.add_parser("models", help="list the models the configs define")
     models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
 
@@ -85,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".ozwell"))
-    parser.add_argument("--database-url", default=None, help="any SQLAlchemy URL (default: SQLite in the data dir)")
+    parser.add_argument("--database-url", default=None, help="SQLAlchemy URL: sqlite:///... or, for several replicas, "
+                        "postgresql+psycopg://user:password@host/db (default: SQLite in the data dir)")
 
 
 def _list_models(config_dir: Path) -> int:
@@ -138,9 +151,11 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
 
     configs = load_model_configs(settings.config_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = open_database(database_url, settings.data_dir)
+    database = open_database(database_url, settings.data_dir, settings.database_pool_size,
+                             settings.database_max_overflow)
     if settings.auth:
-        _first_run_admin_key(KeyService(database, Plans.from_file(settings.plans_file)), settings.data_dir)
+        with database.exclusive():  # replicas starting at once on one database make one admin key
+            _first_run_admin_key(KeyService(database, Plans.from_file(settings.plans_file)), settings.data_dir)
     else:
         print("WARNING: serving WITHOUT authentication (--no-auth, loopback only)", flush=True)
     registry = EngineRegistry.from_configs(configs, settings.data_dir, progress=lambda m: print(m, flush=True))
@@ -225,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                             completion_reserve_tokens=args.completion_reserve,
                             dashboard_session_ttl_s=args.dashboard_session_ttl,
                             dashboard_signin_attempts=args.dashboard_signin_attempts,
+                            database_pool_size=args.db_pool_size, database_max_overflow=args.db_max_overflow,
+                            redis_url=args.redis_url, files_dir=args.files_dir, instance_id=args.instance_id,
                             **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:

@@ -186,6 +186,17 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers[key] = value
         return response
 
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # The database cannot be reached (a PostgreSQL restart, a network cut): the client may retry.
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path,
+                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return error_response(ServiceUnavailableError("The database is unavailable; please try again shortly.",
+                                                      code="database_unavailable", retry_after_s=2))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -81,10 +81,30 @@ class _EngineCollector(Collector):
         yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, throughput, healthy)
 
 
+class _Labelled:
+    """A registry's metrics with one more label on every sample: which replica they come from."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, value: str):
+        self._registry, self._name, self._value = registry, name, value
+
+    def collect(self):
+        for family in self._registry.collect():
+            family.samples = [s._replace(labels={**s.labels, self._name: self._value}) for s in family.samples]
+            yield family
+
+    def restricted_registry(self, names):  # prometheus_client's ?name[]=... filter on --metrics-port
+        return _Labelled(self._registry.restricted_registry(names), self._name, self._value)
+
+
+INSTANCE_LABEL = "instance_id"  # not "instance": Prometheus sets that one itself, per scrape target
+
+
 class Metrics:
-    def __init__(self, registry: EngineRegistry):
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+    def __init__(self, registry: EngineRegistry, instance: str | None = None):
+        self._own = CollectorRegistry(auto_describe=True)
+        r = self._own
+        # What is rendered: every sample labelled with this replica's id (--instance-id) when it has one.
+        self.registry = _Labelled(r, INSTANCE_LABEL, instance) if instance else r
         self.http_requests = Counter("ozwell:http_requests_total", "HTTP requests by route, method and status.",
                                      ["route", "method", "status"], registry=r)
         self.http_latency = Histogram("ozwell:http_request_duration_seconds",

@@ -25,6 +25,14 @@ class Settings(BaseModel):
     config_dir: Path = Path("model_configs")
     data_dir: Path = Path(".ozwell")
     database_url: str | None = None  # default: SQLite in the data dir
+    database_pool_size: int = Field(default=5, ge=1)  # PostgreSQL: connections kept open per replica
+    database_max_overflow: int = Field(default=10, ge=0)  # and how many more it may open under load
+    # Shared rate limits for several replicas (default: in this process's memory).
+    redis_url: str | None = None
+    # Where file bytes live (default: <data-dir>/files); replicas share one, e.g. a mounted volume.
+    files_dir: Path | None = None
+    # This replica's name in /metrics and in its upload temporaries (default: hostname:port).
+    instance_id: str | None = None
     plans_file: Path = DEFAULT_PLANS_FILE
     auth: bool = True
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
@@ -52,6 +60,21 @@ class Settings(BaseModel):
     # The dashboard (/dashboard): how long a sign-in lasts, and failed sign-ins allowed per client address a minute.
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0)
     dashboard_signin_attempts: int = Field(default=10, ge=1)
+
+    @property
+    def scaled_out(self) -> bool:
+        """Shared stores (PostgreSQL, Redis): one of several replicas."""
+        return self.redis_url is not None or not (self.database_url or "sqlite").startswith("sqlite")
+
+    @property
+    def instance(self) -> str | None:
+        """This replica's name: --instance-id, else hostname:port when the stores are shared, else None (one
+        server alone: /metrics unlabelled, as before)."""
+        import socket
+
+        if self.instance_id:
+            return self.instance_id
+        return f"{socket.gethostname()}:{self.port}" if self.scaled_out else None
 
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Settings:

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 if TYPE_CHECKING:
     from engines.registry import EngineRegistry
     from server.auth.keys import KeyService
+    from server.db.database import Database
     from server.lifecycle import Lifecycle
     from server.metrics import Metrics
     from server.ratelimit import RateLimiter
@@ -39,6 +40,7 @@ class AppServices:
     completions: CompletionService
     embeddings: EmbeddingService
     responses: ResponseService
+    database: Database | None = None
 
     @property
     def auth_enabled(self) -> bool:

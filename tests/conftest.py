@@ -115,9 +115,11 @@ def registry(tiny_config_dir, tiny_dir):
 
 @pytest.fixture(scope="session")
 def database(tiny_dir):
+    """SQLite in the data dir; or, with OZWELL_TEST_DATABASE_URL, that database (tests/scaleout runs the
+    storage tests again on PostgreSQL this way)."""
     from server.db.database import open_database
 
-    return open_database(None, tiny_dir / "data")
+    return open_database(os.environ.get("OZWELL_TEST_DATABASE_URL"), tiny_dir / "data")
 
 
 @pytest.fixture(scope="session")

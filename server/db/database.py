@@ -1,15 +1,25 @@
-"""One Database object per process: the SQLAlchemy engine, sessions, and migrate-to-head."""
+"""One Database object per process: the SQLAlchemy engine, sessions, and migrate-to-head.
+
+SQLite (the default, one process) or PostgreSQL (`postgresql+psycopg://...`, several replicas). On
+PostgreSQL the migration runs under a transaction-scoped advisory lock, so replicas that start at once
+take turns: the first brings the schema to head, the others find it there.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# pg_advisory_xact_lock's key for the schema upgrade (any fixed 64-bit number; "ozwell" in ASCII).
+MIGRATION_LOCK_ID = 0x6F7A77656C6C
+FIRST_RUN_LOCK_ID = MIGRATION_LOCK_ID + 1
 
 
 def default_url(data_dir: Path) -> str:
@@ -17,11 +27,15 @@ def default_url(data_dir: Path) -> str:
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, pool_size: int = 5, max_overflow: int = 10):
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
+            self.engine: Engine = create_engine(url, future=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            # pre_ping: a connection the server dropped (a restart) is replaced before a request uses it.
+            self.engine = create_engine(url, future=True, pool_size=pool_size, max_overflow=max_overflow,
+                                        pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
@@ -35,8 +49,38 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # replicas starting at once take turns
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    @contextmanager
+    def exclusive(self, lock_id: int = FIRST_RUN_LOCK_ID) -> Iterator[None]:
+        """On PostgreSQL, one replica at a time runs the block (a session advisory lock); elsewhere a no-op."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+                connection.commit()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ping(self) -> str | None:
+        """None when the database answers, else why not (for /ready)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        return None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -61,10 +105,10 @@ def _private_sqlite_file(data_dir: Path) -> None:
             os.chmod(sidecar, 0o600)
 
 
-def open_database(url: str | None, data_dir: Path) -> Database:
+def open_database(url: str | None, data_dir: Path, pool_size: int = 5, max_overflow: int = 10) -> Database:
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     if url is None:
         _private_sqlite_file(data_dir)
-    database = Database(url or default_url(data_dir))
+    database = Database(url or default_url(data_dir), pool_size, max_overflow)
     database.upgrade()
     return database

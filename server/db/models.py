@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -22,8 +22,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     owner: Mapped[str] = mapped_column(String(200), index=True)
     plan: Mapped[str] = mapped_column(String(32))
-    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # override of the plan's
-    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # override of the plan's
+    tpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     scopes: Mapped[list] = mapped_column(JSON)
     models: Mapped[list | None] = mapped_column(JSON, nullable=True)  # None: every model
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,3 +1,5 @@
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -16,7 +18,8 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Every configured model is loaded and each engine's loop is alive; 503 otherwise, and while draining.
+    """Every configured model is loaded and each engine's loop is alive, and the shared stores (PostgreSQL,
+    Redis) answer when the server uses them; 503 otherwise, and while draining.
 
     Probes need no key, so a down engine is only "down" here; why (an exception's text) is logged, and
     shown to a caller whose key has the operator scope."""
@@ -34,8 +37,24 @@ async def ready(request: Request) -> JSONResponse:
             operator = not state.auth_enabled or (caller is not None and OPERATOR_SCOPE in caller.scopes)
         if operator:
             models[engine.config.id]["reason"] = problem
+    stores = {}
+    if state.database is not None and state.settings.scaled_out:  # shared stores: say how they are
+        stores["database"] = await asyncio.to_thread(state.database.ping)
+    ping = getattr(state.limiter, "ping", None)
+    if ping is not None:
+        stores["redis"] = await ping()
+    if any(problem is not None for problem in stores.values()) and operator is None:
+        caller = await optional_caller(request)
+        operator = not state.auth_enabled or (caller is not None and OPERATOR_SCOPE in caller.scopes)
     draining = state.lifecycle.draining
-    ok = not draining and all(m["status"] == "ok" for m in models.values())
+    ok = not draining and all(m["status"] == "ok" for m in models.values()) and \
+        all(problem is None for problem in stores.values())
     body = {"status": "ready" if ok else "draining" if draining else "not_ready", "models": models}
+    for name, problem in stores.items():
+        body[name] = {"status": "ok"} if problem is None else {"status": "down"}
+        if problem is not None and operator:
+            body[name]["reason"] = problem
+    if state.settings.instance:
+        body["instance"] = state.settings.instance
     headers = None if ok else {"Retry-After": str(state.lifecycle.retry_after_s)}
     return JSONResponse(body, status_code=200 if ok else 503, headers=headers)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import time
 import unicodedata
 from collections.abc import AsyncIterator
@@ -34,8 +35,25 @@ TEXT_SUFFIXES = {"", ".txt", ".md", ".markdown", ".json", ".jsonl", ".csv", ".ts
                  ".yaml", ".yml", ".toml", ".ini", ".log", ".rst", ".py", ".js", ".ts", ".java", ".c", ".h",
                  ".cpp", ".go", ".rs", ".sh", ".sql", ".tex"}
 _TMP_PREFIX = ".upload-"
+# A temporary is named .upload-<host>~<pid>~<file id>, so a replica sharing the directory (--files-dir)
+# knows whose it is. An upload in flight writes at least every --body-timeout (else it is cut), so a
+# temporary (or renamed bytes still without their row) untouched this long belongs to no live upload.
+STALE_AFTER_S = 15 * 60
+_TMP_NAME = re.compile(r"^\.upload-(?P<host>[^~]+)~(?P<pid>\d+)~(?P<id>file-[0-9a-f]{32})$")
 _FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
 _FORM_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class PayloadTooLargeError(OpenAIError):
@@ -78,9 +96,13 @@ def file_object(record: StoredFile) -> dict:
 
 
 class FileService:
-    def __init__(self, database: Database, data_dir: Path, max_file_bytes: int, owner_quota_bytes: int):
+    def __init__(self, database: Database, data_dir: Path, max_file_bytes: int, owner_quota_bytes: int,
+                 files_dir: Path | None = None, instance: str | None = None):
         self.database = database
-        self.dir = Path(data_dir) / "files"
+        # A --files-dir may be shared by several replicas; <data-dir>/files is this server's alone.
+        self.shared = files_dir is not None
+        self.dir = Path(files_dir) if files_dir is not None else Path(data_dir) / "files"
+        self.host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
         self.max_file_bytes = max_file_bytes
         self.owner_quota_bytes = owner_quota_bytes
         self._inflight: dict[str, int] = {}  # owner -> bytes of uploads not yet stored (event loop only)
@@ -88,15 +110,34 @@ class FileService:
 
     # ---- start-up and sweeping ------------------------------------------------------------
     def prepare(self) -> None:
-        """Make the directory (0700) and remove what a crash left: temporaries, and bytes with no row."""
+        """Make the directory (0700) and remove what a crash left: temporaries, and bytes with no row.
+
+        In a shared --files-dir, another replica may be mid-upload, so only what is surely dead goes: a
+        temporary of this host whose process is gone, or anything untouched for STALE_AFTER_S."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         with self.database.session() as session:
             known = set(session.scalars(select(StoredFile.id)))
+        now = time.time()
         for path in self.dir.iterdir():
-            if path.name.startswith(_TMP_PREFIX) or (_FILE_ID.match(path.name) and path.name not in known):
-                log.info("removing leftover upload %s", path.name)
-                path.unlink(missing_ok=True)
+            temporary = path.name.startswith(_TMP_PREFIX)
+            if not temporary and not (_FILE_ID.match(path.name) and path.name not in known):
+                continue
+            if self.shared and not self._surely_dead(path, temporary, now):
+                continue
+            log.info("removing leftover upload %s", path.name)
+            path.unlink(missing_ok=True)
+
+    def _surely_dead(self, path: Path, temporary: bool, now: float) -> bool:
+        try:
+            if now - path.stat().st_mtime > STALE_AFTER_S:
+                return True
+        except FileNotFoundError:
+            return False
+        match = _TMP_NAME.match(path.name) if temporary else None
+        if match is None or match["host"] != self.host:
+            return False  # another host's, or bytes whose row may be going in right now: wait for the bound
+        return not _alive(int(match["pid"]))
 
     def sweep_expired(self, now: int | None = None) -> int:
         now = int(time.time()) if now is None else now
@@ -135,7 +176,7 @@ class FileService:
                 raise self._quota_error(used, self._inflight[owner] - total)
 
         file_id = "file-" + secrets.token_hex(16)
-        temp = self.dir / f"{_TMP_PREFIX}{file_id}"
+        temp = self.dir / f"{_TMP_PREFIX}{self.host}~{os.getpid()}~{file_id}"
         try:
             reader = MultipartFormReader(content_type, None, account, _FORM_FIELDS)
         except UploadError as exc:
