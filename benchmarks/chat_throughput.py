@@ -311,15 +311,18 @@ def main() -> None:
             row["vllm_http_tok_per_s"] = round(measured["tok_per_s"], 2)
             row["vllm_http_ttft_p50_ms"] = round(measured["ttft_p50_ms"], 2)
             row["vllm_http_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
-    if "llama" in args.peers and LLAMA_PYTHON.exists():
+    if "llama" in args.peers and list(LLAMA_PYTHON.parent.parent.glob("lib/python*/site-packages/llama_cpp")):
         from engines.sources import locate
 
         weights = locate(config, args.data_dir)
         gguf = weights.directory / weights.gguf_file if weights.gguf_file else weights.directory
         small = [r["streams"] for r in rows if r["streams"] <= 8]
         print(f"llama.cpp on {gguf.name}: {small} stream(s), one at a time ...", flush=True)
-        for n, value in llama_run(gguf, small, args.max_tokens).items():
-            next(r for r in rows if r["streams"] == n)["llama_cpp_tok_per_s"] = round(value, 2)
+        try:
+            for n, value in llama_run(gguf, small, args.max_tokens).items():
+                next(r for r in rows if r["streams"] == n)["llama_cpp_tok_per_s"] = round(value, 2)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # keep the figures measured so far
+            print(f"llama.cpp: {exc}", flush=True)
     ours = ["ozwell"] + [f"ozwell_{q}" for q in args.quantization[1:]]
     for row in rows:
         for peer in ("hf_generate_tok_per_s", "vllm_offline_tok_per_s", "vllm_http_tok_per_s", "llama_cpp_tok_per_s"):
