@@ -77,8 +77,21 @@ def build_tiny_gemma3(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path
     return _save(Gemma3ForCausalLM(config), out_dir, tokenizer_dir)
 
 
-def native_chat_config(model_id: str, source: Path, **fields) -> str:
-    """The YAML of a native-engine chat model on the CPU in float32, with extra top-level fields."""
+def native_chat_config(model_id: str, source: Path, device: str = "cpu", **fields) -> str:
+    """The YAML of a native-engine chat model in float32 (on the CPU unless told), with extra top-level fields."""
     extra = "".join(f"{name}: {value}\n" for name, value in fields.items())
-    return (f"id: {model_id}\ntask: chat\nengine: transformers\nsource: {source}\ndtype: float32\ndevice: cpu\n"
-            + extra)
+    return (f"id: {model_id}\ntask: chat\nengine: transformers\nsource: {source}\ndtype: float32\n"
+            f"device: {device}\n" + extra)
+
+
+def tiny_llama_configs(root: Path, model_id: str, llama_kwargs: dict | None = None, **fields) -> Path:
+    """A config dir under `root` serving one tiny Llama (with its own tokenizer) as `model_id`: what the
+    real-process tiers (ops, security, dashboard, scale-out) start `ozwell serve` on."""
+    from tests.conftest import CHATML_TEMPLATE
+
+    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
+    llama = build_tiny_llama(root / "llama", tokenizer, **(llama_kwargs or {}))
+    config_dir = root / "configs"
+    config_dir.mkdir()
+    (config_dir / f"{model_id}.yaml").write_text(native_chat_config(model_id, llama, **fields))
+    return config_dir

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ROOT, ServerProcess
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.tiny_models import tiny_llama_configs
 
 MODEL = "dash-llama"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,7 +27,8 @@ def _missing() -> str | None:
     except ImportError:
         return "the dashboard tier needs Playwright (pip install -e '.[test]')"
     if not CHROMIUM.exists():
-        return "the dashboard tier needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"
+        return ("the dashboard tier needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; "
+                ".ci/run does)")
     return None
 
 
@@ -44,14 +44,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def dash_config_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dashboard")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer)
-    config_dir = root / "configs"
-    config_dir.mkdir()
-    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=256,
-                                                                 aliases=f"[{MODEL}-alias]"))
-    return config_dir
+    return tiny_llama_configs(tmp_path_factory.mktemp("dashboard"), MODEL, max_model_len=256,
+                              aliases=f"[{MODEL}-alias]")
 
 
 def start_server(config_dir: Path, data_dir: Path, *args: str) -> ServerProcess:

@@ -15,9 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.tiny_models import tiny_llama_configs
 
 MODEL = "ops-llama"
 
@@ -28,16 +27,10 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def ops_config_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ops")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer)
-    config_dir = root / "configs"
-    config_dir.mkdir()
     # 256 tokens of context for the long disconnect streams; 32 running sequences and room for 512
     # waiting ones, so 200 concurrent streams queue instead of meeting 429 engine_overloaded.
-    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=256, max_num_seqs=32,
-                                                                 max_waiting=512))
-    return config_dir
+    return tiny_llama_configs(tmp_path_factory.mktemp("ops"), MODEL, max_model_len=256, max_num_seqs=32,
+                              max_waiting=512)
 
 
 @pytest.fixture(scope="package")

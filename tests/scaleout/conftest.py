@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
 from tests.scaleout import servers
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.tiny_models import tiny_llama_configs
 
 MODEL = "scale-llama"
 
@@ -28,14 +27,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def scale_config_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scaleout")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer)
-    config_dir = root / "configs"
-    config_dir.mkdir()
-    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=256, max_num_seqs=16,
-                                                                 max_waiting=256))
-    return config_dir
+    return tiny_llama_configs(tmp_path_factory.mktemp("scaleout"), MODEL, max_model_len=256, max_num_seqs=16,
+                              max_waiting=256)
 
 
 @pytest.fixture(scope="module")

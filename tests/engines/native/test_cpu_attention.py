@@ -6,14 +6,11 @@ greedy outputs are the same with the kernel and without it (the fallback where i
 import pytest
 import torch
 
-from engines.config import load_model_config
 from engines.native import cpu_kernel
-from engines.native.engine import NativeEngine
 from engines.native.paged_attention import attend_blocks, decode_blocks, paged_decode
-from engines.protocol import SamplingParams
-from tests.conftest import write_config
 from tests.engines.native.attention_reference import CASES, make_case, reference
-from tests.engines.test_continuous_batching import PROMPTS, _generate, _run
+from tests.engines.native.engines import greedy, tiny_engine
+from tests.engines.test_continuous_batching import PROMPTS
 
 KERNEL = cpu_kernel.load()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the CPU kernel did not build here (no compiler?)")
@@ -76,16 +73,8 @@ def test_a_window_gathers_only_the_blocks_it_sees():
 
 
 def _greedy_outputs(source, root):
-    config = load_model_config(write_config(root, "gemma", f"id: gemma\ntask: chat\nengine: transformers\n"
-                                                           f"source: {source}\ndtype: float32\ndevice: cpu\n"
-                                                           f"max_model_len: 64\nblock_size: 4\n"))
-    engine = NativeEngine(config, root)
-    engine.load()
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-    prompts = [engine.encode_text(text) for text in PROMPTS]
-    results = _run(engine, lambda: [_generate(engine, f"r{i}", p, params) for i, p in enumerate(prompts)])
-    kernel = engine.runner.cpu_kernel
-    return [tokens for tokens, _ in results], kernel
+    engine = tiny_engine(root, "gemma", source, max_model_len=64, block_size=4)
+    return greedy(engine, [engine.encode_text(text) for text in PROMPTS], 12), engine.runner.cpu_kernel
 
 
 @needs_kernel

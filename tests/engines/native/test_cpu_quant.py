@@ -2,7 +2,6 @@
 fixed seed), the int8 cache read back at the next start and rebuilt when the weights change, the float
 fallback where the int8 ops are missing, and the configs that cannot be honoured refused."""
 
-import asyncio
 import shutil
 
 import pytest
@@ -10,36 +9,14 @@ import torch
 
 from engines.config import ConfigError, load_model_config
 from engines.native import cpu_quant
-from engines.native.engine import NativeEngine
-from engines.protocol import GenerationRequest, SamplingParams
 from tests.conftest import write_config
+from tests.engines.native.engines import greedy, tiny_engine
 
 pytestmark = pytest.mark.skipif(not cpu_quant.available(), reason="fbgemm's int8 linear is not available here")
 
 
 def _engine(source, root, quantization, name="tiny"):
-    config = load_model_config(write_config(root / "configs", name,
-                                            f"id: {name}\ntask: chat\nengine: transformers\nsource: {source}\n"
-                                            f"dtype: float32\ndevice: cpu\nmax_model_len: 64\n"
-                                            f"quantization: {quantization}\n"))
-    engine = NativeEngine(config, root)
-    engine.load()
-    return engine
-
-
-def _greedy(engine, prompts, tokens=10):
-    async def main():
-        await engine.start()
-        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-
-        async def one(i, ids):
-            events = [e async for e in engine.generate(GenerationRequest(f"g{i}", ids, params))]
-            return [t for e in events for t in e.token_ids]
-        try:
-            return await asyncio.gather(*[one(i, ids) for i, ids in enumerate(prompts)])
-        finally:
-            await engine.stop()
-    return asyncio.run(main())
+    return tiny_engine(root, name, source, max_model_len=64, quantization=quantization)
 
 
 @pytest.mark.parametrize("model", ["llama", "gemma"])
@@ -70,7 +47,7 @@ def test_the_int8_cache_is_read_back_and_rebuilt_when_the_weights_change(tiny_ll
         AssertionError("quantised again although the cache holds these weights")))
     second = _engine(source, tmp_path, "int8")  # a restart: reads the cache, quantises nothing
     prompt = [second.encode_text("Hello there")]
-    assert _greedy(second, prompt) == _greedy(first, prompt) and not calls
+    assert greedy(second, prompt) == greedy(first, prompt) and not calls
     monkeypatch.undo()
     # new weights (a changed source): a new revision, quantised anew beside the old file
     weights = next(source.glob("*.safetensors"))
@@ -87,11 +64,11 @@ def test_the_int8_cache_is_read_back_and_rebuilt_when_the_weights_change(tiny_ll
 def test_without_the_int8_ops_the_float_path_serves_the_same_tokens(tiny_gemma_dir, tmp_path, monkeypatch):
     prompts_text = ["Once upon a time", "The quick brown fox jumps over the lazy dog."]
     full = _engine(tiny_gemma_dir, tmp_path / "a", "none")
-    want = _greedy(full, [full.encode_text(t) for t in prompts_text])
+    want = greedy(full, [full.encode_text(t) for t in prompts_text])
     monkeypatch.setattr(cpu_quant, "_checked", {"ok": False})  # as on a torch without the fbgemm ops
     fallback = _engine(tiny_gemma_dir, tmp_path / "b", "int8")
     assert not any(hasattr(m, "int8_packed") for m in fallback.model.modules())
-    assert _greedy(fallback, [fallback.encode_text(t) for t in prompts_text]) == want
+    assert greedy(fallback, [fallback.encode_text(t) for t in prompts_text]) == want
 
 
 @pytest.mark.parametrize("text,error", [
