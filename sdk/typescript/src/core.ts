@@ -114,10 +114,15 @@ export class APIClient {
       userSignal?.addEventListener('abort', onAbort, { once: true });
       const timer = setTimeout(() => controller.abort(new APITimeoutError()), timeout);
       let retryHeaders: Headers | null = null;
+      let handedOver = false;
       try {
         const response = await this.fetchImpl(this.url(request), await this.init(request, controller.signal));
         this.note(response.headers);
-        if (response.ok) return await read(response, controller);
+        if (response.ok) {
+          const value = await read(response, controller);
+          handedOver = request.stream === true; // the caller's signal still aborts the stream
+          return value;
+        }
         const text = await response.text();
         let body: unknown = text;
         try {
@@ -138,7 +143,7 @@ export class APIClient {
         }
       } finally {
         clearTimeout(timer);
-        userSignal?.removeEventListener('abort', onAbort);
+        if (!handedOver) userSignal?.removeEventListener('abort', onAbort);
       }
       await sleep(retryDelay(attempt, retryHeaders));
     }
