@@ -64,7 +64,8 @@ test('response_format and tools pass through', { skip }, async () => {
   });
   assert.ok(['Paris', 'Rome'].includes(JSON.parse(structured.choices[0]?.message.content ?? '').city));
   const called = await ozwell.chat.completions.create({
-    model: LONG, messages: MESSAGES, max_tokens: 120, tool_choice: 'required', // tools make a long prompt
+    // tools make a long prompt; greedy, so the call is closed well within max_tokens
+    model: LONG, messages: MESSAGES, max_tokens: 150, temperature: 0, tool_choice: 'required',
     tools: [{ type: 'function', function: { name: 'get_weather', parameters: CITY } }],
   });
   const call = called.choices[0]?.message.tool_calls?.[0];
@@ -217,7 +218,8 @@ test('a 429 from a free-plan key, and the retry that waits Retry-After', { skip 
   // reservations stand in the way). Once the long one is stopped, the retry 2 s later passes.
   const key = await client().admin.keys.create({ name: 'sdk-ts-free', plan: 'free', tpm: 1600 });
   const user = new OzwellClient({ apiKey: key.key });
-  const long = await user.chat.completions.create({ model: LONG, messages: MESSAGES, max_tokens: 1500, stream: true });
+  // ignore_eos (a vLLM extension Ozwell serves): the random model must not end it early by chance
+  const long = await user.chat.completions.create({ model: LONG, messages: MESSAGES, max_tokens: 1500, stream: true, ignore_eos: true });
   const iterator = long[Symbol.asyncIterator]();
   await iterator.next(); // it is running and holds its reservation
   let retried: Promise<number> | null = null;
