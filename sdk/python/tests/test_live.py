@@ -1,0 +1,261 @@
+"""Every resource once against a real `ozwell serve` (see conftest.py): chat (with tools and
+response_format), a streamed chat assembled, completions, embeddings, models, a file round trip, a
+Responses chain and its typed events, the admin keys and usage, a 429 from a free-plan key and the
+retry that waits its Retry-After, a revoked key, and the docs' quick start run as written."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ozwell import (
+    AsyncOzwell,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    Ozwell,
+    RateLimitError,
+)
+from ozwell.types import (
+    ChatCompletionMessageParam,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseIncompleteEvent,
+    ResponseOutputMessage,
+    ResponseTextDeltaEvent,
+)
+
+HERE = Path(__file__).resolve().parent
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello! How are you today?"}]
+CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+def test_docs_quickstart_runs_as_written(server: str) -> None:
+    done = subprocess.run([sys.executable, str(HERE.parent / "examples" / "quickstart.py")], capture_output=True,
+                          text=True, timeout=120, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the example printed no reply"
+
+
+def test_chat_completion(client: Ozwell, chat_model: str) -> None:
+    completion = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=8)
+    assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl")
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens <= 8
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert client.last_rate_limit is not None and client.last_rate_limit.limit_requests
+
+
+def test_response_format_and_tools_pass_through(client: Ozwell, chat_model: str, long_model: str) -> None:
+    structured = client.chat.completions.create(
+        model=chat_model, messages=MESSAGES, max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}})
+    assert json.loads(structured.choices[0].message.content or "")["city"] in ("Paris", "Rome")
+    called = client.chat.completions.create(
+        # tools make a long prompt; greedy, so the call is closed well within max_tokens
+        model=long_model, messages=MESSAGES, max_tokens=150, temperature=0, tool_choice="required",
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": CITY}}])
+    calls = called.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather", called.choices[0].message
+    assert json.loads(calls[0].function.arguments)["city"] in ("Paris", "Rome")
+    assert called.choices[0].finish_reason == "tool_calls"
+
+
+def test_streamed_chat_assembles_to_the_whole_answer(client: Ozwell, chat_model: str) -> None:
+    whole = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=24, temperature=0)
+    stream = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=24, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    text, roles, finish, usage = [], [], None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk" and chunk.id.startswith("chatcmpl")
+        for choice in chunk.choices:
+            roles += [choice.delta.role] if choice.delta.role else []
+            text.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+        usage = chunk.usage or usage
+    assert roles == ["assistant"]
+    assert "".join(text) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage is not None and whole.usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions_whole_and_streamed(client: Ozwell, chat_model: str) -> None:
+    whole = client.completions.create(model=chat_model, prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model=chat_model, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True) if c.choices]
+    assert "".join(pieces) == whole.choices[0].text
+
+
+def test_embeddings(client: Ozwell, embedding_model: str) -> None:
+    result = client.embeddings.create(model=embedding_model, input=["hello world", "good night"])
+    assert [e.index for e in result.data] == [0, 1]
+    first = result.data[0].embedding
+    assert isinstance(first, list) and len(first) == 384
+    assert abs(sum(x * x for x in first) - 1.0) < 1e-3  # MiniLM's vectors are normalised
+    assert result.usage.prompt_tokens > 0
+    packed = client.embeddings.create(model=embedding_model, input="hello world", encoding_format="base64")
+    assert isinstance(packed.data[0].embedding, str)
+
+
+def test_models_list_and_retrieve(client: Ozwell, chat_model: str) -> None:
+    listed = client.models.list()
+    assert chat_model in {m.id for m in listed.data}
+    model = client.models.retrieve(chat_model)
+    assert model.id == chat_model and model.object == "model"
+    assert model.ozwell is not None and model.ozwell.task == "chat"
+    assert model.ozwell.engine and model.ozwell.device and model.ozwell.max_model_len
+    with pytest.raises(NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.status == 404 and caught.value.param == "model" and caught.value.request_id
+
+
+def test_file_round_trip(client: Ozwell, tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"line one\nline two\n")
+    from_path = client.files.create(file=path, purpose="user_data")
+    assert (from_path.filename, from_path.bytes, from_path.purpose) == ("notes.txt", 18, "user_data")
+    from_bytes = client.files.create(file=b"\x00\x01binary", filename="blob.bin", purpose="user_data")
+    read_end, write_end = os.pipe()  # a stream that cannot be rewound: sent as it is read
+    with os.fdopen(write_end, "wb") as writer:
+        writer.write(b"streamed " * 1000)
+    with os.fdopen(read_end, "rb") as reader:
+        from_stream = client.files.create(file=("streamed.txt", reader), purpose="user_data")
+    from_file_object = client.files.create(file=io.BytesIO(b"{}"), filename="x.json", purpose="user_data")
+    try:
+        assert client.files.content(from_path.id) == b"line one\nline two\n"
+        assert client.files.content(from_bytes.id) == b"\x00\x01binary"
+        assert client.files.content(from_stream.id) == b"streamed " * 1000 and from_stream.bytes == 9000
+        assert client.files.content(from_file_object.id) == b"{}"
+        assert client.files.retrieve(from_path.id).model_dump() == from_path.model_dump()
+        listed = {f.id for f in client.files.list(purpose="user_data").data}
+        assert {from_path.id, from_bytes.id, from_stream.id, from_file_object.id} <= listed
+    finally:
+        for uploaded in (from_path, from_bytes, from_stream, from_file_object):
+            assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(NotFoundError):
+        client.files.retrieve(from_path.id)
+    with pytest.raises(BadRequestError) as caught:
+        client.files.create(file=b"x", filename="x.txt", purpose="not-a-purpose")
+    assert caught.value.param == "purpose"
+
+
+def test_responses_chain_and_stream_events(client: Ozwell, chat_model: str) -> None:
+    first = client.responses.create(model=chat_model, input="Tell me about number 7.", max_output_tokens=16,
+                                    instructions="Be brief.", metadata={"turn": "1"})
+    assert first.object == "response" and first.status in ("completed", "incomplete") and first.output_text
+    assert isinstance(first.output[0], ResponseOutputMessage)
+    assert first.ozwell is not None and first.ozwell.engine and first.metadata == {"turn": "1"}
+    events = list(client.responses.create(model=chat_model, input="And number 8?", previous_response_id=first.id,
+                                          max_output_tokens=16, stream=True))
+    assert isinstance(events[0], ResponseCreatedEvent)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1]
+    assert isinstance(final, (ResponseCompletedEvent, ResponseIncompleteEvent))
+    second = final.response
+    assert second.previous_response_id == first.id
+    assert "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent)) == second.output_text
+    assert client.responses.retrieve(second.id).output_text == second.output_text
+    items = client.responses.input_items(second.id, order="asc")
+    assert any("And number 8?" in json.dumps(item) for item in items.data)
+    assert client.responses.delete(second.id).deleted
+    with pytest.raises(NotFoundError):
+        client.responses.retrieve(second.id)
+    assert client.responses.delete(first.id).deleted
+
+
+def test_async_client(chat_model: str) -> None:
+    async def main() -> None:
+        async with AsyncOzwell() as client:
+            whole = await client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=12,
+                                                         temperature=0)
+            stream = await client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=12,
+                                                          temperature=0, stream=True)
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == whole.choices[0].message.content
+            events = [e async for e in await client.responses.create(model=chat_model, input="Hi",
+                                                                     max_output_tokens=16, stream=True)]
+            assert events[-1].type in ("response.completed", "response.incomplete")
+            assert chat_model in {m.id for m in (await client.models.list()).data}
+            uploaded = await client.files.create(file=b"async", filename="a.txt", purpose="user_data")
+            assert await client.files.content(uploaded.id) == b"async"
+            assert (await client.files.delete(uploaded.id)).deleted
+            keys = await client.admin.keys.list()
+            assert keys.data
+
+    asyncio.run(main())
+
+
+def test_admin_keys_usage_and_a_revoked_key(client: Ozwell, chat_model: str) -> None:
+    created = client.admin.keys.create(name="sdk-python-revoke", plan="free")
+    assert created.key.startswith("ozw_") and created.plan == "free" and created.revoked_at is None
+    assert created.id in {k.id for k in client.admin.keys.list().data}
+    with Ozwell(api_key=created.key) as user:
+        user.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=2)
+    usage = client.admin.usage(key_id=created.id, since=int(time.time()) - 600)
+    assert [(r.endpoint, r.status) for r in usage.data] == [("/v1/chat/completions", 200)]
+    assert usage.data[0].prompt_tokens > 0 and usage.data[0].key_id == created.id
+    revoked = client.admin.keys.revoke(created.id)
+    assert revoked.revoked and revoked.revoked_at is not None
+    with Ozwell(api_key=created.key, max_retries=2) as user:
+        started = time.monotonic()
+        with pytest.raises(AuthenticationError) as caught:
+            user.models.list()
+        assert time.monotonic() - started < 1  # a 401 is not retried
+    assert caught.value.status == 401 and caught.value.type and caught.value.message
+    with pytest.raises(NotFoundError):
+        client.admin.keys.revoke("key_does_not_exist")
+
+
+def test_rate_limit_error_and_the_retry_that_waits_retry_after(client: Ozwell, long_model: str) -> None:
+    """A free-plan key with 1,600 tokens a minute: a long generation holds 1,500 of them while it runs, so
+    a second request is refused with 429 and Retry-After: 2 (the server's hint while only running
+    requests' reservations stand in the way). Once the long one is stopped, the retry 2 s later passes."""
+    key = client.admin.keys.create(name="sdk-python-free", plan="free", tpm=1600)
+    with Ozwell(api_key=key.key) as user:
+        # ignore_eos (a vLLM extension Ozwell serves): the random model must not end it early by chance
+        long = user.chat.completions.create(model=long_model, messages=MESSAGES, max_tokens=1500, stream=True,
+                                            extra_body={"ignore_eos": True})
+        next(iter(long))  # it is running and holds its reservation
+        try:
+            with pytest.raises(RateLimitError) as caught:
+                user.chat.completions.create(model=long_model, messages=MESSAGES, max_tokens=200, max_retries=0)
+            error = caught.value
+            assert error.status == 429 and error.type == "tokens" and error.code == "rate_limit_exceeded"
+            assert error.retry_after == 2.0 and error.rate_limit.retry_after == 2.0
+            info = error.rate_limit
+            assert info.limit_tokens == 1600 and info.remaining_tokens is not None and info.remaining_tokens < 300
+            assert info.limit == info.limit_requests == 20  # the free plan's requests a minute
+            assert info.remaining is not None and info.remaining < 20
+            assert info.reset is not None and abs(info.reset - time.time()) <= 61
+            assert info.reset_tokens and error.request_id
+
+            outcome: dict[str, object] = {}
+
+            def retried() -> None:
+                started = time.monotonic()
+                outcome["completion"] = user.chat.completions.create(model=long_model, messages=MESSAGES,
+                                                                     max_tokens=200, max_retries=2)
+                outcome["elapsed"] = time.monotonic() - started
+
+            waiter = threading.Thread(target=retried)
+            waiter.start()
+            time.sleep(0.6)  # its first try has met the 429 by now
+        finally:
+            long.close()  # the server stops the generation and gives back what it did not use
+        waiter.join(30)
+    elapsed = outcome["elapsed"]
+    assert isinstance(elapsed, float) and 1.9 <= elapsed < 4.5, elapsed  # it waited Retry-After: 2, not 0.5 s
+    assert outcome["completion"] is not None

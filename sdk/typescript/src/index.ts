@@ -1,0 +1,24 @@
+export { OzwellClient, Chat, ChatCompletions, Completions, Embeddings, Models, Files, Responses, Keys, Admin } from './client.js';
+export type { ResponseWithText } from './client.js';
+export { DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS, type ClientOptions } from './core.js';
+export {
+  OzwellError,
+  APIError,
+  APIStatusError,
+  BadRequestError,
+  AuthenticationError,
+  PermissionDeniedError,
+  NotFoundError,
+  ConflictError,
+  UnprocessableEntityError,
+  RateLimitError,
+  InternalServerError,
+  APIConnectionError,
+  APITimeoutError,
+  StreamInterruptedError,
+} from './errors.js';
+export { parseRateLimit, parseRetryAfter, retryDelay, type RateLimitInfo } from './ratelimit.js';
+export { Stream, RESPONSE_FINAL_EVENTS } from './streaming.js';
+export { outputText } from './types.js';
+export type * from './types.js';
+export { VERSION } from './version.js';

@@ -1,0 +1,251 @@
+/**
+ * Every resource once against a real `ozwell serve`, named by OZWELL_BASE_URL and OZWELL_API_KEY (an
+ * admin key); skipped without them. The repository's tests/sdk tier starts one on tiny models. Models:
+ * OZWELL_TEST_CHAT_MODEL (default gpt-4), OZWELL_TEST_LONG_MODEL (a long context), OZWELL_TEST_EMBEDDING_MODEL.
+ */
+
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+import {
+  AuthenticationError,
+  BadRequestError,
+  NotFoundError,
+  OzwellClient,
+  RateLimitError,
+  type ChatCompletionMessageParam,
+  type ResponseStreamEvent,
+} from '../src/index.js';
+
+const run = promisify(execFile);
+const LIVE = Boolean(process.env['OZWELL_BASE_URL'] && process.env['OZWELL_API_KEY']);
+const skip = LIVE ? false : 'set OZWELL_BASE_URL and OZWELL_API_KEY (an admin key) to a running ozwell serve';
+const CHAT = process.env['OZWELL_TEST_CHAT_MODEL'] ?? 'gpt-4';
+const LONG = process.env['OZWELL_TEST_LONG_MODEL'] ?? CHAT;
+const EMBEDDING = process.env['OZWELL_TEST_EMBEDDING_MODEL'] ?? 'text-embedding-3-small';
+const MESSAGES: ChatCompletionMessageParam[] = [{ role: 'user', content: 'Hello! How are you today?' }];
+const CITY = { type: 'object', properties: { city: { enum: ['Paris', 'Rome'] } }, required: ['city'], additionalProperties: false };
+const PACKAGE = fileURLToPath(new URL('..', import.meta.url));
+
+const client = () => new OzwellClient();
+const seconds = (since: number) => (performance.now() - since) / 1000;
+
+test("the docs' example runs as written: ESM, CommonJS and TypeScript", { skip }, async () => {
+  for (const args of [['examples/quickstart.mjs'], ['examples/quickstart.cjs'], ['--import', 'tsx', 'examples/quickstart.ts']]) {
+    const { stdout } = await run(process.execPath, args, { cwd: PACKAGE, env: process.env, timeout: 120_000 });
+    assert.ok(stdout.trim().length > 0, `${args.join(' ')} printed no reply`);
+  }
+});
+
+test('chat completion', { skip }, async () => {
+  const ozwell = client();
+  const completion = await ozwell.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 8 });
+  assert.equal(completion.object, 'chat.completion');
+  const choice = completion.choices[0];
+  assert.ok(choice && choice.message.role === 'assistant' && choice.message.content);
+  assert.ok(['stop', 'length'].includes(choice.finish_reason ?? ''));
+  assert.ok(completion.usage.completion_tokens <= 8);
+  assert.equal(completion.usage.total_tokens, completion.usage.prompt_tokens + completion.usage.completion_tokens);
+  assert.ok(ozwell.lastRateLimit?.limitRequests);
+});
+
+test('response_format and tools pass through', { skip }, async () => {
+  const ozwell = client();
+  const structured = await ozwell.chat.completions.create({
+    model: CHAT, messages: MESSAGES, max_tokens: 40,
+    response_format: { type: 'json_schema', json_schema: { name: 'city', schema: CITY, strict: true } },
+  });
+  assert.ok(['Paris', 'Rome'].includes(JSON.parse(structured.choices[0]?.message.content ?? '').city));
+  const called = await ozwell.chat.completions.create({
+    // tools make a long prompt; greedy, so the call is closed well within max_tokens
+    model: LONG, messages: MESSAGES, max_tokens: 150, temperature: 0, tool_choice: 'required',
+    tools: [{ type: 'function', function: { name: 'get_weather', parameters: CITY } }],
+  });
+  const call = called.choices[0]?.message.tool_calls?.[0];
+  assert.equal(call?.function.name, 'get_weather', JSON.stringify(called.choices[0]));
+  assert.ok(['Paris', 'Rome'].includes(JSON.parse(call?.function.arguments ?? '{}').city));
+  assert.equal(called.choices[0]?.finish_reason, 'tool_calls');
+});
+
+test('a streamed chat assembles to the whole answer', { skip }, async () => {
+  const ozwell = client();
+  const whole = await ozwell.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 24, temperature: 0 });
+  const stream = await ozwell.chat.completions.create({
+    model: CHAT, messages: MESSAGES, max_tokens: 24, temperature: 0, stream: true, stream_options: { include_usage: true },
+  });
+  let text = '';
+  const roles: string[] = [];
+  let finish: string | null = null;
+  let completionTokens: number | null = null;
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    for (const choice of chunk.choices) {
+      if (choice.delta.role) roles.push(choice.delta.role);
+      text += choice.delta.content ?? '';
+      finish = choice.finish_reason ?? finish;
+    }
+    completionTokens = chunk.usage?.completion_tokens ?? completionTokens;
+  }
+  assert.deepEqual(roles, ['assistant']);
+  assert.equal(text, whole.choices[0]?.message.content);
+  assert.equal(finish, whole.choices[0]?.finish_reason);
+  assert.equal(completionTokens, whole.usage.completion_tokens);
+});
+
+test('completions, whole and streamed', { skip }, async () => {
+  const ozwell = client();
+  const whole = await ozwell.completions.create({ model: CHAT, prompt: 'Once upon a time', max_tokens: 6, temperature: 0 });
+  assert.ok(whole.object === 'text_completion' && whole.choices[0]?.text);
+  let text = '';
+  for await (const chunk of await ozwell.completions.create({ model: CHAT, prompt: 'Once upon a time', max_tokens: 6, temperature: 0, stream: true })) {
+    text += chunk.choices[0]?.text ?? '';
+  }
+  assert.equal(text, whole.choices[0]?.text);
+});
+
+test('embeddings', { skip }, async () => {
+  const result = await client().embeddings.create({ model: EMBEDDING, input: ['hello world', 'good night'] });
+  assert.deepEqual(result.data.map((e) => e.index), [0, 1]);
+  const first = result.data[0]?.embedding;
+  assert.ok(Array.isArray(first) && first.length === 384);
+  assert.ok(Math.abs(first.reduce((sum, x) => sum + x * x, 0) - 1) < 1e-3); // MiniLM's vectors are normalised
+  const packed = await client().embeddings.create({ model: EMBEDDING, input: 'hello world', encoding_format: 'base64' });
+  assert.equal(typeof packed.data[0]?.embedding, 'string');
+});
+
+test('models: list and retrieve', { skip }, async () => {
+  const ozwell = client();
+  assert.ok((await ozwell.models.list()).data.some((m) => m.id === CHAT));
+  const model = await ozwell.models.retrieve(CHAT);
+  assert.equal(model.id, CHAT);
+  assert.equal(model.ozwell?.task, 'chat');
+  assert.ok(model.ozwell?.engine && model.ozwell.device && model.ozwell.max_model_len);
+  await assert.rejects(ozwell.models.retrieve('no-such-model'),
+    (e: unknown) => e instanceof NotFoundError && e.status === 404 && e.param === 'model' && Boolean(e.requestId));
+});
+
+test('a file round trip: from a path, bytes, a Blob and a stream', { skip }, async () => {
+  const ozwell = client();
+  const dir = await mkdtemp(join(tmpdir(), 'ozwell-sdk-'));
+  const path = join(dir, 'notes.txt');
+  await writeFile(path, 'line one\nline two\n');
+  const uploaded = [];
+  try {
+    const fromPath = await ozwell.files.create({ file: path, purpose: 'user_data' });
+    uploaded.push(fromPath);
+    assert.deepEqual([fromPath.filename, fromPath.bytes, fromPath.purpose], ['notes.txt', 18, 'user_data']);
+    const fromBytes = await ozwell.files.create({ file: new Uint8Array([0, 1, 98, 105, 110]), filename: 'blob.bin', purpose: 'user_data' });
+    uploaded.push(fromBytes);
+    const fromBlob = await ozwell.files.create({ file: new File(['{}'], 'x.json'), purpose: 'user_data' });
+    uploaded.push(fromBlob);
+    assert.equal(fromBlob.filename, 'x.json');
+    const fromStream = await ozwell.files.create({ file: Readable.from([Buffer.from('streamed '.repeat(1000))]), filename: 'streamed.txt', purpose: 'user_data' });
+    uploaded.push(fromStream);
+    assert.equal(fromStream.bytes, 9000);
+    assert.equal(new TextDecoder().decode(await ozwell.files.content(fromPath.id)), 'line one\nline two\n');
+    assert.deepEqual([...(await ozwell.files.content(fromBytes.id))], [0, 1, 98, 105, 110]);
+    assert.equal(new TextDecoder().decode(await ozwell.files.content(fromStream.id)), 'streamed '.repeat(1000));
+    assert.deepEqual(await ozwell.files.retrieve(fromPath.id), fromPath);
+    const listed = new Set((await ozwell.files.list({ purpose: 'user_data' })).data.map((f) => f.id));
+    assert.ok(uploaded.every((f) => listed.has(f.id)));
+  } finally {
+    for (const file of uploaded) assert.equal((await ozwell.files.delete(file.id)).deleted, true);
+    await rm(dir, { recursive: true });
+  }
+  await assert.rejects(ozwell.files.retrieve(uploaded[0]?.id ?? 'x'), NotFoundError);
+  await assert.rejects(ozwell.files.create({ file: new Uint8Array([1]), filename: 'x.txt', purpose: 'not-a-purpose' }),
+    (e: unknown) => e instanceof BadRequestError && e.param === 'purpose');
+});
+
+test('a Responses chain and its typed stream events', { skip }, async () => {
+  const ozwell = client();
+  const first = await ozwell.responses.create({
+    model: CHAT, input: 'Tell me about number 7.', max_output_tokens: 16, instructions: 'Be brief.', metadata: { turn: '1' },
+  });
+  assert.ok(first.object === 'response' && ['completed', 'incomplete'].includes(first.status) && first.output_text);
+  assert.equal(first.output[0]?.type, 'message');
+  assert.ok(first.ozwell.engine);
+  assert.deepEqual(first.metadata, { turn: '1' });
+  const events: ResponseStreamEvent[] = [];
+  for await (const event of await ozwell.responses.create({
+    model: CHAT, input: 'And number 8?', previous_response_id: first.id, max_output_tokens: 16, stream: true,
+  })) events.push(event);
+  assert.equal(events[0]?.type, 'response.created');
+  assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+  const final = events.at(-1);
+  assert.ok(final && (final.type === 'response.completed' || final.type === 'response.incomplete'));
+  const second = final.response;
+  assert.equal(second.previous_response_id, first.id);
+  const deltas = events.map((e) => (e.type === 'response.output_text.delta' ? e.delta : '')).join('');
+  const stored = await ozwell.responses.retrieve(second.id);
+  assert.equal(stored.output_text, deltas);
+  const items = await ozwell.responses.inputItems(second.id, { order: 'asc' });
+  assert.ok(items.data.some((item) => JSON.stringify(item).includes('And number 8?')));
+  assert.equal((await ozwell.responses.delete(second.id)).deleted, true);
+  await assert.rejects(ozwell.responses.retrieve(second.id), NotFoundError);
+  assert.equal((await ozwell.responses.delete(first.id)).deleted, true);
+});
+
+test('admin: keys, usage, and a revoked key', { skip }, async () => {
+  const ozwell = client();
+  const created = await ozwell.admin.keys.create({ name: 'sdk-ts-revoke', plan: 'free' });
+  assert.ok(created.key.startsWith('ozw_') && created.plan === 'free' && created.revoked_at === null);
+  assert.ok((await ozwell.admin.keys.list()).data.some((k) => k.id === created.id));
+  const user = new OzwellClient({ apiKey: created.key });
+  await user.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 2 });
+  const usage = await ozwell.admin.usage({ key_id: created.id, since: new Date(Date.now() - 600_000) });
+  assert.deepEqual(usage.data.map((r) => [r.endpoint, r.status]), [['/v1/chat/completions', 200]]);
+  assert.ok((usage.data[0]?.prompt_tokens ?? 0) > 0);
+  const revoked = await ozwell.admin.keys.revoke(created.id);
+  assert.ok(revoked.revoked && revoked.revoked_at !== null);
+  const started = performance.now();
+  await assert.rejects(new OzwellClient({ apiKey: created.key, maxRetries: 2 }).models.list(),
+    (e: unknown) => e instanceof AuthenticationError && e.status === 401 && Boolean(e.type));
+  assert.ok(seconds(started) < 1); // a 401 is not retried
+  await assert.rejects(ozwell.admin.keys.revoke('key_does_not_exist'), NotFoundError);
+});
+
+test('a 429 from a free-plan key, and the retry that waits Retry-After', { skip }, async () => {
+  // A free-plan key with 1,600 tokens a minute: a long generation holds 1,500 of them while it runs, so a
+  // second request is refused with 429 and Retry-After: 2 (the server's hint while only running requests'
+  // reservations stand in the way). Once the long one is stopped, the retry 2 s later passes.
+  const key = await client().admin.keys.create({ name: 'sdk-ts-free', plan: 'free', tpm: 1600 });
+  const user = new OzwellClient({ apiKey: key.key });
+  // ignore_eos (a vLLM extension Ozwell serves): the random model must not end it early by chance
+  const long = await user.chat.completions.create({ model: LONG, messages: MESSAGES, max_tokens: 1500, stream: true, ignore_eos: true });
+  const iterator = long[Symbol.asyncIterator]();
+  await iterator.next(); // it is running and holds its reservation
+  let retried: Promise<number> | null = null;
+  try {
+    const error = await user.chat.completions.create({ model: LONG, messages: MESSAGES, max_tokens: 200 }, { maxRetries: 0 })
+      .then(() => null, (e: unknown) => e);
+    assert.ok(error instanceof RateLimitError, String(error));
+    assert.equal(error.status, 429);
+    assert.equal(error.type, 'tokens');
+    assert.equal(error.code, 'rate_limit_exceeded');
+    assert.equal(error.retryAfter, 2);
+    const info = error.rateLimit;
+    assert.equal(info.limitTokens, 1600);
+    assert.ok(info.remainingTokens !== null && info.remainingTokens < 300);
+    assert.equal(info.limit, 20); // the free plan's requests a minute
+    assert.equal(info.limitRequests, 20);
+    assert.ok(info.remaining !== null && info.remaining < 20);
+    assert.ok(info.reset !== null && Math.abs(info.reset - Date.now() / 1000) <= 61);
+    assert.ok(info.resetTokens && error.requestId);
+    const started = performance.now();
+    retried = user.chat.completions.create({ model: LONG, messages: MESSAGES, max_tokens: 200 }, { maxRetries: 2 })
+      .then(() => seconds(started));
+    await new Promise((resolve) => setTimeout(resolve, 600)); // its first try has met the 429 by now
+  } finally {
+    await iterator.return?.(); // closes the stream: the server stops it and gives back what it did not use
+  }
+  const elapsed = await retried;
+  assert.ok(elapsed !== null && elapsed >= 1.9 && elapsed < 4.5, `elapsed ${elapsed}`); // it waited Retry-After: 2, not 0.5 s
+});
