@@ -3,6 +3,10 @@
 Concurrent requests put their inputs in one queue. A batcher task takes what arrived within a short
 wait (up to a batch size, both from the model config), sorts it by length to cut padding, and runs
 one forward pass in a worker thread. Tokenization and forward passes never run on the event loop.
+
+Inputs carry a priority (engines/protocol.py): interactive ones go first, and while any wait, batch work
+(the Batch API) takes at most `batch_token_share` of one forward pass's `max_batch_size`; the rest of it
+waits for the next pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from engines.config import EmbeddingOptions, ModelConfig
 from engines.devices import resolve_device
-from engines.protocol import EmbeddingEngine, InvalidGenerationRequest
+from engines.protocol import INTERACTIVE, EmbeddingEngine, InvalidGenerationRequest
 from engines.sources import locate
 
 log = logging.getLogger("ozwell.engines")
@@ -29,6 +33,7 @@ log = logging.getLogger("ozwell.engines")
 class _Item:
     token_ids: list[int]
     future: asyncio.Future
+    priority: int = INTERACTIVE
 
 
 class SentenceTransformersEngine(EmbeddingEngine):
@@ -39,6 +44,7 @@ class SentenceTransformersEngine(EmbeddingEngine):
         self.model = None
         self.forward_passes = 0  # for tests and the coming /metrics
         self._queue: asyncio.Queue[_Item] | None = None
+        self._held: list[_Item] = []  # taken from the queue, not yet in a pass (batch work over its share)
         self._batcher: asyncio.Task | None = None
         # Forward passes always run on this one thread: torch keeps an OpenMP team per calling
         # thread, and hopping between pool threads left idle teams spinning (16% slower here).
@@ -100,9 +106,11 @@ class SentenceTransformersEngine(EmbeddingEngine):
             await asyncio.gather(self._batcher, return_exceptions=True)
             self._batcher = None
         while self._queue is not None and not self._queue.empty():
-            item = self._queue.get_nowait()
+            self._held.append(self._queue.get_nowait())
+        for item in self._held:
             if not item.future.done():
                 item.future.cancel()
+        self._held = []
 
     def health(self) -> str | None:
         if self._batcher is None:
@@ -123,13 +131,14 @@ class SentenceTransformersEngine(EmbeddingEngine):
             raise InvalidGenerationRequest(f"`dimensions` must be at most {self.dimensions} for "
                                            f"`{self.config.id}`.", param="dimensions", code="invalid_value")
 
-    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None) -> np.ndarray:
+    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None,
+                    priority: int = INTERACTIVE) -> np.ndarray:
         """One vector per input (a float32 [n, dim] array), as the model's config normalises it; with
         `dimensions` (Matryoshka), the first `dimensions` values of each, renormalised."""
         if self._batcher is None:
             raise RuntimeError(f"embedding engine {self.config.id!r} is not running")
         loop = asyncio.get_running_loop()
-        items = [_Item(list(ids), loop.create_future()) for ids in token_ids]
+        items = [_Item(list(ids), loop.create_future(), priority) for ids in token_ids]
         for item in items:
             self._queue.put_nowait(item)
         try:
@@ -145,13 +154,18 @@ class SentenceTransformersEngine(EmbeddingEngine):
         # One forward pass at a time: what queues up while one runs forms the next batch, and a
         # short wait lets a burst of concurrent requests arrive before the first pass starts.
         cap = self.options.max_batch_size * 64
+        batch_share = max(1, int(self.options.max_batch_size * self.config.batch_token_share))
         while True:
-            batch = [await self._queue.get()]
-            if self._queue.qsize() + 1 < cap and self.options.batch_wait_ms > 0:
-                await asyncio.sleep(self.options.batch_wait_ms / 1000)
-            while len(batch) < cap and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            batch = [item for item in batch if not item.future.done()]
+            if not self._held:
+                self._held.append(await self._queue.get())
+                if self._queue.qsize() + 1 < cap and self.options.batch_wait_ms > 0:
+                    await asyncio.sleep(self.options.batch_wait_ms / 1000)
+            while not self._queue.empty():
+                self._held.append(self._queue.get_nowait())
+            held = sorted((item for item in self._held if not item.future.done()), key=lambda item: item.priority)
+            interactive = sum(1 for item in held if item.priority == INTERACTIVE)
+            take = min(cap, len(held) if interactive == 0 else interactive + batch_share)
+            batch, self._held = held[:take], held[take:]
             if not batch:
                 continue
             try:

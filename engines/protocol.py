@@ -118,11 +118,18 @@ class TokenLogprobs:
     top: list[tuple[int, float]]
 
 
+# A request's priority class: interactive requests are served first; batch work (the Batch API) fills what
+# they leave. The native engine's scheduler and the embedding batcher honour it.
+INTERACTIVE = 0
+BATCH = 1
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    priority: int = INTERACTIVE
 
 
 @dataclass
@@ -292,5 +299,7 @@ class EmbeddingEngine(Engine):
         """Raise InvalidGenerationRequest for `dimensions` this model cannot give."""
 
     @abc.abstractmethod
-    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None) -> Any:
-        """One vector per input, as a float32 [n, dim] array."""
+    async def embed(self, token_ids: Sequence[list[int]], dimensions: int | None = None,
+                    priority: int = INTERACTIVE) -> Any:
+        """One vector per input, as a float32 [n, dim] array. Batch work (priority BATCH) yields to interactive
+        inputs where the engine can order them."""

@@ -227,6 +227,8 @@ class VllmEngine(HFGenerationEngine):
             enforce_eager=options.enforce_eager,
             disable_log_stats=False,  # the per-request queue times and the scheduler figures need them
             structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+            # Interactive requests (priority 0) before batch work (1): vLLM's own priority scheduler.
+            scheduling_policy="priority",
         )
 
     @property
@@ -262,7 +264,7 @@ class VllmEngine(HFGenerationEngine):
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
         params = vllm_sampling_params(request.params, self.stop_token_ids)
         try:
-            async with aclosing(self.engine.generate(prompt, params, request.request_id)) as stream:
+            async with aclosing(self.engine.generate(prompt, params, request.request_id, priority=request.priority)) as stream:
                 async for output in stream:
                     queue_time = choices.queue_time(output.metrics)
                     for completion in output.outputs:

@@ -21,9 +21,12 @@ from server.metrics import Metrics
 from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
 from server.routes import admin, chat, completions, embeddings, health, models
+from server.routes import batches as batches_routes
 from server.routes import files as files_routes
 from server.routes import metrics as metrics_routes
 from server.routes import responses as responses_routes
+from server.services.batch_runner import BatchRunner, Endpoint
+from server.services.batches import BatchService
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
@@ -37,6 +40,22 @@ from server.settings import Settings
 from server.state import AppServices
 
 log = logging.getLogger("ozwell.server")
+
+
+def _batch_runner(app_services: AppServices, database: Database) -> BatchRunner:
+    """The batch runner, running each endpoint's lines through the service its route calls."""
+    from engines.protocol import EmbeddingEngine, GenerationEngine
+    from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponseRequest
+
+    s = app_services
+    endpoints = {
+        "/v1/chat/completions": Endpoint(ChatCompletionRequest, s.chat.create, GenerationEngine),
+        "/v1/completions": Endpoint(CompletionRequest, s.completions.create, GenerationEngine),
+        "/v1/embeddings": Endpoint(EmbeddingRequest, s.embeddings.create, EmbeddingEngine),
+        "/v1/responses": Endpoint(ResponseRequest, s.responses.create, GenerationEngine),
+    }
+    return BatchRunner(database, s.files, s.registry, s.keys, endpoints, s.settings.instance or "local",
+                       s.settings.batch_concurrency, s.settings.batch_lease_s)
 
 
 async def _sweep_forever(files: FileService, responses: ResponseStore, interval_s: float) -> None:
@@ -68,15 +87,20 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
-        sweeper = None
+        sweeper = batch_task = None
         if files is not None:
             await asyncio.to_thread(files.prepare)
             sweeper = asyncio.create_task(_sweep_forever(files, responses, settings.sweep_interval_s))
+        runner = app.state.services.batches.runner if app.state.services.batches else None
+        if runner is not None:
+            batch_task = asyncio.create_task(runner.run_forever(), name="batch-runner")
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in (sweeper, batch_task):  # the batch lines in flight stop undone; a restart resumes them
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await registry.stop()
             close = getattr(app.state.services.limiter, "close", None)
             if close is not None:
@@ -96,6 +120,9 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
         chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
         embeddings=EmbeddingService(registry), responses=ResponseService(registry, responses, files, observers))
+    if database is not None:
+        app.state.services.batches = BatchService(database, files)
+        app.state.services.batches.runner = _batch_runner(app.state.services, database)
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersAndUsage, usage_service_getter=lambda: app.state.services.usage)
     # Added last, so it is the outermost: it sees every request first and every response to its end.
@@ -112,4 +139,6 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    files_routes.router, responses_routes.router, admin.router, metrics_routes.router):
         app.include_router(router)
+    if database is not None:
+        app.include_router(batches_routes.router)
     return app

@@ -33,6 +33,8 @@ _SERVE_LIMITS = [
     ("--drain-timeout", float, 30.0, "on SIGTERM, seconds in-flight requests may run on before they are cut"),
     ("--dashboard-session-ttl", float, 28800.0, "seconds a dashboard sign-in lasts"),
     ("--dashboard-signin-attempts", int, 10, "failed dashboard sign-ins allowed per client address a minute"),
+    ("--batch-concurrency", int, 16, "batch lines (the Batch API) each replica runs at once"),
+    ("--batch-lease", float, 30.0, "seconds a replica's claim on a batch lasts unrenewed (a dead one's is taken over)"),
 ]
 
 
@@ -87,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id or visible prefix")
     revoke.add_argument("key")
     _add_store_args(revoke)
+    batches = sub.add_parser("batches", help="list, show and cancel batches (works on the database directly)")
+    batches_sub = batches.add_subparsers(dest="batches_command", required=True)
+    batch_list = batches_sub.add_parser("list", help="the newest batches, everyone's or one owner's")
+    batch_list.add_argument("--owner", default=None)
+    batch_list.add_argument("--limit", type=int, default=50)
+    _add_store_args(batch_list)
+    for name, text in (("show", "one batch, as the API returns it (JSON)"),
+                       ("cancel", "cancel a batch; the server running it stops its lines and writes what finished")):
+        command = batches_sub.add_parser(name, help=text)
+        command.add_argument("batch_id")
+        _add_store_args(command)
     usage = sub.add_parser("usage", help="read usage records")
     usage.add_argument("--key", default=None, help="key id or visible prefix")
     usage.add_argument("--since", default=None, help="ISO date or datetime, e.g. 2026-11-25 or 2026-11-25T10:00")
@@ -228,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _keys_command(args)
         if args.command == "usage":
             return _usage_command(args)
+        if args.command == "batches":
+            return _batches_command(args)
         extra = {"plans_file": args.plans_file} if args.plans_file else {}
         settings = Settings(host=args.host, port=args.port, config_dir=args.config_dir, data_dir=args.data_dir,
                             database_url=args.database_url, auth=not args.no_auth,
@@ -242,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                             dashboard_signin_attempts=args.dashboard_signin_attempts,
                             database_pool_size=args.db_pool_size, database_max_overflow=args.db_max_overflow,
                             redis_url=args.redis_url, files_dir=args.files_dir, instance_id=args.instance_id,
-                            **extra)
+                            batch_concurrency=args.batch_concurrency, batch_lease_s=args.batch_lease, **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)
@@ -279,6 +294,37 @@ def _keys_command(args) -> int:
         return 1
     print(f"revoked {record.id} ({record.prefix}...)")
     return 0
+
+
+def _batches_command(args) -> int:
+    import json
+
+    from server.errors import OpenAIError
+    from server.services.batches import BatchService
+
+    batches = BatchService(_key_service(args).database, files=None)
+    try:
+        if args.batches_command == "list":
+            print("id\towner\tstatus\tendpoint\tmodel\tcompleted/failed/total\tcreated")
+            for b in batches.list(args.owner, args.limit)["data"]:
+                counts = b["request_counts"]
+                print("\t".join(str(v) for v in (
+                    b["id"], batches.owner_of(b["id"]), b["status"], b["endpoint"], b.get("model", "-"),
+                    f"{counts['completed']}/{counts['failed']}/{counts['total']}", _epoch(b["created_at"]))))
+            return 0
+        body = batches.retrieve(None, args.batch_id) if args.batches_command == "show" else \
+            batches.cancel(None, args.batch_id)
+    except OpenAIError as exc:
+        print(f"ozwell: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def _epoch(seconds: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _when(value) -> str:

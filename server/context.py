@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from engines.protocol import INTERACTIVE
 from server.auth.keys import Caller
 from server.errors import PermissionDeniedError, RateLimitError
 from server.ratelimit import RateLimiter, Reservation, WindowState, rate_limit_headers
@@ -34,6 +35,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     owner_tpm: int | None = None  # the server's owner-level limit (--owner-tpm), across the owner's keys
     completion_reserve: int | None = None  # per choice, for a request without max_tokens (None: its whole room)
+    priority: int = INTERACTIVE  # BATCH for a line of a batch (server/services/batch_runner.py)
     _reservations: dict[str, Reservation] = field(default_factory=dict)  # limiter key -> held tokens
 
     @property

@@ -50,6 +50,7 @@ class AuthenticationError(OpenAIError, status=401, kind="authentication_error", 
 class PermissionDeniedError(OpenAIError, status=403, kind="permission_error"): pass
 class NotFoundError(InvalidRequestError, status=404): pass
 class MethodNotAllowedError(InvalidRequestError, status=405, code="method_not_allowed"): pass
+class ConflictError(InvalidRequestError, status=409, code="conflict"): pass  # not in the object's present state
 class RequestTimeoutError(InvalidRequestError, status=408, code="request_timeout"): pass  # head or body too slow
 class RequestTooLargeError(InvalidRequestError, status=413, code="request_too_large"): pass
 class HeadersTooLargeError(InvalidRequestError, status=431, code="request_headers_too_large"): pass

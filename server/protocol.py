@@ -529,19 +529,7 @@ class ResponseRequest(GenerationFields):
             except UnsupportedParameterError as exc:
                 raise UnsupportedParameterError(f"text.{exc.param}") from None
 
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > 16:
-            raise ValueError("at most 16 key-value pairs are allowed")
-        for key, item in value.items():
-            if len(key) > 64:
-                raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
-            if len(item) > 512:
-                raise ValueError(f"the value of {key!r} is longer than 512 characters")
-        return value
+    _check_metadata = field_validator("metadata")(classmethod(lambda cls, value: check_metadata(value)))
 
     @field_validator("input")
     @classmethod
@@ -550,3 +538,54 @@ class ResponseRequest(GenerationFields):
             raise ValueError("must not be an empty array")
         return value
 
+
+
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's Metadata: at most 16 pairs, keys up to 64 characters, values up to 512."""
+    if value is None:
+        return value
+    if len(value) > 16:
+        raise ValueError("at most 16 key-value pairs are allowed")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"the value of {key!r} is longer than 512 characters")
+    return value
+
+
+# The endpoints a batch may run (server/services/batches.py), and each one's key scope.
+BATCH_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+                   "/v1/responses": "responses"}
+
+
+class BatchFileExpiration(OpenAIBaseModel):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+class CreateBatchRequest(OpenAIBaseModel):
+    """POST /v1/batches."""
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_expires_after: BatchFileExpiration | None = None
+
+    _check_metadata = field_validator("metadata")(classmethod(lambda cls, value: check_metadata(value)))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value not in BATCH_ENDPOINTS:
+            raise ValueError(f"{value!r} is not an endpoint this server runs in batches; use one of "
+                             f"{', '.join(BATCH_ENDPOINTS)}")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        if value != "24h":
+            raise ValueError("only '24h' is supported")
+        return value

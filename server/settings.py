@@ -60,6 +60,10 @@ class Settings(BaseModel):
     # The dashboard (/dashboard): how long a sign-in lasts, and failed sign-ins allowed per client address a minute.
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0)
     dashboard_signin_attempts: int = Field(default=10, ge=1)
+    # The Batch API (server/services/batch_runner.py): lines run at once per replica, and how long a replica's
+    # claim on a batch lasts without renewal (another replica takes over a dead one's batch after it).
+    batch_concurrency: int = Field(default=16, ge=1, le=1024)
+    batch_lease_s: float = Field(default=30.0, ge=1)
 
     @property
     def scaled_out(self) -> bool:

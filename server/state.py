@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.lifecycle import Lifecycle
     from server.metrics import Metrics
     from server.ratelimit import RateLimiter
+    from server.services.batches import BatchService
     from server.services.chat import ChatService
     from server.services.completions import CompletionService
     from server.services.embeddings import EmbeddingService
@@ -41,6 +42,7 @@ class AppServices:
     embeddings: EmbeddingService
     responses: ResponseService
     database: Database | None = None
+    batches: BatchService | None = None  # None without a database
 
     @property
     def auth_enabled(self) -> bool:

@@ -128,7 +128,8 @@ class EngineCore:
                 generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))  # each choice its own stream
             output = ChoiceOutput(index, self.tokenizer, prompt, params, self.stop_token_ids)
             sequence = Sequence(f"{job.request.request_id}#{index}", prompt, self.block_size,
-                                _SeqState(job, output), params=params, generator=generator)
+                                _SeqState(job, output), params=params, generator=generator,
+                                priority=job.request.priority)
             if job.grammar is not None:
                 sequence.grammar = job.grammar.deep_copy()
             job.sequences.append(sequence)

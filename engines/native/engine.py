@@ -106,7 +106,8 @@ class NativeEngine(HFGenerationEngine):
         self._scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=self.config.max_num_seqs,
                             max_num_batched_tokens=self.config.max_num_batched_tokens,
-                            max_waiting=self.config.max_waiting + self.config.max_num_seqs),
+                            max_waiting=self.config.max_waiting + self.config.max_num_seqs,
+                            batch_token_share=self.config.batch_token_share),
             KVBlockManager(self._num_blocks, size))
         self.grammars = GrammarCache(self.tokenizer, self.vocab_size(), sorted(self._stop_token_ids))
         self._core = EngineCore(self.config.id, self._scheduler, self.runner, self.tokenizer, self._stop_token_ids,

@@ -14,7 +14,7 @@ class SequenceStatus(Enum):
 
 class Sequence:
     def __init__(self, seq_id: str, token_ids: list[int], block_size: int, payload: Any = None,
-                 params: Any = None, generator: Any = None):
+                 params: Any = None, generator: Any = None, priority: int = 0):
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
         self.seq_id = seq_id
@@ -27,6 +27,7 @@ class Sequence:
         # Of those, how many came from the prefix cache at the last admission.
         self.num_cached_tokens = 0
         self.status = SequenceStatus.WAITING
+        self.priority = priority  # 0 interactive; higher is batch work, scheduled after (engines/protocol.py)
         self.payload = payload  # the engine's own per-sequence state (its request, its text output)
         self.params = params  # SamplingParams, read by the model runner's sampler
         self.generator = generator  # its seeded torch.Generator (None when greedy)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -91,3 +91,51 @@ class DashboardSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(Integer)  # epoch seconds
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class StoredBatch(Base):
+    """A batch (the Batch API): its OpenAI fields, its counts, and which replica runs it (a renewed lease)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # None under --no-auth
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds, as every *_at here
+    expires_at: Mapped[int] = mapped_column(Integer)
+    in_progress_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finalizing_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancelling_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[list | None] = mapped_column(JSON, nullable=True)  # BatchError objects
+    batch_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    output_expires_after: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seconds
+    output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class BatchResult(Base):
+    """One finished line of a running batch: its output line, written once (the key makes a second write fail).
+    The rows go when the batch's output and error files are written."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based, in the input file
+    ok: Mapped[bool] = mapped_column(Boolean)  # to the output file (else the error file)
+    record: Mapped[str] = mapped_column(Text)  # the JSON line, as written to the file

@@ -72,7 +72,7 @@ class EmbeddingService:
             raise request_error(exc) from None
         await context.reserve_tokens(prompt_tokens)
         try:
-            vectors = await engine.embed(token_ids, req.dimensions)
+            vectors = await engine.embed(token_ids, req.dimensions, context.priority)
         finally:
             await context.settle(prompt_tokens, 0)
         return EmbeddingList(

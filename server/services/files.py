@@ -241,6 +241,33 @@ class FileService:
             (self.dir / record.id).unlink(missing_ok=True)
             raise
 
+    def store_generated(self, owner: str, file_id: str, filename: str, purpose: str, lines: list[str],
+                        expires_at: int | None = None) -> StoredFile:
+        """Store a file the server wrote (a batch's output), as atomically as an upload. Idempotent: the id
+        is the caller's (derived from what it holds), and a file already stored under it is returned as is,
+        so a writer that crashed after storing it and runs again stores nothing twice. Not counted against
+        the owner's upload quota: the owner asked for the work that made it."""
+        with self.database.session() as session:
+            existing = session.get(StoredFile, file_id)
+        if existing is not None:
+            return existing
+        temp = self.dir / f"{_TMP_PREFIX}{self.host}~{os.getpid()}~{file_id}"
+        size = 0
+        try:
+            with open(temp, "xb") as sink:
+                for line in lines:
+                    data = line.encode("utf-8") + b"\n"
+                    sink.write(data)
+                    size += len(data)
+                sink.flush()
+                os.fsync(sink.fileno())
+            record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(filename), purpose=purpose,
+                                bytes=size, created_at=int(time.time()), expires_at=expires_at)
+            self._commit(temp, record)
+            return record
+        finally:
+            temp.unlink(missing_ok=True)
+
     @staticmethod
     def _check_fields(fields: dict[str, str]) -> str:
         purpose = fields.get("purpose")

@@ -126,7 +126,7 @@ class GenerationPipeline:
         await context.reserve_tokens(sum(p.floor(engine) for p in prompts) + sequences * (requested or 1))
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
         generation = Generation(engine, request_id, ids, [self._params(req, engine, p) for p in ids],
-                                context.settle, self.observers)
+                                context.settle, self.observers, context.priority)
         # Without max_tokens a choice may run to the end of the context, but it reserves only the server's
         # completion reserve (--completion-reserve) and is charged its real use when it ends.
         cap = context.completion_reserve if requested is None else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engines.protocol import (
+    INTERACTIVE,
     EngineError,
     EngineUnavailable,
     GenerationEngine,
@@ -59,7 +60,7 @@ def shutting_down_error() -> ServiceUnavailableError:
 
 async def stream_events(
     engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams,
-    observers: Observers | None = None,
+    observers: Observers | None = None, priority: int = INTERACTIVE,
 ) -> AsyncIterator[GenerationEvent]:
     """The engine's events. An engine fault becomes a 500-shaped error, a dead engine a 503, and a
     request cut by the shutdown drain a 503 `server_shutting_down`; leaving early aborts."""
@@ -69,7 +70,7 @@ async def stream_events(
     registration = lifecycle.register(engine, request_id) if lifecycle else None
     fault = False
     try:
-        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params)):
+        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params, priority)):
             if trace is not None:
                 trace.event(event.index, len(event.token_ids), event.completion_tokens, event.finish_reason)
             if event.finish_reason == "abort" and lifecycle is not None and lifecycle.was_cut(request_id):
@@ -93,12 +94,12 @@ async def stream_events(
 
 
 async def merged_events(engine: GenerationEngine, request_id: str, prompts: list[list[int]],
-                        params: list[SamplingParams],
-                        observers: Observers | None = None) -> AsyncIterator[tuple[int, GenerationEvent]]:
+                        params: list[SamplingParams], observers: Observers | None = None,
+                        priority: int = INTERACTIVE) -> AsyncIterator[tuple[int, GenerationEvent]]:
     """Events of every prompt as they come, with the choice index OpenAI gives them (prompt i, choice j ->
     i * n + j). One prompt runs under `request_id` itself; several under `request_id-i`."""
     if len(prompts) == 1:
-        async for event in stream_events(engine, request_id, prompts[0], params[0], observers):
+        async for event in stream_events(engine, request_id, prompts[0], params[0], observers, priority):
             yield event.index, event
         return
     queue: asyncio.Queue = asyncio.Queue()
@@ -106,7 +107,8 @@ async def merged_events(engine: GenerationEngine, request_id: str, prompts: list
 
     async def pump(i: int) -> None:
         try:
-            async for event in stream_events(engine, f"{request_id}-{i}", prompts[i], params[i], observers):
+            async for event in stream_events(engine, f"{request_id}-{i}", prompts[i], params[i], observers,
+                                             priority):
                 await queue.put((i * params[i].n + event.index, event))
             await queue.put(finished)
         except BaseException as exc:
@@ -178,6 +180,7 @@ class Generation:
     params: list[SamplingParams]
     settle: Callable[[int, int], Awaitable[None]]
     observers: Observers | None = None
+    priority: int = INTERACTIVE  # BATCH for the Batch API's requests (engines/protocol.py)
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: dict[int, int] = field(default_factory=dict)  # choice index -> tokens so far
 
@@ -195,7 +198,7 @@ class Generation:
 
     async def _events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
         async for index, event in merged_events(self.engine, self.request_id, self.prompts, self.params,
-                                                self.observers):
+                                                self.observers, self.priority):
             self.completion_tokens[index] = event.completion_tokens
             yield index, event
 

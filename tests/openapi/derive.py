@@ -30,7 +30,7 @@ ROOTS = [
     "Model", "OpenAIFile", "Response", "ResponseItemList", "ResponseCreatedEvent", "ResponseInProgressEvent",
     "ResponseOutputItemAddedEvent", "ResponseContentPartAddedEvent", "ResponseTextDeltaEvent",
     "ResponseTextDoneEvent", "ResponseContentPartDoneEvent", "ResponseOutputItemDoneEvent",
-    "ResponseCompletedEvent", "ResponseIncompleteEvent",
+    "ResponseCompletedEvent", "ResponseIncompleteEvent", "Batch", "ListBatchesResponse",
 ]
 # What validation reads; everything else (descriptions, examples, titles, x-oaiMeta...) is left out.
 KEEP = {"type", "properties", "required", "enum", "const", "items", "anyOf", "oneOf", "allOf", "not", "nullable",

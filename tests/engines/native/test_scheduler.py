@@ -130,3 +130,53 @@ def test_postprocess_appends_queues_followers_once_and_frees_what_finished():
     plan = step(scheduler)
     assert plan == [("r#1", 1), ("r#2", 1)]  # four of five prompt tokens came from the cache
     assert len(scheduler.waiting) == 0 and len(scheduler.running) == 2
+
+
+# ---- priorities: interactive (0) before batch work (1) ------------------------------------------------------
+def test_interactive_sequences_queue_ahead_of_batch_work():
+    scheduler = make(max_num_seqs=1)
+    scheduler.add(Sequence("batch-1", [1], 4, priority=1))
+    scheduler.add(Sequence("batch-2", [1], 4, priority=1))
+    scheduler.add(Sequence("chat", [1], 4))
+    assert [s.seq_id for s in scheduler.waiting] == ["chat", "batch-1", "batch-2"]
+    assert step(scheduler) == [("chat", 1)]
+
+
+def test_batch_work_takes_its_share_while_interactive_work_waits_and_all_of_it_after():
+    scheduler = make(num_blocks=64, max_num_batched_tokens=16, batch_token_share=0.25)
+    batch = Sequence("batch", list(range(40)), 4, priority=1)
+    scheduler.add(batch)
+    assert step(scheduler) == [("batch", 16)]  # nothing interactive: the whole budget
+    chat = Sequence("chat", list(range(100, 130)), 4)
+    scheduler.add(chat)
+    # the interactive prompt is prefilling: batch work gets at most 4 of 16 tokens, scheduled after it
+    assert step(scheduler) == [("batch", 4), ("chat", 12)]
+    assert step(scheduler) == [("chat", 16)]  # interactive first: it takes the whole budget
+    assert step(scheduler) == [("chat", 2), ("batch", 4)]  # chat's last prompt chunk; batch within its share
+    # chat only decodes now (nothing interactive waits): batch work takes all the budget that is left
+    assert step(scheduler) == [("chat", 1), ("batch", 15)]
+
+
+def test_an_interactive_sequence_preempts_the_newest_batch_sequence_for_a_slot():
+    scheduler = make(max_num_seqs=2)
+    for name in ("batch-old", "batch-new"):
+        scheduler.add(Sequence(name, [1, 2], 4, priority=1))
+    assert step(scheduler) == [("batch-old", 2), ("batch-new", 2)]
+    scheduler.add(Sequence("chat", [5, 6], 4))
+    plan = step(scheduler)
+    assert ("chat", 2) in plan and ("batch-old", 1) in plan and "batch-new" not in dict(plan)
+    assert [s.seq_id for s in scheduler.waiting] == ["batch-new"] and scheduler.num_preemptions == 1
+
+
+def test_when_blocks_run_out_batch_work_is_preempted_before_older_interactive_work():
+    scheduler = make(num_blocks=3, block_size=2, max_num_batched_tokens=64)
+    batch = Sequence("batch", [1], 2, priority=1)
+    chat = Sequence("chat", [1, 2, 3], 2)
+    scheduler.add(batch)
+    assert step(scheduler) == [("batch", 1)]
+    scheduler.add(chat)
+    step(scheduler)  # chat's prompt (2 blocks), batch decodes into its own block
+    assert scheduler.blocks.num_free_blocks == 0
+    step(scheduler)
+    step(scheduler)  # chat needs a third block: batch, though older, is the one preempted
+    assert chat.status is SequenceStatus.RUNNING and batch.status is SequenceStatus.WAITING
