@@ -18,11 +18,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, config_dir: Path, data_dir: Path) -> subprocess.Popen:
+def start_server(port: int, config_dir: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
     """Start the server and return once it prints its ready line (its output is echoed, minus progress bars)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--config-dir", str(config_dir),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
+         "--data-dir", str(data_dir), "--log-level", "warning", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
         if "it/s]" not in line:

@@ -1,5 +1,5 @@
 """The server tests that touch storage (keys, usage, rate limits, files, stored responses, the operations
-API), run again with their app on PostgreSQL: the `database` fixture in tests/conftest.py
+API, batches and their leases), run again with their app on PostgreSQL: the `database` fixture in tests/conftest.py
 takes OZWELL_TEST_DATABASE_URL. They run in a child pytest, on a fresh database of this tier's server."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGE_TESTS = ["tests/server/test_auth.py", "tests/server/test_files.py", "tests/server/test_responses.py",
-                 "tests/server/test_ratelimit.py", "tests/server/test_operations.py"]
+                 "tests/server/test_ratelimit.py", "tests/server/test_operations.py", "tests/batches/test_batches.py"]
 # Not test_reservations.py: its app (tools_client) opens its own SQLite store, and its three-at-once timing
 # test is about the in-memory limiter, not storage.
 
@@ -26,5 +26,5 @@ def test_storage_tests_pass_on_postgresql(postgres):
     assert " passed" in done.stdout.splitlines()[-1] and "skipped" not in done.stdout.splitlines()[-1]
     # They really ran on PostgreSQL: their keys, usage and stored responses are there.
     counts = {table: int(postgres.psql(f"SELECT count(*) FROM {table}", database="suite"))
-              for table in ("api_keys", "usage_records", "responses")}
+              for table in ("api_keys", "usage_records", "responses", "batches")}
     assert all(n > 0 for n in counts.values()), counts
