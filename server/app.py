@@ -55,7 +55,7 @@ def _batch_runner(app_services: AppServices, database: Database) -> BatchRunner:
         "/v1/responses": Endpoint(ResponseRequest, s.responses.create, GenerationEngine),
     }
     return BatchRunner(database, s.files, s.registry, s.keys, endpoints, s.settings.instance or "local",
-                       s.settings.batch_concurrency, s.settings.batch_lease_s)
+                       s.settings.batch_concurrency, s.settings.batch_lease_s, lambda: s.lifecycle.draining)
 
 
 async def _sweep_forever(files: FileService, responses: ResponseStore, interval_s: float) -> None:

@@ -58,6 +58,9 @@ from server.services.files import FileService
 log = logging.getLogger("ozwell.batches")
 
 MAX_REPORTED_ERRORS = 100
+# Why a run stopped that cancels its batch, as the `errors` entry the batch then carries.
+_STOPS = {"revoked": ("key_revoked", "The API key that created this batch was revoked."),
+          "deleted": ("input_file_deleted", "The batch's input file was deleted before every line had run.")}
 _CHUNK_LINES = 256
 
 
@@ -89,18 +92,12 @@ def _file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
 
 
-def read_lines(path: Path, skip: set[int] | frozenset[int] = frozenset(), start: int = 1,
-               limit: int | None = None) -> list[tuple[int, bytes]]:
-    """(line number, raw line) of the input file's non-blank lines from `start`, without those in `skip`."""
-    found: list[tuple[int, bytes]] = []
+def iter_lines(path: Path, skip: set[int] | frozenset[int] = frozenset()):
+    """(line number, raw line) of the input file's non-blank lines, without those in `skip`."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if number < start or number in skip or not raw.strip():
-                continue
-            found.append((number, raw))
-            if limit is not None and len(found) >= limit:
-                break
-    return found
+            if number not in skip and raw.strip():
+                yield number, raw
 
 
 def _parse(raw: bytes) -> dict | None:
@@ -113,7 +110,8 @@ def _parse(raw: bytes) -> dict | None:
 
 class BatchRunner:
     def __init__(self, database: Database, files: FileService, registry: EngineRegistry, keys: KeyService | None,
-                 endpoints: dict[str, Endpoint], instance: str, concurrency: int = 16, lease_s: float = 30.0):
+                 endpoints: dict[str, Endpoint], instance: str, concurrency: int = 16, lease_s: float = 30.0,
+                 draining: Callable[[], bool] = lambda: False):
         self.database = database
         self.files = files
         self.registry = registry
@@ -122,6 +120,7 @@ class BatchRunner:
         self.instance = instance
         self.concurrency = concurrency
         self.lease_s = lease_s
+        self.draining = draining  # the server is shutting down: take no new line (a restart resumes them)
         self._wake = asyncio.Event()
         self._run: _Run | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,11 +216,13 @@ class BatchRunner:
                 if run.reason == "expired":
                     await asyncio.to_thread(self._finish, batch, "expired")
                     return
-                if run.reason == "revoked":
+                if run.reason in _STOPS:
+                    code, message = _STOPS[run.reason]
                     await asyncio.to_thread(self._set, batch_id, status="cancelling", cancelling_at=int(time.time()),
-                                            errors=[{"code": "key_revoked", "line": None, "param": None,
-                                                     "message": "The API key that created this batch was revoked."}])
+                                            errors=[{"code": code, "line": None, "param": None, "message": message}])
                     batch = await asyncio.to_thread(self._load, batch_id)
+                elif self.draining():
+                    return  # the lines not done run after the restart
                 elif batch.status == "in_progress":
                     await asyncio.to_thread(self._set, batch_id, status="finalizing", finalizing_at=int(time.time()))
                     batch = await asyncio.to_thread(self._load, batch_id)
@@ -282,10 +283,12 @@ class BatchRunner:
         model: str | None = None
         total = 0
         try:
-            record = self.files.get(batch.owner, batch.input_file_id)
-            lines = read_lines(self.files.path(record))
+            path = self.files.path(self.files.get(batch.owner, batch.input_file_id))
+            if not path.exists():
+                raise FileNotFoundError(path)
+            lines = iter_lines(path)
         except (OpenAIError, FileNotFoundError):
-            lines = []
+            lines = iter(())
             error("file_not_found", f"The input file {batch.input_file_id} no longer exists.",
                   param="input_file_id")
         for number, raw in lines:
@@ -354,8 +357,19 @@ class BatchRunner:
 
     # ---- in_progress -------------------------------------------------------------------------------
     async def _execute(self, batch: StoredBatch, run: _Run) -> None:
-        record = await asyncio.to_thread(self.files.get, batch.owner, batch.input_file_id)
-        path = self.files.path(record)
+        try:
+            record = await asyncio.to_thread(self.files.get, batch.owner, batch.input_file_id)
+            # Open once: the lines stay readable if the file is deleted while the batch runs.
+            handle = await asyncio.to_thread(open, self.files.path(record), "rb")
+        except (OpenAIError, FileNotFoundError):
+            run.reason = "deleted"
+            return
+        try:
+            await self._execute_lines(batch, run, handle)
+        finally:
+            handle.close()
+
+    async def _execute_lines(self, batch: StoredBatch, run: _Run, handle) -> None:
         caller = await asyncio.to_thread(self._caller, batch)
         if batch.key_id is not None and caller is None:
             run.reason = "revoked"
@@ -363,21 +377,28 @@ class BatchRunner:
         done = await asyncio.to_thread(self._done_lines, batch.id)
         queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=self.concurrency * 2)
 
-        async def produce() -> None:
-            start = 1
-            while True:
-                chunk = await asyncio.to_thread(read_lines, path, done, start, _CHUNK_LINES)
-                for number, raw in chunk:
-                    value = _parse(raw) or {}
-                    await queue.put(_Line(number, str(value.get("custom_id")), value.get("body") or {}))
-                if len(chunk) < _CHUNK_LINES:
+        numbered = enumerate(handle, start=1)
+
+        def next_chunk() -> list[_Line]:
+            chunk = []
+            for number, raw in numbered:
+                if number in done or not raw.strip():
+                    continue
+                value = _parse(raw) or {}
+                chunk.append(_Line(number, str(value.get("custom_id")), value.get("body") or {}))
+                if len(chunk) >= _CHUNK_LINES:
                     break
-                start = chunk[-1][0] + 1
+            return chunk
+
+        async def produce() -> None:
+            while chunk := await asyncio.to_thread(next_chunk):
+                for line in chunk:
+                    await queue.put(line)
             for _ in range(self.concurrency):
                 await queue.put(None)
 
         async def consume() -> None:
-            while (line := await queue.get()) is not None:
+            while (line := await queue.get()) is not None and not self.draining():
                 await self._run_line(batch, caller, line, run)
 
         producer = asyncio.create_task(produce())
@@ -476,8 +497,12 @@ class BatchRunner:
         expired = 0
         if status == "expired":  # the lines never run go to the error file
             done = {line for line, _, _ in rows}
-            record = self.files.get(batch.owner, batch.input_file_id)
-            for _, raw in read_lines(self.files.path(record), done):
+            try:
+                unfinished = list(iter_lines(self.files.path(self.files.get(batch.owner, batch.input_file_id)),
+                                             done))
+            except (OpenAIError, FileNotFoundError):
+                unfinished = []  # the input file was deleted: its unfinished lines cannot be named
+            for _, raw in unfinished:
                 value = _parse(raw) or {}
                 errors.append(json.dumps({"id": "batch_req_" + secrets.token_hex(16),
                                           "custom_id": str(value.get("custom_id")), "response": None,

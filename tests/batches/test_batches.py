@@ -252,3 +252,18 @@ def test_revoking_the_key_stops_its_batch(app, client):
         time.sleep(0.2)
     assert body["errors"]["data"][0]["code"] == "key_revoked"
     assert 1 <= body["request_counts"]["completed"] < 300
+
+
+def test_deleting_the_input_file_mid_batch_loses_no_line(openai_client):
+    lines = [chat_line(i, max_tokens=12) for i in range(120)]
+    file_id = upload(openai_client, lines)
+    batch = openai_client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+    deadline = time.time() + 120
+    while openai_client.batches.retrieve(batch.id).request_counts.completed < 2:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert openai_client.files.delete(file_id).deleted
+    done = wait_for(openai_client, batch.id, ("completed", "cancelled"))
+    assert done.status == "completed" and done.request_counts.completed == 120
+    assert len(read_jsonl(openai_client, done.output_file_id)) == 120
