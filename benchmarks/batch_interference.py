@@ -2,7 +2,7 @@
 idle server, then while a large batch runs on the same model, in one run.
 
     python benchmarks/batch_interference.py [--model smollm2-135m-instruct] [--interactive 24] [--lines 600]
-                                            [--batch-max-tokens 64] [--concurrency 16] [--share 0.25]
+                                            [--batch-max-tokens 16] [--concurrency 16] [--share 0.25]
 
 It starts `ozwell serve` with the shipped config of `--model` (its `batch_token_share` set to `--share`,
 `--batch-concurrency` to `--concurrency`), measures the TTFT of `--interactive` streamed chat requests sent one
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--interactive", type=int, default=24)
     parser.add_argument("--lines", type=int, default=600)
-    parser.add_argument("--batch-max-tokens", type=int, default=64)
+    parser.add_argument("--batch-max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--share", type=float, default=0.25)
     args = parser.parse_args()

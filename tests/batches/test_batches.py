@@ -48,6 +48,13 @@ def wait_for(openai_client, batch_id: str, statuses: tuple[str, ...], timeout_s:
     raise AssertionError(f"batch {batch_id} is still {batch.status} after {timeout_s}s")
 
 
+def wait_for_progress(openai_client, batch_id: str, completed: int, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while openai_client.batches.retrieve(batch_id).request_counts.completed < completed:
+        assert time.time() < deadline, f"batch {batch_id} has not completed {completed} lines in {timeout_s}s"
+        time.sleep(0.1)
+
+
 def read_jsonl(openai_client, file_id: str) -> list[dict]:
     return [json.loads(line) for line in openai_client.files.content(file_id).text.splitlines()]
 
@@ -143,10 +150,7 @@ def test_cancel_mid_way_keeps_what_finished(openai_client, app):
     lines = [chat_line(i, max_tokens=40) for i in range(400)]
     batch = openai_client.batches.create(input_file_id=upload(openai_client, lines),
                                          endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.time() + 120
-    while openai_client.batches.retrieve(batch.id).request_counts.completed < 3:
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_for_progress(openai_client, batch.id, 3)
     cancelling = openai_client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     done = wait_for(openai_client, batch.id, ("cancelled",), 60)
@@ -177,10 +181,7 @@ def test_a_batch_past_its_window_expires_keeping_what_finished(openai_client, ap
     lines = [chat_line(i, max_tokens=40) for i in range(300)]
     batch = openai_client.batches.create(input_file_id=upload(openai_client, lines),
                                          endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.time() + 120
-    while openai_client.batches.retrieve(batch.id).request_counts.completed < 2:
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_for_progress(openai_client, batch.id, 2)
     with app.state.services.database.session() as session, session.begin():
         session.execute(update(StoredBatch).where(StoredBatch.id == batch.id).values(expires_at=int(time.time())))
     done = wait_for(openai_client, batch.id, ("expired",), 60)
@@ -259,10 +260,7 @@ def test_deleting_the_input_file_mid_batch_loses_no_line(openai_client):
     file_id = upload(openai_client, lines)
     batch = openai_client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                          completion_window="24h")
-    deadline = time.time() + 120
-    while openai_client.batches.retrieve(batch.id).request_counts.completed < 2:
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_for_progress(openai_client, batch.id, 2)
     assert openai_client.files.delete(file_id).deleted
     done = wait_for(openai_client, batch.id, ("completed", "cancelled"))
     assert done.status == "completed" and done.request_counts.completed == 120
