@@ -265,3 +265,35 @@ def test_deleting_the_input_file_mid_batch_loses_no_line(openai_client):
     done = wait_for(openai_client, batch.id, ("completed", "cancelled"))
     assert done.status == "completed" and done.request_counts.completed == 120
     assert len(read_jsonl(openai_client, done.output_file_id)) == 120
+
+
+def test_one_replica_at_a_time_holds_a_batch_and_a_dead_ones_lease_passes_on(app, tmp_path):
+    """Two runners (two replicas) on one database of their own: the lease goes to one; the other takes the batch
+    only when that lease has run out; a replica restarted under its own name takes its batch back at once."""
+    from server.db.database import open_database
+    from server.db.models import StoredBatch
+    from server.services.batch_runner import BatchRunner
+
+    services = app.state.services
+    database = open_database(None, tmp_path)
+
+    def runner(name: str) -> BatchRunner:
+        return BatchRunner(database, services.files, services.registry, services.keys, {}, name, lease_s=2)
+
+    now = int(time.time())
+    batch_id = f"batch_lease_test_{now}"
+    with database.session() as session, session.begin():
+        session.add(StoredBatch(id=batch_id, owner="lease-test", endpoint="/v1/chat/completions",
+                                input_file_id="file-x", completion_window="24h", status="in_progress",
+                                created_at=0, expires_at=now + 3600, total=1, completed=0, failed=0, input_tokens=0,
+                                output_tokens=0))
+    try:
+        first, second = runner("replica-a"), runner("replica-b")
+        assert first._claim() == batch_id
+        assert second._claim() is None  # held
+        assert runner("replica-a")._claim() == batch_id  # the same replica, restarted
+        time.sleep(2.2)
+        assert second._claim() == batch_id  # replica-a's lease ran out
+        assert first._renew(batch_id) == "lost"
+    finally:
+        database.close()
