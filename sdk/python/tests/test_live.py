@@ -21,6 +21,7 @@ from ozwell import (
     AsyncOzwell,
     AuthenticationError,
     BadRequestError,
+    ConflictError,
     NotFoundError,
     Ozwell,
     RateLimitError,
@@ -152,6 +153,30 @@ def test_file_round_trip(client: Ozwell, tmp_path: Path) -> None:
     assert caught.value.param == "purpose"
 
 
+def test_batch_round_trip(client: Ozwell, chat_model: str) -> None:
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": chat_model, "messages": [{"role": "user", "content": f"Number {i}?"}],
+                       "max_tokens": 4}} for i in range(3)]
+    uploaded = client.files.create(file="".join(json.dumps(line) + "\n" for line in lines).encode(),
+                                   filename="batch.jsonl", purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  metadata={"run": "sdk"})
+    assert batch.status == "validating" and batch.metadata == {"run": "sdk"}
+    deadline = time.time() + 120
+    while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed"):
+        assert time.time() < deadline, batch.status
+        time.sleep(0.2)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed) == (3, 3) and batch.output_file_id
+    outputs = [json.loads(line) for line in client.files.content(batch.output_file_id).splitlines()]
+    assert [o["custom_id"] for o in outputs] == ["q0", "q1", "q2"]
+    assert batch.id in {b.id for b in client.batches.list(limit=100).data}
+    with pytest.raises(ConflictError):
+        client.batches.cancel(batch.id)
+    with pytest.raises(NotFoundError):
+        client.batches.retrieve("batch_missing")
+
+
 def test_responses_chain_and_stream_events(client: Ozwell, chat_model: str) -> None:
     first = client.responses.create(model=chat_model, input="Tell me about number 7.", max_output_tokens=16,
                                     instructions="Be brief.", metadata={"turn": "1"})
@@ -192,6 +217,7 @@ def test_async_client(chat_model: str) -> None:
             uploaded = await client.files.create(file=b"async", filename="a.txt", purpose="user_data")
             assert await client.files.content(uploaded.id) == b"async"
             assert (await client.files.delete(uploaded.id)).deleted
+            assert (await client.batches.list(limit=1)).object == "list"
             keys = await client.admin.keys.list()
             assert keys.data
 

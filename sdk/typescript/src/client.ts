@@ -7,6 +7,10 @@ import {
   type ApiKeyCreated,
   type ApiKeyList,
   type ApiKeyRevoked,
+  type Batch,
+  type BatchCreateParams,
+  type BatchList,
+  type BatchListParams,
   type ChatCompletion,
   type ChatCompletionChunk,
   type ChatCompletionCreateParams,
@@ -118,6 +122,26 @@ export class Files extends Resource {
   }
 }
 
+export class Batches extends Resource {
+  /** Run an uploaded `purpose: 'batch'` JSONL file behind interactive traffic; poll it with `retrieve`. */
+  create(params: BatchCreateParams, options?: RequestOptions): Promise<Batch> {
+    const body = { completion_window: '24h', ...params };
+    return this.client.requestJSON({ method: 'POST', path: '/batches', body, options });
+  }
+
+  retrieve(batchId: string, options?: RequestOptions): Promise<Batch> {
+    return this.client.requestJSON({ method: 'GET', path: `/batches/${segment(batchId)}`, options });
+  }
+
+  list(params: BatchListParams = {}, options?: RequestOptions): Promise<BatchList> {
+    return this.client.requestJSON({ method: 'GET', path: '/batches', query: { ...params }, options });
+  }
+
+  cancel(batchId: string, options?: RequestOptions): Promise<Batch> {
+    return this.client.requestJSON({ method: 'POST', path: `/batches/${segment(batchId)}/cancel`, options });
+  }
+}
+
 /** A Response with `output_text`, the text of its output_text parts joined (added by the SDK). */
 export type ResponseWithText = Response & { output_text: string };
 
@@ -191,6 +215,7 @@ export class OzwellClient extends APIClient {
   readonly embeddings: Embeddings;
   readonly models: Models;
   readonly files: Files;
+  readonly batches: Batches;
   readonly responses: Responses;
   readonly admin: Admin;
 
@@ -201,6 +226,7 @@ export class OzwellClient extends APIClient {
     this.embeddings = new Embeddings(this);
     this.models = new Models(this);
     this.files = new Files(this);
+    this.batches = new Batches(this);
     this.responses = new Responses(this);
     this.admin = new Admin(this);
   }

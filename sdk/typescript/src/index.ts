@@ -1,4 +1,4 @@
-export { OzwellClient, Chat, ChatCompletions, Completions, Embeddings, Models, Files, Responses, Keys, Admin } from './client.js';
+export { OzwellClient, Chat, ChatCompletions, Completions, Embeddings, Models, Files, Batches, Responses, Keys, Admin } from './client.js';
 export type { ResponseWithText } from './client.js';
 export { DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS, type ClientOptions } from './core.js';
 export {

@@ -210,6 +210,47 @@ export interface FileListParams { purpose?: string; limit?: number; order?: 'asc
 export interface FileList { object: 'list'; data: FileObject[]; first_id?: string | null; last_id?: string | null; has_more?: boolean }
 export interface FileDeleted { id: string; object: string; deleted: boolean }
 
+// ---- batches ------------------------------------------------------------------------------------
+
+export type BatchEndpoint = '/v1/chat/completions' | '/v1/completions' | '/v1/embeddings' | '/v1/responses';
+export type BatchStatus =
+  | 'validating' | 'failed' | 'in_progress' | 'finalizing' | 'completed' | 'expired' | 'cancelling' | 'cancelled';
+export interface BatchCreateParams {
+  input_file_id: string;
+  endpoint: BatchEndpoint;
+  completion_window?: '24h';
+  metadata?: Record<string, string> | null;
+  output_expires_after?: { anchor: 'created_at'; seconds: number };
+}
+export interface BatchError { code?: string; message?: string; param?: string | null; line?: number | null }
+export interface BatchRequestCounts { total: number; completed: number; failed: number }
+export interface Batch {
+  id: string;
+  object: 'batch';
+  endpoint: string;
+  input_file_id: string;
+  completion_window: string;
+  status: BatchStatus;
+  created_at: number;
+  expires_at?: number;
+  in_progress_at?: number;
+  finalizing_at?: number;
+  completed_at?: number;
+  failed_at?: number;
+  expired_at?: number;
+  cancelling_at?: number;
+  cancelled_at?: number;
+  model?: string;
+  output_file_id?: string;
+  error_file_id?: string;
+  errors?: { object?: string; data?: BatchError[] };
+  request_counts?: BatchRequestCounts;
+  usage?: { input_tokens: number; output_tokens: number; total_tokens: number };
+  metadata?: Record<string, string> | null;
+}
+export interface BatchListParams { limit?: number; after?: string }
+export interface BatchList { object: 'list'; data: Batch[]; first_id?: string; last_id?: string; has_more: boolean }
+
 // ---- responses ----------------------------------------------------------------------------------
 
 export interface ResponseInputText { type: 'input_text'; text: string }

@@ -17,6 +17,7 @@ import { promisify } from 'node:util';
 import {
   AuthenticationError,
   BadRequestError,
+  ConflictError,
   NotFoundError,
   OzwellClient,
   RateLimitError,
@@ -162,6 +163,31 @@ test('a file round trip: from a path, bytes, a Blob and a stream', { skip }, asy
   await assert.rejects(ozwell.files.retrieve(uploaded[0]?.id ?? 'x'), NotFoundError);
   await assert.rejects(ozwell.files.create({ file: new Uint8Array([1]), filename: 'x.txt', purpose: 'not-a-purpose' }),
     (e: unknown) => e instanceof BadRequestError && e.param === 'purpose');
+});
+
+test('a batch round trip', { skip }, async () => {
+  const ozwell = client();
+  const lines = [0, 1, 2].map((i) => JSON.stringify({
+    custom_id: `q${i}`, method: 'POST', url: '/v1/chat/completions',
+    body: { model: CHAT, messages: [{ role: 'user', content: `Number ${i}?` }], max_tokens: 4 },
+  }));
+  const file = await ozwell.files.create({ file: new TextEncoder().encode(lines.join('\n') + '\n'), filename: 'batch.jsonl', purpose: 'batch' });
+  let batch = await ozwell.batches.create({ input_file_id: file.id, endpoint: '/v1/chat/completions', metadata: { run: 'ts' } });
+  assert.equal(batch.status, 'validating');
+  assert.deepEqual(batch.metadata, { run: 'ts' });
+  const deadline = performance.now() + 120_000;
+  while (batch.status !== 'completed' && batch.status !== 'failed') {
+    assert.ok(performance.now() < deadline, batch.status);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    batch = await ozwell.batches.retrieve(batch.id);
+  }
+  assert.equal(batch.status, 'completed');
+  assert.deepEqual(batch.request_counts, { total: 3, completed: 3, failed: 0 });
+  const output = new TextDecoder().decode(await ozwell.files.content(batch.output_file_id ?? ''));
+  assert.deepEqual(output.trim().split('\n').map((line) => JSON.parse(line).custom_id), ['q0', 'q1', 'q2']);
+  assert.ok((await ozwell.batches.list({ limit: 100 })).data.some((b) => b.id === batch.id));
+  await assert.rejects(ozwell.batches.cancel(batch.id), ConflictError);
+  await assert.rejects(ozwell.batches.retrieve('batch_missing'), NotFoundError);
 });
 
 test('a Responses chain and its typed stream events', { skip }, async () => {

@@ -184,13 +184,14 @@ class Ozwell(SyncHTTP):
                  http_client: httpx.Client | None = None) -> None:
         super().__init__(api_key, base_url, timeout, max_retries, default_headers)
         self._http = http_client or httpx.Client()
-        from ozwell.resources import Admin, Chat, Completions, Embeddings, Files, Models, Responses
+        from ozwell.resources import Admin, Batches, Chat, Completions, Embeddings, Files, Models, Responses
 
         self.chat = Chat(self)
         self.completions = Completions(self)
         self.embeddings = Embeddings(self)
         self.models = Models(self)
         self.files = Files(self)
+        self.batches = Batches(self)
         self.responses = Responses(self)
         self.admin = Admin(self)
 
@@ -215,6 +216,7 @@ class AsyncOzwell(AsyncHTTP):
         self._http = http_client or httpx.AsyncClient()
         from ozwell.resources import (
             AsyncAdmin,
+            AsyncBatches,
             AsyncChat,
             AsyncCompletions,
             AsyncEmbeddings,
@@ -228,6 +230,7 @@ class AsyncOzwell(AsyncHTTP):
         self.embeddings = AsyncEmbeddings(self)
         self.models = AsyncModels(self)
         self.files = AsyncFiles(self)
+        self.batches = AsyncBatches(self)
         self.responses = AsyncResponses(self)
         self.admin = AsyncAdmin(self)
 

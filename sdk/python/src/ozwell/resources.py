@@ -17,6 +17,8 @@ from ozwell.types import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyRevoked,
+    Batch,
+    BatchList,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessageParam,
@@ -81,6 +83,14 @@ def _response(fields: dict[str, Any], options: RequestOptions) -> FinalRequest:
     fields["tools"] = as_list(fields.get("tools"))
     return FinalRequest("POST", "/responses", json=body(**fields), stream=bool(fields.get("stream")),
                         options=options)
+
+
+def _batch(fields: dict[str, Any], options: RequestOptions) -> FinalRequest:
+    return FinalRequest("POST", "/batches", json=body(**fields), options=options)
+
+
+def _batch_path(batch_id: str, suffix: str = "") -> str:
+    return f"/batches/{segment(batch_id)}{suffix}"
 
 
 def _fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +238,27 @@ class Files(_Resource):
     def delete(self, file_id: str, **options: Unpack[RequestOptions]) -> FileDeleted:
         request = FinalRequest("DELETE", f"/files/{segment(file_id)}", options=options)
         return FileDeleted.model_validate(self._client.request(request).json())
+
+
+class Batches(_Resource):
+    def create(self, *, input_file_id: str, endpoint: str, completion_window: Literal["24h"] = "24h",
+               metadata: dict[str, str] | None = None, output_expires_after: dict[str, Any] | None = None,
+               **options: Unpack[RequestOptions]) -> Batch:
+        """POST /batches: run an uploaded `purpose="batch"` JSONL file behind interactive traffic."""
+        return Batch.model_validate(self._client.request(_batch(_fields(locals()), options)).json())
+
+    def retrieve(self, batch_id: str, **options: Unpack[RequestOptions]) -> Batch:
+        return Batch.model_validate(self._client.request(FinalRequest("GET", _batch_path(batch_id),
+                                                                      options=options)).json())
+
+    def list(self, *, limit: int | None = None, after: str | None = None,
+             **options: Unpack[RequestOptions]) -> BatchList:
+        request = FinalRequest("GET", "/batches", params=query(limit=limit, after=after), options=options)
+        return BatchList.model_validate(self._client.request(request).json())
+
+    def cancel(self, batch_id: str, **options: Unpack[RequestOptions]) -> Batch:
+        request = FinalRequest("POST", _batch_path(batch_id, "/cancel"), options=options)
+        return Batch.model_validate(self._client.request(request).json())
 
 
 class Responses(_Resource):
@@ -451,6 +482,27 @@ class AsyncFiles(_AsyncResource):
     async def delete(self, file_id: str, **options: Unpack[RequestOptions]) -> FileDeleted:
         request = FinalRequest("DELETE", f"/files/{segment(file_id)}", options=options)
         return FileDeleted.model_validate((await self._client.request(request)).json())
+
+
+class AsyncBatches(_AsyncResource):
+    async def create(self, *, input_file_id: str, endpoint: str, completion_window: Literal["24h"] = "24h",
+                     metadata: dict[str, str] | None = None, output_expires_after: dict[str, Any] | None = None,
+                     **options: Unpack[RequestOptions]) -> Batch:
+        """POST /batches: run an uploaded `purpose="batch"` JSONL file behind interactive traffic."""
+        return Batch.model_validate((await self._client.request(_batch(_fields(locals()), options))).json())
+
+    async def retrieve(self, batch_id: str, **options: Unpack[RequestOptions]) -> Batch:
+        request = FinalRequest("GET", _batch_path(batch_id), options=options)
+        return Batch.model_validate((await self._client.request(request)).json())
+
+    async def list(self, *, limit: int | None = None, after: str | None = None,
+                   **options: Unpack[RequestOptions]) -> BatchList:
+        request = FinalRequest("GET", "/batches", params=query(limit=limit, after=after), options=options)
+        return BatchList.model_validate((await self._client.request(request)).json())
+
+    async def cancel(self, batch_id: str, **options: Unpack[RequestOptions]) -> Batch:
+        request = FinalRequest("POST", _batch_path(batch_id, "/cancel"), options=options)
+        return Batch.model_validate((await self._client.request(request)).json())
 
 
 class AsyncResponses(_AsyncResource):

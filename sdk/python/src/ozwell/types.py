@@ -344,6 +344,66 @@ class FileList(OzwellModel):
     has_more: bool = False
 
 
+class BatchRequestCounts(OzwellModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(OzwellModel):
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(OzwellModel):
+    object: str | None = None
+    data: list[BatchError] = []
+
+
+class BatchUsage(OzwellModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class Batch(OzwellModel):
+    """A batch (POST /batches): its status, counts and, when done, its output and error files."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                    "cancelled"]
+    created_at: int
+    expires_at: int | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    model: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: BatchErrors | None = None
+    request_counts: BatchRequestCounts | None = None
+    usage: BatchUsage | None = None
+    metadata: dict[str, str] | None = None
+
+
+class BatchList(OzwellModel):
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
 class FileDeleted(OzwellModel):
     id: str
     object: Literal["file"] = "file"
