@@ -2,7 +2,7 @@
 idle server, then while a large batch runs on the same model, in one run.
 
     python benchmarks/batch_interference.py [--model smollm2-135m-instruct] [--interactive 24] [--lines 600]
-                                            [--batch-max-tokens 16] [--concurrency 16] [--share 0.25]
+                                            [--batch-max-tokens 16] [--concurrency 16] [--share S]
 
 It starts `ozwell serve` with the shipped config of `--model` (its `batch_token_share` set to `--share`,
 `--batch-concurrency` to `--concurrency`), measures the TTFT of `--interactive` streamed chat requests sent one
@@ -56,14 +56,15 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=600)
     parser.add_argument("--batch-max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--share", type=float, default=0.25)
+    parser.add_argument("--share", type=float, default=None, help="batch_token_share (default: the config's)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ozwell-batch-bench-"))
     configs = work / "configs"
     configs.mkdir()
     source = (ROOT / "model_configs" / f"{args.model}.yaml").read_text()
-    (configs / f"{args.model}.yaml").write_text(source + f"\nbatch_token_share: {args.share}\n")
+    share = "" if args.share is None else f"\nbatch_token_share: {args.share}\n"
+    (configs / f"{args.model}.yaml").write_text(source + share)
     for extra in (ROOT / "model_configs").glob("*.jinja"):
         (configs / extra.name).write_text(extra.read_text())
     # The shipped data dir holds the dequantised weights already; a fresh one would convert them again.
@@ -102,7 +103,8 @@ def main() -> None:
 
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {_cpu_flags()}",
-        "model": args.model, "concurrency": args.concurrency, "batch_token_share": args.share,
+        "model": args.model, "concurrency": args.concurrency,
+        "batch_token_share": "config default" if args.share is None else args.share,
         "interactive_requests": args.interactive,
         "ttft_idle_p50_ms": round(statistics.median(idle) * 1000, 1),
         "ttft_busy_p50_ms": round(statistics.median(busy) * 1000, 1),

@@ -154,7 +154,7 @@ class SentenceTransformersEngine(EmbeddingEngine):
         # One forward pass at a time: what queues up while one runs forms the next batch, and a
         # short wait lets a burst of concurrent requests arrive before the first pass starts.
         cap = self.options.max_batch_size * 64
-        batch_share = max(1, int(self.options.max_batch_size * self.config.batch_token_share))
+        batch_share = int(self.options.max_batch_size * self.config.batch_token_share)
         while True:
             if not self._held:
                 self._held.append(await self._queue.get())

@@ -33,7 +33,7 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_waiting: int = 256
-    batch_token_share: float = 0.25  # of each step's budget, for batch work while interactive work waits
+    batch_token_share: float = 0.0  # of each step's budget, for batch work while interactive work waits
 
     def __post_init__(self) -> None:
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.max_waiting) < 1:

@@ -157,8 +157,19 @@ def test_batch_work_takes_its_share_while_interactive_work_waits_and_all_of_it_a
     assert step(scheduler) == [("chat", 1), ("batch", 15)]
 
 
+def test_by_default_batch_work_pauses_while_an_interactive_prompt_is_prefilled():
+    scheduler = make(max_num_batched_tokens=16)
+    batch = Sequence("batch", [1, 2], 4, priority=1)
+    scheduler.add(batch)
+    assert step(scheduler) == [("batch", 2)]
+    scheduler.add(Sequence("chat", list(range(100, 120)), 4))
+    assert step(scheduler) == [("chat", 16)]  # batch gets nothing while chat's prompt is prefilled
+    assert step(scheduler) == [("chat", 4)]
+    assert step(scheduler) == [("chat", 1), ("batch", 1)]  # chat decodes: batch work is back
+
+
 def test_an_interactive_sequence_preempts_the_newest_batch_sequence_for_a_slot():
-    scheduler = make(max_num_seqs=2)
+    scheduler = make(max_num_seqs=2, batch_token_share=0.5)
     for name in ("batch-old", "batch-new"):
         scheduler.add(Sequence(name, [1, 2], 4, priority=1))
     assert step(scheduler) == [("batch-old", 2), ("batch-new", 2)]
