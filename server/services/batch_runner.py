@@ -32,7 +32,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -40,7 +39,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engines.protocol import BATCH
-from engines.registry import EngineRegistry, UnknownModel
+from engines.registry import EngineRegistry
 from server.auth.keys import KeyService
 from server.context import RequestContext
 from server.db.database import Database
@@ -52,12 +51,12 @@ from server.errors import (
     ServiceUnavailableError,
     validation_error,
 )
-from server.services.batches import ACTIVE, MAX_LINES
+from server.services.batch_lines import LineCheck, iter_lines, parse_line
+from server.services.batches import ACTIVE
 from server.services.files import FileService
 
 log = logging.getLogger("ozwell.batches")
 
-MAX_REPORTED_ERRORS = 100
 # Why a run stopped that cancels its batch, as the `errors` entry the batch then carries.
 _STOPS = {"revoked": ("key_revoked", "The API key that created this batch was revoked."),
           "deleted": ("input_file_deleted", "The batch's input file was deleted before every line had run.")}
@@ -90,22 +89,6 @@ class _Run:
 
 def _file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
-
-
-def iter_lines(path: Path, skip: set[int] | frozenset[int] = frozenset()):
-    """(line number, raw line) of the input file's non-blank lines, without those in `skip`."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number not in skip and raw.strip():
-                yield number, raw
-
-
-def _parse(raw: bytes) -> dict | None:
-    try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class BatchRunner:
@@ -271,83 +254,24 @@ class BatchRunner:
     # ---- validating -------------------------------------------------------------------------------
     def _validate(self, batch: StoredBatch) -> StoredBatch:
         """Check every line; fail the batch naming the bad ones, or move it to in_progress with its total."""
-        errors: list[dict] = []
-
-        def error(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
-            if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append({"code": code, "message": message, "param": param, "line": line})
-
-        endpoint = self.endpoints[batch.endpoint]
-        caller = self._caller(batch)
-        seen: set[str] = set()
-        model: str | None = None
-        total = 0
+        check = LineCheck(batch.endpoint, self.endpoints[batch.endpoint].engine_kind, self.registry,
+                          self._caller(batch))
         try:
             path = self.files.path(self.files.get(batch.owner, batch.input_file_id))
             if not path.exists():
                 raise FileNotFoundError(path)
-            lines = iter_lines(path)
         except (OpenAIError, FileNotFoundError):
-            lines = iter(())
-            error("file_not_found", f"The input file {batch.input_file_id} no longer exists.",
-                  param="input_file_id")
-        for number, raw in lines:
-            total += 1
-            if total > MAX_LINES:
-                error("too_many_requests", f"The input file has more than {MAX_LINES} requests.", number)
-                break
-            value = _parse(raw)
-            if value is None:
-                error("invalid_json_line", f"Line {number} is not a JSON object.", number)
-                continue
-            custom_id = value.get("custom_id")
-            if not isinstance(custom_id, str) or not custom_id:
-                error("missing_custom_id", f"Line {number} has no custom_id (a non-empty string).", number,
-                      "custom_id")
-            elif custom_id in seen:
-                error("duplicate_custom_id", f"Line {number} repeats the custom_id {custom_id!r}.", number,
-                      "custom_id")
-            else:
-                seen.add(custom_id)
-            if value.get("method") != "POST":
-                error("invalid_method", f"Line {number}: method must be 'POST'.", number, "method")
-            if value.get("url") != batch.endpoint:
-                error("invalid_url", f"Line {number}: url {value.get('url')!r} is not this batch's endpoint "
-                      f"{batch.endpoint}.", number, "url")
-            body = value.get("body")
-            if not isinstance(body, dict):
-                error("invalid_request", f"Line {number} has no body (a JSON object).", number, "body")
-                continue
-            name = body.get("model")
-            problem = self._model_problem(name, endpoint, caller)
-            if problem:
-                error(problem[0], f"Line {number}: {problem[1]}", number, "body.model")
-            elif model is None:
-                model = name
-            elif name != model:
-                error("mismatched_model", f"Line {number} uses model {name!r}; every line of a batch must use the "
-                      f"same model ({model!r}).", number, "body.model")
-        if total == 0 and not errors:
-            error("empty_file", "The input file has no requests.")
-        now = int(time.time())
-        if errors:
-            self._set(batch.id, status="failed", failed_at=now, errors=errors, total=0, runner=None, lease_until=None)
+            check.error("file_not_found", f"The input file {batch.input_file_id} no longer exists.",
+                        param="input_file_id")
         else:
-            self._set(batch.id, status="in_progress", in_progress_at=now, total=total, model=model)
+            check.all(iter_lines(path))
+        now = int(time.time())
+        if check.errors:
+            self._set(batch.id, status="failed", failed_at=now, errors=check.errors, total=0, runner=None,
+                      lease_until=None)
+        else:
+            self._set(batch.id, status="in_progress", in_progress_at=now, total=check.total, model=check.model)
         return self._load(batch.id)
-
-    def _model_problem(self, name, endpoint: Endpoint, caller) -> tuple[str, str] | None:
-        if not isinstance(name, str) or not name:
-            return "missing_model", "the body has no model."
-        try:
-            engine = self.registry.resolve(name)
-        except UnknownModel:
-            return "model_not_found", f"the model {name!r} is not served here."
-        if not isinstance(engine, endpoint.engine_kind):
-            return "model_not_supported", f"the model {name!r} cannot serve this endpoint."
-        if caller is not None and not caller.may_use_model(engine.config.names):
-            return "model_not_allowed", f"this batch's API key may not use the model {name!r}."
-        return None
 
     def _caller(self, batch: StoredBatch):
         if batch.key_id is None or self.keys is None:
@@ -384,7 +308,7 @@ class BatchRunner:
             for number, raw in numbered:
                 if number in done or not raw.strip():
                     continue
-                value = _parse(raw) or {}
+                value = parse_line(raw) or {}
                 chunk.append(_Line(number, str(value.get("custom_id")), value.get("body") or {}))
                 if len(chunk) >= _CHUNK_LINES:
                     break
@@ -503,7 +427,7 @@ class BatchRunner:
             except (OpenAIError, FileNotFoundError):
                 unfinished = []  # the input file was deleted: its unfinished lines cannot be named
             for _, raw in unfinished:
-                value = _parse(raw) or {}
+                value = parse_line(raw) or {}
                 errors.append(json.dumps({"id": "batch_req_" + secrets.token_hex(16),
                                           "custom_id": str(value.get("custom_id")), "response": None,
                                           "error": {"code": "batch_expired", "message": "This request could not be "
