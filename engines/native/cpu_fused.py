@@ -1,0 +1,141 @@
+"""Fused decoder layers for models that run on a CPU: the layer's elementwise work in a few C++ ops.
+
+At one to a few decoding sequences a CPU step is mostly many tiny eager ops: transformers' Gemma 3 layer runs
+six RMSNorms (a cast, a pow, a mean, an add, an rsqrt, two multiplies and a cast back each), the rotary
+embedding (slices, a negation, a cat, two multiplies and an add, for q and for k), the MLP activation and the
+residual adds, each with its own dispatch and allocation, and each module call with its Python around it.
+`install` swaps the `forward` of each decoder layer of a known architecture (Gemma 3, Llama) for one that
+calls the same linears and the same attention hook (the runner's paged attention) but does the rest in four
+fused ops (csrc/fused_cpu.cpp, built with the attention kernel by cpu_kernel.py):
+
+    rms_norm        the input norm
+    qk_norm_rope    q and k: the per-head norm (Gemma) and the rotary embedding, laid out for the cache
+    add_rms_norm    the residual add, with the norms around it (Gemma: post-attention and pre-MLP)
+    act_mul         act(gate) * up (GELU-tanh for Gemma, SiLU for Llama)
+
+The ops compute in float32 and round where the modules round, so outputs match the modules to float
+rounding (the tests check greedy tokens are the same). A layer of any other kind, an activation other than
+these, partial rotary embeddings, or ops that did not build leave the model as transformers wrote it; so does
+OZWELL_CPU_FUSED=0. Figures: README, "The CPU fast path (issue #22)".
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable
+
+import torch
+
+from engines.native import cpu_kernel
+
+log = logging.getLogger("ozwell.engines")
+
+_GELU_TANH, _SILU = 0, 1
+_ACTIVATIONS = {"gelu_pytorch_tanh": _GELU_TANH, "gelu_tanh": _GELU_TANH, "silu": _SILU, "swish": _SILU}
+
+
+def available() -> bool:
+    return cpu_kernel.fused_ops() is not None
+
+
+def _eps(norm) -> float | None:
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+    return float(eps) if eps is not None else None
+
+
+def _gemma_forward(self, hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
+                   cache=None, **kwargs):
+    ops, attn, mlp, eps = self._ozwell_ops, self.self_attn, self.mlp, self._ozwell_eps
+    tokens = hidden_states.shape[:-1]
+    x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, True)
+    cos, sin = position_embeddings
+    q, k = ops.qk_norm_rope(attn.q_proj(x), attn.k_proj(x), cos, sin, attn.q_norm.weight, attn.k_norm.weight,
+                            _eps(attn.q_norm), True, attn.head_dim)
+    out = _attend(self, attn, q, k, attn.v_proj(x), attention_mask, position_ids, kwargs)
+    h, x = ops.add_rms_norm(hidden_states, attn.o_proj(out.reshape(*tokens, -1)), self.post_attention_layernorm.weight,
+                            self.pre_feedforward_layernorm.weight, eps, True)
+    down = mlp.down_proj(ops.act_mul(mlp.gate_proj(x), mlp.up_proj(x), self._ozwell_act))
+    return ops.add_rms_norm(h, down, self.post_feedforward_layernorm.weight, None, eps, True)[0]
+
+
+def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
+                   position_embeddings=None, **kwargs):
+    ops, attn, mlp, eps = self._ozwell_ops, self.self_attn, self.mlp, self._ozwell_eps
+    tokens = hidden_states.shape[:-1]
+    x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, False)
+    cos, sin = position_embeddings
+    q, k = ops.qk_norm_rope(attn.q_proj(x), attn.k_proj(x), cos, sin, None, None, eps, False, attn.head_dim)
+    out = _attend(self, attn, q, k, attn.v_proj(x), attention_mask, position_ids, kwargs)
+    h, x = ops.add_rms_norm(hidden_states, attn.o_proj(out.reshape(*tokens, -1)), None,
+                            self.post_attention_layernorm.weight, eps, False)
+    return h + mlp.down_proj(ops.act_mul(mlp.gate_proj(x), mlp.up_proj(x), self._ozwell_act))
+
+
+def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):
+    """The attention hook, called as the module calls it: q/k/v as [1, heads, tokens, dim] views."""
+    tokens, _, dim = q.shape
+    v = v.reshape(tokens, -1, dim)
+    out, _ = layer._ozwell_attention(attn, q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                     v.transpose(0, 1)[None], attention_mask, scaling=attn.scaling,
+                                     sliding_window=getattr(attn, "sliding_window", None),
+                                     position_ids=position_ids)
+    return out
+
+
+_FORWARDS = {"Gemma3DecoderLayer": _gemma_forward, "LlamaDecoderLayer": _llama_forward}
+
+
+def _fusable(layer, config) -> int | None:
+    """The activation code where `layer` can run fused, else None."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None or _eps(layer.input_layernorm) is None:
+        return None
+    act = _ACTIVATIONS.get(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None))
+    if act is None or getattr(config, "attn_logit_softcapping", None) is not None:
+        return None
+    rope = getattr(config, "rope_parameters", None) or {}
+    partial = [p.get("partial_rotary_factor", 1.0) for p in (rope.values() if "rope_type" not in rope else [rope])
+               if isinstance(p, dict)]
+    if any(f != 1.0 for f in partial) or getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        return None
+    if type(layer).__name__ == "Gemma3DecoderLayer" and (
+            getattr(attn, "q_norm", None) is None or getattr(attn, "k_norm", None) is None):
+        return None
+    return act
+
+
+def install(model: torch.nn.Module, attention: Callable) -> int:
+    """Switch each decoder layer of a known architecture to its fused forward, calling `attention` (an
+    attention-interface function) for attention; returns how many layers were switched (0: none could be)."""
+    ops = cpu_kernel.fused_ops()
+    if ops is None or next(model.parameters()).device.type != "cpu":
+        return 0
+    if next(model.parameters()).dtype not in (torch.float32, torch.bfloat16):
+        return 0
+    config = model.config.get_text_config()
+    switched = 0
+    for layer in model.modules():
+        fused = _FORWARDS.get(type(layer).__name__)
+        if fused is None or hasattr(layer, "_ozwell_forwards"):
+            switched += hasattr(layer, "_ozwell_forwards")
+            continue
+        act = _fusable(layer, config)
+        if act is None:
+            continue
+        layer._ozwell_ops, layer._ozwell_act, layer._ozwell_eps = ops, act, _eps(layer.input_layernorm)
+        layer._ozwell_attention = attention
+        # (the transformers forward, the fused one): set_enabled switches between them
+        layer._ozwell_forwards = (layer.forward, types.MethodType(fused, layer))
+        layer.forward = layer._ozwell_forwards[1]
+        switched += 1
+    if switched:
+        log.info("fused CPU decoder layers: %d", switched)
+    return switched
+
+
+def set_enabled(model: torch.nn.Module, enabled: bool) -> None:
+    """Run the installed layers fused (True) or as transformers wrote them (False): for benchmarks and tests."""
+    for layer in model.modules():
+        if hasattr(layer, "_ozwell_forwards"):
+            layer.forward = layer._ozwell_forwards[1 if enabled else 0]
