@@ -1,5 +1,6 @@
 """In-process CPU decode-step time (issue #22): the forward pass of the native runner at 1, 8 and 32 decoding
-sequences, with the fused CPU fast path (engines/native/cpu_fused.py) off and on, in one process.
+sequences, with the fused CPU layers (engines/native/cpu_fused.py) and without them, in one process: two copies
+of the model, one runner each, their steps alternating so that the machine's noise falls on both alike.
 
     python benchmarks/cpu_decode_step.py [--model DIR] [--batches 1 8 32] [--context 64] [--steps 10] [--int8]
                                          [--profile]
@@ -21,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines.native import cpu_fused  # noqa: E402
+from engines.native import cpu_kernel  # noqa: E402
 from engines.native.model_runner import PagedModelRunner  # noqa: E402
 from engines.native.scheduler import ScheduledChunk  # noqa: E402
 from engines.native.sequence import Sequence  # noqa: E402
@@ -46,15 +47,36 @@ def decode_chunks(batch: int, context: int, block_size: int) -> list[ScheduledCh
     return chunks
 
 
-def time_steps(runner, chunks, steps: int) -> float:
-    for _ in range(2):
-        runner.forward(chunks)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        runner.forward(chunks)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+def time_steps(runners: dict, chunks: dict, steps: int) -> dict[str, float]:
+    """Median ms a step, per runner, the runners alternating step by step (two warm-up steps each)."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(steps + 2):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            runner.forward(chunks[name])
+            if i >= 2:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def load(path: Path, int8: bool, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if int8:
+        from engines.native.cpu_quant import quantize_head
+
+        quantize_head(model)
+    saved = cpu_kernel._state.get("fused", "unset")
+    if not fused:
+        cpu_kernel._state["fused"] = None  # as where the ops cannot be built: the transformers modules serve
+    try:
+        return PagedModelRunner(model, blocks, block_size, max_num_seqs=max_num_seqs)
+    finally:
+        if saved == "unset":
+            cpu_kernel._state.pop("fused", None)
+        else:
+            cpu_kernel._state["fused"] = saved
 
 
 def main() -> None:
@@ -66,45 +88,29 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="the LM head in int8 (as gemma-3-270m ships)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM
-
     path = args.model or default_model()
     if path is None:
         raise SystemExit("no model: pass --model DIR")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    if args.int8:
-        from engines.native.cpu_quant import quantize_head
-
-        quantize_head(model)
     block_size, blocks = 16, 32 * (-(-(args.context + 64) // 16)) + 1
-    runner = PagedModelRunner(model, blocks, block_size, max_num_seqs=max(args.batches))
-    fused = runner.fused_layers or None
-    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, fused: {bool(fused)}")
-    rows = []
+    runners = {"unfused": load(path, args.int8, False, blocks, block_size, max(args.batches)),
+               "fused": load(path, args.int8, True, blocks, block_size, max(args.batches))}
+    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, int8 head {args.int8}, "
+          f"fused layers {runners['fused'].fused_layers}")
     for batch in args.batches:
-        chunks = decode_chunks(batch, args.context, block_size)
-        figures = {}
-        for name, on in (("eager", False), ("fused", True)):
-            if on and fused is None:
-                continue
-            cpu_fused.set_enabled(model, on)
-            figures[name] = time_steps(runner, chunks, args.steps)
-        cpu_fused.set_enabled(model, fused is not None)
-        rows.append((batch, figures))
-        ratio = figures["eager"] / figures["fused"] if "fused" in figures else float("nan")
-        print(f"batch {batch:3d}: eager {figures['eager']:7.1f} ms  fused {figures.get('fused', float('nan')):7.1f} ms"
-              f"  ({ratio:.2f}x)", flush=True)
+        chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}
+        figures = time_steps(runners, chunks, args.steps)
+        print(f"batch {batch:3d}: unfused {figures['unfused']:7.1f} ms  fused {figures['fused']:7.1f} ms"
+              f"  ({figures['unfused'] / figures['fused']:.2f}x)", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        chunks = decode_chunks(1, args.context, block_size)
-        for on in (False, True) if fused else (False,):
-            cpu_fused.set_enabled(model, on)
+        for name, runner in runners.items():
+            chunks = decode_chunks(1, args.context, block_size)
             runner.forward(chunks)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 runner.forward(chunks)
-            print(f"--- fused={on}")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            print(f"--- {name}, batch 1")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,28 @@ def _fusable(layer, config) -> int | None:
     return act
 
 
+def _blocked_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self._ozwell_ops.blocked_linear(x, self.blocked_weight, self.bias)
+
+
+def _block_linears(layer, ops) -> int:
+    """The layer's fp32 linears to the blocked layout that `blocked_linear` reads (csrc/fused_cpu.cpp): the
+    layout replaces the weight (no copy is kept), so cpu_linears.py leaves these alone."""
+    count = 0
+    with torch.no_grad():
+        for module in layer.modules():
+            if (type(module) is not torch.nn.Linear or hasattr(module, "packed_weight") or module.weight is None
+                    or module.weight.dtype != torch.float32 or module.weight.shape[0] % 8):
+                continue
+            module.blocked_weight = ops.block_weight(module.weight.detach())
+            del module.weight
+            module.weight = None
+            module._ozwell_ops = ops
+            module.forward = types.MethodType(_blocked_forward, module)
+            count += 1
+    return count
+
+
 def install(model: torch.nn.Module, attention: Callable) -> int:
     """Switch each decoder layer of a known architecture to its fused forward, calling `attention` (an
     attention-interface function) for attention; returns how many layers were switched (0: none could be)."""
@@ -123,6 +145,7 @@ def install(model: torch.nn.Module, attention: Callable) -> int:
         act = _fusable(layer, config)
         if act is None:
             continue
+        _block_linears(layer, ops)
         layer._ozwell_ops, layer._ozwell_act, layer._ozwell_eps = ops, act, _eps(layer.input_layernorm)
         layer._ozwell_attention = attention
         # (the transformers forward, the fused one): set_enabled switches between them

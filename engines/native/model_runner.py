@@ -223,15 +223,16 @@ class PagedModelRunner:
         # the manager's blocks, and the scratch block past them
         shape = (config.num_hidden_layers, (num_blocks + 1) * block_size, config.num_key_value_heads, head_dim)
         dtype = next(model.parameters()).dtype
+        # on a CPU, the decoder layers of a known architecture run fused (cpu_fused.py: their elementwise work in
+        # C++ ops, their fp32 linears in a layout for few rows); oneDNN packs the linears left
+        on_cpu = self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES
+        self.fused_layers = cpu_fused.install(model, paged_attention) if on_cpu else 0
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None and not hasattr(head, "int8_packed"):
                 head.forward = types.MethodType(_tall_head_forward, head)
-        # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds, and the
-        # decoder layers' elementwise work runs in fused C++ ops (cpu_fused.py) where the architecture is known
-        on_cpu = self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES
+        # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if on_cpu else None
-        self.fused_layers = cpu_fused.install(model, paged_attention) if on_cpu else 0
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.static = None

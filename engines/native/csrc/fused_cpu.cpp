@@ -10,6 +10,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <tuple>
@@ -249,6 +253,117 @@ at::Tensor act_mul(const at::Tensor& gate_in, const at::Tensor& up_in, int64_t a
   return out;
 }
 
+// ---- fp32 linears for few rows --------------------------------------------------------------------------
+// A decode step's linears multiply a few rows by a weight read from memory once a step: at 1-32 rows that read
+// is the cost. The weight is laid out once, at load, as [out / 8, in, 8] (8 output columns interleaved), so a
+// tile of up to 8 rows walks one contiguous panel with one 8-wide load and up to 8 FMAs per input column,
+// the panel staying in cache while row tiles reuse it. Threads split the output columns.
+#if defined(__AVX2__) && defined(__FMA__)
+template <int MT>
+inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias) {
+  __m256 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 wk = _mm256_loadu_ps(w + k * 8);
+    for (int m = 0; m < MT; ++m) acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(x[m * ldx + k]), wk, acc[m]);
+  }
+  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc[m]);
+}
+
+// Two adjacent panels (16 columns) at once: two weight loads and MT broadcasts feed 2 x MT FMAs, which is what
+// keeps the FMA units, not the load ports, the limit when many rows come (a prefill chunk).
+template <int MT>
+inline void linear_tile2(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                         const float* bias) {
+  __m256 acc0[MT], acc1[MT];
+  for (int m = 0; m < MT; ++m) {
+    acc0[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    acc1[m] = bias != nullptr ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+  }
+  const float* w1 = w + in * 8;
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 a = _mm256_loadu_ps(w + k * 8), b = _mm256_loadu_ps(w1 + k * 8);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 xv = _mm256_set1_ps(x[m * ldx + k]);
+      acc0[m] = _mm256_fmadd_ps(xv, a, acc0[m]);
+      acc1[m] = _mm256_fmadd_ps(xv, b, acc1[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    _mm256_storeu_ps(out + m * ldo, acc0[m]);
+    _mm256_storeu_ps(out + m * ldo + 8, acc1[m]);
+  }
+}
+#define OZWELL_TILE2 1
+#else  // the same in plain C++ (the compiler vectorises what it can)
+template <int MT>
+inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias) {
+  float acc[MT][8];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < 8; ++j) acc[m][j] = bias != nullptr ? bias[j] : 0.f;
+  for (int64_t k = 0; k < in; ++k)
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < 8; ++j) acc[m][j] += x[m * ldx + k] * w[k * 8 + j];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < 8; ++j) out[m * ldo + j] = acc[m][j];
+}
+#endif
+
+// weight [out, in] float32 -> [out / 8, in, 8]
+at::Tensor block_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % 8 == 0,
+              "block_weight: a float32 [out, in] weight with out a multiple of 8");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  return weight.contiguous().view({out / 8, 8, in}).transpose(1, 2).contiguous();
+}
+
+// x [..., in] float32, blocked [out / 8, in, 8], bias [out] or None -> [..., out]
+at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && blocked.scalar_type() == at::kFloat && blocked.dim() == 3 &&
+                  blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) && blocked.is_contiguous(),
+              "blocked_linear: float32 x [..., in] and a blocked weight [out / 8, in, 8]");
+  const int64_t in = blocked.size(1), panels = blocked.size(0), out_features = panels * 8;
+  const auto x = x_in.reshape({-1, in}).contiguous();
+  const int64_t rows = x.size(0);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  const auto bias = has_bias ? bias_in->to(at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!has_bias || bias.numel() == out_features, "blocked_linear: bias must be [out]");
+  auto sizes = x_in.sizes().vec();
+  sizes.back() = out_features;
+  auto out = at::empty({rows, out_features}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = blocked.data_ptr<float>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  constexpr int64_t row_chunk = 64;  // rows whose inputs stay in cache while every panel passes
+  at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t r0 = 0; r0 < rows; r0 += row_chunk) {
+      const int64_t r1 = std::min(rows, r0 + row_chunk);
+      int64_t p = p0;
+#ifdef OZWELL_TILE2
+      for (; p + 2 <= p1 && r1 - r0 >= 6; p += 2) {  // many rows: 6 x 16 tiles
+        const float* w = wp + p * in * 8;
+        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+        int64_t m = r0;
+        for (; m + 6 <= r1; m += 6) linear_tile2<6>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+        for (; m < r1; ++m) linear_tile2<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+      }
+#endif
+      for (; p < p1; ++p) {
+        const float* w = wp + p * in * 8;
+        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+        int64_t m = r0;
+        for (; m + 8 <= r1; m += 8) linear_tile<8>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+        for (; m + 4 <= r1; m += 4) linear_tile<4>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+        for (; m < r1; ++m) linear_tile<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+      }
+    }
+  });
+  return out.view(sizes);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
@@ -258,8 +373,12 @@ TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("qk_norm_rope(Tensor q, Tensor k, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, float eps, "
         "bool gemma, int dim) -> (Tensor, Tensor)");
   m.def("act_mul(Tensor gate, Tensor up, int act) -> Tensor");
+  m.def("block_weight(Tensor weight) -> Tensor");
+  m.def("blocked_linear(Tensor x, Tensor blocked, Tensor? bias) -> Tensor");
   m.impl("rms_norm", c10::DispatchKey::CPU, &rms_norm);
   m.impl("add_rms_norm", c10::DispatchKey::CPU, &add_rms_norm);
   m.impl("qk_norm_rope", c10::DispatchKey::CPU, &qk_norm_rope);
   m.impl("act_mul", c10::DispatchKey::CPU, &act_mul);
+  m.impl("block_weight", c10::DispatchKey::CPU, &block_weight);
+  m.impl("blocked_linear", c10::DispatchKey::CPU, &blocked_linear);
 }

@@ -131,3 +131,16 @@ def test_a_packed_step_fused_matches_unfused(model, tiny_llama_dir, tiny_gemma_d
     cpu_fused.set_enabled(engine.model, True)
     assert logits[True].shape == (4, logits[True].shape[-1])
     assert torch.allclose(logits[True], logits[False], atol=1e-4, rtol=1e-4), (logits[True] - logits[False]).abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 13, 70])
+def test_the_blocked_linear_matches_f_linear(rows):
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(40, 24, generator=generator), torch.randn(40, generator=generator)
+    x = torch.randn(2, rows, 24, generator=generator)  # any leading shape; rows on both sides of the 6-row tile
+    blocked = OPS.block_weight(weight)
+    assert blocked.shape == (5, 24, 8)
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, bias), torch.nn.functional.linear(x, weight, bias))
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, None), torch.nn.functional.linear(x, weight))
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        OPS.block_weight(torch.randn(12, 24))
