@@ -271,6 +271,25 @@ inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in,
   for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc[m]);
 }
 
+// One row: four accumulators over interleaved input columns, so that consecutive FMAs do not wait on each
+// other (one accumulator would make the panel's read wait on the FMA latency).
+inline void linear_row(const float* x, const float* w, int64_t in, float* out, const float* bias) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= in; k += 4) {
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 1]), _mm256_loadu_ps(w + k * 8 + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 2]), _mm256_loadu_ps(w + k * 8 + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 3]), _mm256_loadu_ps(w + k * 8 + 24), acc3);
+  }
+  for (; k < in; ++k) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
+  __m256 sum = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+  if (bias != nullptr) sum = _mm256_add_ps(sum, _mm256_loadu_ps(bias));
+  _mm256_storeu_ps(out, sum);
+}
+#define OZWELL_ROW 1
+
 // Two adjacent panels (16 columns) at once: two weight loads and MT broadcasts feed 2 x MT FMAs, which is what
 // keeps the FMA units, not the load ports, the limit when many rows come (a prefill chunk).
 template <int MT>
@@ -357,7 +376,11 @@ at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, con
         int64_t m = r0;
         for (; m + 8 <= r1; m += 8) linear_tile<8>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
         for (; m + 4 <= r1; m += 4) linear_tile<4>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+#ifdef OZWELL_ROW
+        for (; m < r1; ++m) linear_row(xp + m * in, w, in, op + m * out_features + p * 8, b);
+#else
         for (; m < r1; ++m) linear_tile<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+#endif
       }
     }
   });
