@@ -3,7 +3,7 @@ sequences, with the fused CPU layers (engines/native/cpu_fused.py) and without t
 of the model, one runner each, their steps alternating so that the machine's noise falls on both alike.
 
     python benchmarks/cpu_decode_step.py [--model DIR] [--batches 1 8 32] [--context 64] [--steps 10] [--int8]
-                                         [--profile]
+                                         [--prefill TOKENS] [--profile]
 
 DIR is a transformers checkpoint (default: gemma-3-270m dequantised in .ozwell/models). The figures are medians
 of `--steps` decode steps after two warm-up steps; the machine is shared and noisy, so compare the ratios.
@@ -86,12 +86,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--int8", action="store_true", help="the LM head in int8 (as gemma-3-270m ships)")
+    parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
     args = parser.parse_args()
     path = args.model or default_model()
     if path is None:
         raise SystemExit("no model: pass --model DIR")
-    block_size, blocks = 16, 32 * (-(-(args.context + 64) // 16)) + 1
+    block_size = 16
+    blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
     runners = {"unfused": load(path, args.int8, False, blocks, block_size, max(args.batches)),
                "fused": load(path, args.int8, True, blocks, block_size, max(args.batches))}
     print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, int8 head {args.int8}, "
@@ -100,6 +102,15 @@ def main() -> None:
         chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}
         figures = time_steps(runners, chunks, args.steps)
         print(f"batch {batch:3d}: unfused {figures['unfused']:7.1f} ms  fused {figures['fused']:7.1f} ms"
+              f"  ({figures['unfused'] / figures['fused']:.2f}x)", flush=True)
+    if args.prefill:
+        def prefill_chunk():
+            seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], block_size)
+            seq.block_table = list(range(-(-args.prefill // block_size)))
+            return [ScheduledChunk(seq, args.prefill)]
+
+        figures = time_steps(runners, {name: prefill_chunk() for name in runners}, max(3, args.steps // 3))
+        print(f"prefill {args.prefill}: unfused {figures['unfused']:7.1f} ms  fused {figures['fused']:7.1f} ms"
               f"  ({figures['unfused'] / figures['fused']:.2f}x)", flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
