@@ -356,7 +356,7 @@ at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, con
   const float* wp = blocked.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  constexpr int64_t row_chunk = 64;  // rows whose inputs stay in cache while every panel passes
+  constexpr int64_t row_chunk = 192;  // rows whose inputs stay in cache while panels pass (64: 0.8x oneDNN at 512)
   at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
     for (int64_t r0 = 0; r0 < rows; r0 += row_chunk) {
       const int64_t r1 = std::min(rows, r0 + row_chunk);
