@@ -50,12 +50,14 @@ def _gemma_forward(self, hidden_states, position_embeddings=None, attention_mask
     tokens = hidden_states.shape[:-1]
     x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, True)
     cos, sin = position_embeddings
-    q, k = ops.qk_norm_rope(attn.q_proj(x), attn.k_proj(x), cos, sin, attn.q_norm.weight, attn.k_norm.weight,
-                            _eps(attn.q_norm), True, attn.head_dim)
-    out = _attend(self, attn, q, k, attn.v_proj(x), attention_mask, position_ids, kwargs)
+    q, k, v = _project(self, "_ozwell_qkv", x, (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k = ops.qk_norm_rope(q, k, cos, sin, attn.q_norm.weight, attn.k_norm.weight, _eps(attn.q_norm), True,
+                            attn.head_dim)
+    out = _attend(self, attn, q, k, v, attention_mask, position_ids, kwargs)
     h, x = ops.add_rms_norm(hidden_states, attn.o_proj(out.reshape(*tokens, -1)), self.post_attention_layernorm.weight,
                             self.pre_feedforward_layernorm.weight, eps, True)
-    down = mlp.down_proj(ops.act_mul(mlp.gate_proj(x), mlp.up_proj(x), self._ozwell_act))
+    down = mlp.down_proj(ops.act_mul(*_project(self, "_ozwell_gate_up", x, (mlp.gate_proj, mlp.up_proj)),
+                                     self._ozwell_act))
     return ops.add_rms_norm(h, down, self.post_feedforward_layernorm.weight, None, eps, True)[0]
 
 
@@ -65,11 +67,23 @@ def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, 
     tokens = hidden_states.shape[:-1]
     x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, False)
     cos, sin = position_embeddings
-    q, k = ops.qk_norm_rope(attn.q_proj(x), attn.k_proj(x), cos, sin, None, None, eps, False, attn.head_dim)
-    out = _attend(self, attn, q, k, attn.v_proj(x), attention_mask, position_ids, kwargs)
+    q, k, v = _project(self, "_ozwell_qkv", x, (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k = ops.qk_norm_rope(q, k, cos, sin, None, None, eps, False, attn.head_dim)
+    out = _attend(self, attn, q, k, v, attention_mask, position_ids, kwargs)
     h, x = ops.add_rms_norm(hidden_states, attn.o_proj(out.reshape(*tokens, -1)), None,
                             self.post_attention_layernorm.weight, eps, False)
-    return h + mlp.down_proj(ops.act_mul(mlp.gate_proj(x), mlp.up_proj(x), self._ozwell_act))
+    gate, up = _project(self, "_ozwell_gate_up", x, (mlp.gate_proj, mlp.up_proj))
+    return h + mlp.down_proj(ops.act_mul(gate, up, self._ozwell_act))
+
+
+def _project(layer, name: str, x, linears):
+    """The outputs of linears that read the same input: one blocked GEMM over their joined weights where
+    install could join them, else one call each."""
+    joined = getattr(layer, name)
+    if joined is None:
+        return tuple(linear(x) for linear in linears)
+    weight, bias, sizes = joined
+    return layer._ozwell_ops.blocked_linear(x, weight, bias).split(sizes, -1)
 
 
 def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):
@@ -127,6 +141,25 @@ def _block_linears(layer, ops) -> int:
     return count
 
 
+def _join(ops, linears) -> tuple | None:
+    """Blocked linears that read the same input, joined into one weight (theirs become views of it, so nothing
+    is copied twice): (weight, bias or None, output sizes), or None where they cannot be joined."""
+    if not all(hasattr(m, "blocked_weight") for m in linears) or len({m.in_features for m in linears}) != 1:
+        return None
+    biases = [m.bias for m in linears]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        return None
+    with torch.no_grad():
+        weight = torch.cat([m.blocked_weight for m in linears])  # [panels, in, 8]: panels are the outer dim
+        start = 0
+        for m in linears:
+            panels = m.blocked_weight.shape[0]
+            m.blocked_weight = weight[start:start + panels]  # a contiguous view
+            start += panels
+        bias = None if biases[0] is None else torch.cat([b.detach().float() for b in biases])
+    return weight, bias, [m.out_features for m in linears]
+
+
 def install(model: torch.nn.Module, attention: Callable) -> int:
     """Switch each decoder layer of a known architecture to its fused forward, calling `attention` (an
     attention-interface function) for attention; returns how many layers were switched (0: none could be)."""
@@ -146,6 +179,9 @@ def install(model: torch.nn.Module, attention: Callable) -> int:
         if act is None:
             continue
         _block_linears(layer, ops)
+        attn, mlp = layer.self_attn, layer.mlp
+        layer._ozwell_qkv = _join(ops, (attn.q_proj, attn.k_proj, attn.v_proj))
+        layer._ozwell_gate_up = _join(ops, (mlp.gate_proj, mlp.up_proj))
         layer._ozwell_ops, layer._ozwell_act, layer._ozwell_eps = ops, act, _eps(layer.input_layernorm)
         layer._ozwell_attention = attention
         # (the transformers forward, the fused one): set_enabled switches between them

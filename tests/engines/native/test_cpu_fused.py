@@ -93,6 +93,11 @@ def test_engine_tokens_are_the_same_fused_and_unfused(model, tiny_llama_dir, tin
     engine = _engine(source, tmp_path / "fused", model)
     layers = engine.model.config.get_text_config().num_hidden_layers
     assert engine.runner.fused_layers == layers
+    fused_layers = [m for m in engine.model.modules() if hasattr(m, "_ozwell_forwards")]
+    # fp32: q/k/v and gate/up each run as one blocked GEMM, their modules' weights views of the joined one
+    assert len(fused_layers) == layers and all(m._ozwell_qkv and m._ozwell_gate_up for m in fused_layers)
+    assert fused_layers[0].self_attn.q_proj.weight is None
+    assert fused_layers[0].self_attn.k_proj.blocked_weight.data_ptr() > fused_layers[0]._ozwell_qkv[0].data_ptr()
     prompts = [engine.encode_text(text) for text in PROMPTS]
     fused = greedy(engine, prompts, 12)  # the gemma prompts run past its sliding window (8)
     # the fallback: where the ops cannot be built, the transformers modules serve
