@@ -149,3 +149,18 @@ def test_the_blocked_linear_matches_f_linear(rows):
     torch.testing.assert_close(OPS.blocked_linear(x, blocked, None), torch.nn.functional.linear(x, weight))
     with pytest.raises(RuntimeError, match="multiple of 8"):
         OPS.block_weight(torch.randn(12, 24))
+
+
+def test_what_cannot_run_fused_is_left_as_transformers_wrote_it(tiny_llama_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from engines.native.model_runner import paged_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    model.config.hidden_act = "relu"  # an activation the ops do not have
+    assert cpu_fused.install(model, paged_attention) == 0
+    assert all(m.weight is not None for m in model.modules() if type(m) is torch.nn.Linear)
+    model.config.hidden_act = "silu"
+    monkeypatch.setenv("OZWELL_CPU_FUSED", "0")  # the operator's switch
+    monkeypatch.delitem(cpu_kernel._state, "fused")
+    assert cpu_kernel.fused_ops() is None and cpu_fused.install(model, paged_attention) == 0
