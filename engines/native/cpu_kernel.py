@@ -1,4 +1,5 @@
-"""The CPU decode-attention kernel (csrc/paged_decode_cpu.cpp): built once per machine, used when it builds.
+"""The CPU C++ ops: the decode-attention kernel (csrc/paged_decode_cpu.cpp) and the fused layer ops
+(csrc/fused_cpu.cpp, used by cpu_fused.py), one extension built once per machine, used when it builds.
 
 A CPU decode step attends every decoding sequence to its whole (or windowed) context. Gathering the
 context out of the paged cache first (paged_attention.py) reads it, writes a copy, and reads the copy;
@@ -7,9 +8,11 @@ tokens that is what makes a step's time nearly independent of the context length
 
 It is compiled with torch's own extension builder (`torch.utils.cpp_extension.load`, which needs a C++
 compiler and ninja) into torch's extension cache, for this CPU's instruction set: the name carries a hash
-of the CPU's flags, so a cache shared by machines of different kinds never hands one the other's binary.
-Without a compiler, or with OZWELL_CPU_KERNEL=0, or if the build fails, `load()` returns None, says why
-once, and the engine keeps the plain torch path, which computes the same thing.
+of the CPU's flags and of the sources, so a cache shared by machines of different kinds (or by checkouts of
+different versions) never hands one the other's binary.
+Without a compiler, or if the build fails, `load()` and `fused_ops()` return None, say why once, and the
+engine keeps the plain torch path, which computes the same thing. OZWELL_CPU_KERNEL=0 turns the attention
+kernel off, OZWELL_CPU_FUSED=0 the fused layer ops.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("ozwell.engines")
-SOURCE = Path(__file__).with_name("csrc") / "paged_decode_cpu.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode_cpu.cpp", "fused_cpu.cpp")]
+# (-fno-trapping-math lets the compiler vectorise loops with a clamp in them; it changes no result)
+CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -37,7 +42,25 @@ def _cpu_tag() -> str:
                 break
     except OSError:
         pass
-    return hashlib.sha256(f"{torch.__version__}|{flags}".encode()).hexdigest()[:10]
+    # the sources' text too: checkouts of different versions share torch's extension cache, and a build of
+    # one must not be loaded for the other
+    sources = "|".join([s.read_text() for s in SOURCES] + CFLAGS)
+    return hashlib.sha256(f"{torch.__version__}|{flags}|{sources}".encode()).hexdigest()[:10]
+
+
+def _build() -> bool:
+    """Build (or find in torch's extension cache) and load the library; False, said once, where it cannot be."""
+    if "built" not in _state:
+        _state["built"] = False
+        try:
+            from torch.utils.cpp_extension import load as build
+
+            build(name=f"ozwell_cpu_{_cpu_tag()}", sources=[str(s) for s in SOURCES], is_python_module=False,
+                  extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+            _state["built"] = True
+        except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: the torch path serves
+            log.warning("CPU C++ ops unavailable (%s); the torch path serves", exc)
+    return _state["built"]
 
 
 def load():
@@ -49,12 +72,21 @@ def load():
         if os.environ.get("OZWELL_CPU_KERNEL", "1") == "0":
             log.info("CPU decode-attention kernel off (OZWELL_CPU_KERNEL=0): the torch path serves")
             return None
-        try:
-            from torch.utils.cpp_extension import load as build
-
-            build(name=f"ozwell_cpu_{_cpu_tag()}", sources=[str(SOURCE)], is_python_module=False,
-                  extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+        if _build():
             _state["op"] = torch.ops.ozwell_cpu.paged_decode
-        except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a failed build: the torch path serves
-            log.warning("CPU decode-attention kernel unavailable (%s); the torch path serves", exc)
         return _state["op"]
+
+
+def fused_ops():
+    """The fused layer ops' namespace (`torch.ops.ozwell_cpu`: rms_norm, add_rms_norm, qk_norm_rope, act_mul),
+    or None where they cannot be built here or OZWELL_CPU_FUSED=0."""
+    with _lock:
+        if "fused" in _state:
+            return _state["fused"]
+        _state["fused"] = None
+        if os.environ.get("OZWELL_CPU_FUSED", "1") == "0":
+            log.info("CPU fused layer ops off (OZWELL_CPU_FUSED=0): the transformers modules serve")
+            return None
+        if _build():
+            _state["fused"] = torch.ops.ozwell_cpu
+        return _state["fused"]

@@ -51,7 +51,8 @@ def pack_cpu_linears(model: torch.nn.Module) -> int:
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     packed = sum(hasattr(m, "packed_weight") for m in linears)  # a model given to a second runner
     linears = [m for m in linears if not hasattr(m, "packed_weight") and not hasattr(m, "int8_packed")
-               and m.weight.device.type == "cpu"]  # (int8 linears: cpu_quant.py)
+               and not hasattr(m, "blocked_weight")  # (int8 linears: cpu_quant.py; blocked ones: cpu_fused.py)
+               and m.weight.device.type == "cpu"]
     if not linears or not _supported(linears[0].weight.dtype):
         return packed
     embeddings = model.get_input_embeddings()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engines.native import cpu_kernel
+from engines.native import cpu_fused, cpu_kernel
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
 from engines.native.paged_attention import DecodeBlocks, attend_blocks, decode_blocks
@@ -113,6 +113,7 @@ class StepLayout:
     decode_lengths: torch.Tensor | None = None  # [decoding]: context length, the new token included
     block_size: int = 0
     kernel: object = None  # the CPU decode-attention kernel (cpu_kernel.py), when it serves this step
+    all_decode: bool = False  # every packed token is a decode (decode_rows is 0..n-1): the step's common case
     _masks: dict = field(default_factory=dict)
 
     def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
@@ -151,6 +152,16 @@ class StepLayout:
         # index_copy_/index_select rather than indexing with a tensor: the same slots, 6x faster on a CPU
         k_cache.index_copy_(0, self.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
         v_cache.index_copy_(0, self.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
+        if self.all_decode:  # every token is a decode, in order: no gather of the queries, no scatter of the output
+            queries = query[0].transpose(0, 1)  # [decoding, heads, dim]
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            if self.kernel is not None:
+                out = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
+                                  self.decode_starts(sliding_window), self.decode_lengths, self.block_size, scale)
+            else:
+                out = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window), self.block_size,
+                                    scale)
+            return out[None], None
         out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
         if self.decode_rows is not None:
             rows = self.decode_rows
@@ -212,12 +223,16 @@ class PagedModelRunner:
         # the manager's blocks, and the scratch block past them
         shape = (config.num_hidden_layers, (num_blocks + 1) * block_size, config.num_key_value_heads, head_dim)
         dtype = next(model.parameters()).dtype
+        # on a CPU, the decoder layers of a known architecture run fused (cpu_fused.py: their elementwise work in
+        # C++ ops, their fp32 linears in a layout for few rows); oneDNN packs the linears left
+        on_cpu = self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES
+        self.fused_layers = cpu_fused.install(model, paged_attention) if on_cpu else 0
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None and not hasattr(head, "int8_packed"):
                 head.forward = types.MethodType(_tall_head_forward, head)
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
-        self.cpu_kernel = cpu_kernel.load() if self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES else None
+        self.cpu_kernel = cpu_kernel.load() if on_cpu else None
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.static = None
@@ -255,36 +270,40 @@ class PagedModelRunner:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
         in the chunks' order ([completing, vocab])."""
         tokens, ranges, context_slots, query_positions, keep, positions = [], [], [], [], [], []
-        decode_rows, decode_tables, decode_lengths = [], [], []
+        decode_rows, decode_tables, decode_lengths, decode_slots = [], [], [], []
+        size = self.block_size
         for chunk in chunks:
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
             end = start + chunk.num_tokens
             offset = len(tokens)
             tokens += seq.token_ids[start:end]
-            positions.append(torch.arange(start, end))
+            positions += range(start, end)
             if chunk.completes:
                 keep.append(offset + chunk.num_tokens - 1)
             if chunk.num_tokens == 1 and start > 0:  # a decode: attended in the batch
                 decode_rows.append(offset)
                 decode_tables.append(seq.block_table)
                 decode_lengths.append(end)
+                decode_slots.append(seq.block_table[start // size] * size + start % size)
                 continue
             ranges.append((offset, offset + chunk.num_tokens))
             # the slots of every position up to `end`; the new tokens' are its tail
             context_slots.append(self._slots(torch.tensor(seq.block_table, device=self.device),
                                              torch.arange(end, device=self.device)))
             query_positions.append(torch.arange(start, end, device=self.device))
-        positions = torch.cat(positions).to(self.device)
+        positions = torch.tensor(positions, device=self.device)
         layout = StepLayout(self.k_cache, self.v_cache, torch.empty(0), ranges, context_slots, query_positions)
         if decode_rows:
             self._decode_layout(layout, decode_rows, decode_tables, decode_lengths)
-        slot_mapping = torch.empty(len(tokens), dtype=torch.long, device=self.device)
-        for (start, end), slots, pos in zip(ranges, context_slots, query_positions):
-            slot_mapping[start:end] = slots[pos[0]:]
-        if decode_rows:
-            last = layout.decode_lengths - 1
-            blocks = layout.decode_tables.gather(1, (last // self.block_size)[:, None])[:, 0]
-            slot_mapping[layout.decode_rows] = blocks * self.block_size + last % self.block_size
+        if not ranges:  # decodes only (the rows are 0..n-1, in order)
+            slot_mapping = torch.tensor(decode_slots, device=self.device)
+            layout.all_decode = True
+        else:
+            slot_mapping = torch.empty(len(tokens), dtype=torch.long, device=self.device)
+            for (start, end), slots, pos in zip(ranges, context_slots, query_positions):
+                slot_mapping[start:end] = slots[pos[0]:]
+            if decode_rows:
+                slot_mapping[layout.decode_rows] = torch.tensor(decode_slots, device=self.device)
         layout.slot_mapping = slot_mapping
         _step.layout = layout
         try:
@@ -293,7 +312,8 @@ class PagedModelRunner:
                     input_ids=torch.tensor([tokens], device=self.device),
                     position_ids=positions[None],
                     use_cache=False,
-                    logits_to_keep=torch.tensor(keep or [0], device=self.device),
+                    # every token's logits (decodes only, all completing): no gather of the hidden states
+                    logits_to_keep=0 if len(keep) == len(tokens) else torch.tensor(keep or [0], device=self.device),
                 )
         finally:
             _step.layout = None
@@ -303,12 +323,9 @@ class PagedModelRunner:
                        lengths: list[int]) -> None:
         """Block tables of the decoding sequences, padded to the longest: [decoding, most blocks]."""
         width = -(-max(lengths) // self.block_size)
-        table = torch.zeros(len(tables), width, dtype=torch.long)
-        for i, blocks in enumerate(tables):
-            used = blocks[:width]
-            table[i, :len(used)] = torch.tensor(used, dtype=torch.long)
+        table = [blocks[:width] + [0] * (width - len(blocks[:width])) for blocks in tables]  # one tensor, built once
         layout.decode_rows = torch.tensor(rows, device=self.device)
-        layout.decode_tables = table.to(self.device)
+        layout.decode_tables = torch.tensor(table, dtype=torch.long, device=self.device)
         layout.decode_lengths = torch.tensor(lengths, device=self.device)
         layout.block_size = self.block_size
         layout.kernel = self.cpu_kernel

@@ -1,0 +1,134 @@
+"""In-process CPU decode-step time (issue #22): the forward pass of the native runner at 1, 8 and 32 decoding
+sequences, with the fused CPU layers (engines/native/cpu_fused.py) and without them, in one process: two copies
+of the model, one runner each, their steps alternating so that the machine's noise falls on both alike.
+
+    python benchmarks/cpu_decode_step.py [--model DIR] [--batches 1 8 32] [--context 64] [--steps 10] [--int8]
+                                         [--prefill TOKENS] [--profile]
+
+DIR is a transformers checkpoint (default: gemma-3-270m dequantised in .ozwell/models). The figures are the
+median and the best of `--steps` decode steps after two warm-up steps; on a shared, noisy machine compare the
+ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engines.native import cpu_kernel  # noqa: E402
+from engines.native.model_runner import PagedModelRunner  # noqa: E402
+from engines.native.scheduler import ScheduledChunk  # noqa: E402
+from engines.native.sequence import Sequence  # noqa: E402
+
+
+def default_model() -> Path | None:
+    for base in (ROOT / ".ozwell" / "models" / "gemma-3-270m", Path("/work/main/.ozwell/models/gemma-3-270m")):
+        found = sorted(base.glob("*/config.json")) if base.is_dir() else []
+        if found:
+            return found[0].parent
+    return None
+
+
+def decode_chunks(batch: int, context: int, block_size: int) -> list[ScheduledChunk]:
+    per = -(-(context + 64) // block_size)
+    chunks = []
+    for i in range(batch):
+        seq = Sequence(f"s{i}", [(7 * i + j) % 1000 + 2 for j in range(context + 1)], block_size)
+        seq.block_table = list(range(i * per, (i + 1) * per))
+        seq.num_computed_tokens = context
+        chunks.append(ScheduledChunk(seq, 1))
+    return chunks
+
+
+def time_steps(runners: dict, chunks: dict, steps: int) -> dict[str, float]:
+    """Median ms a step, per runner, the runners alternating step by step (two warm-up steps each)."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(steps + 2):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            runner.forward(chunks[name])
+            if i >= 2:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()} | {
+        f"{name} best": min(t) * 1000 for name, t in times.items()}
+
+
+def report(what: str, figures: dict[str, float]) -> None:
+    print(f"{what}: median unfused {figures['unfused']:7.1f} ms, fused {figures['fused']:7.1f} ms "
+          f"({figures['unfused'] / figures['fused']:.2f}x); best {figures['unfused best']:7.1f} ms, "
+          f"{figures['fused best']:7.1f} ms ({figures['unfused best'] / figures['fused best']:.2f}x)", flush=True)
+
+
+def load(path: Path, int8: bool, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if int8:
+        from engines.native.cpu_quant import quantize_head
+
+        quantize_head(model)
+    saved = cpu_kernel._state.get("fused", "unset")
+    if not fused:
+        cpu_kernel._state["fused"] = None  # as where the ops cannot be built: the transformers modules serve
+    try:
+        return PagedModelRunner(model, blocks, block_size, max_num_seqs=max_num_seqs)
+    finally:
+        if saved == "unset":
+            cpu_kernel._state.pop("fused", None)
+        else:
+            cpu_kernel._state["fused"] = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--int8", action="store_true", help="the LM head in int8 (as gemma-3-270m ships)")
+    parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
+    args = parser.parse_args()
+    path = args.model or default_model()
+    if path is None:
+        raise SystemExit("no model: pass --model DIR")
+    block_size = 16
+    blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
+    runners = {"unfused": load(path, args.int8, False, blocks, block_size, max(args.batches)),
+               "fused": load(path, args.int8, True, blocks, block_size, max(args.batches))}
+    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, int8 head {args.int8}, "
+          f"fused layers {runners['fused'].fused_layers}")
+    for batch in args.batches:
+        chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}
+        figures = time_steps(runners, chunks, args.steps)
+        report(f"batch {batch:3d}", figures)
+    if args.prefill:
+        def prefill_chunk():
+            seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], block_size)
+            seq.block_table = list(range(-(-args.prefill // block_size)))
+            return [ScheduledChunk(seq, args.prefill)]
+
+        figures = time_steps(runners, {name: prefill_chunk() for name in runners}, max(3, args.steps // 3))
+        report(f"prefill {args.prefill}", figures)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for name, runner in runners.items():
+            chunks = decode_chunks(1, args.context, block_size)
+            runner.forward(chunks)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                runner.forward(chunks)
+            print(f"--- {name}, batch 1")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()

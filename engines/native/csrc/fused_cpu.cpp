@@ -1,0 +1,407 @@
+// Fused elementwise ops of a decoder layer, on a CPU (see engines/native/cpu_fused.py).
+//
+// A decode step of a small model runs a few hundred tiny eager ops per layer pass: an RMSNorm alone is a cast,
+// a pow, a mean, an add, an rsqrt, two multiplies and a cast back. Each op allocates its output and is
+// dispatched on its own, and at one to a few rows that overhead is most of the step outside the GEMMs. These
+// ops do in one pass what the transformers modules do in many: RMSNorm (Gemma's 1 + w, or Llama's w), the
+// residual add with the norms around it, the per-head q/k norm with the rotary embedding, and the gated MLP
+// activation. They compute in float32 and round once to the tensor's dtype (float32 or bfloat16).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// What a row's RMSNorm multiplies by: 1 / sqrt(mean(x^2) + eps).
+template <typename T>
+inline float inv_rms(const T* x, int64_t n, double eps) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    acc += v * v;
+  }
+  return 1.f / std::sqrt(acc / static_cast<float>(n) + static_cast<float>(eps));
+}
+
+// out = norm(x) * w: Gemma's (x * r * (1 + w)) rounded once; Llama's w * round(x * r) rounded again.
+template <typename T>
+inline void norm_row(const T* x, const float* w, bool gemma, double eps, int64_t n, T* out) {
+  const float r = inv_rms(x, n, eps);
+  if (gemma) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<float>(x[i]) * r * (1.f + w[i]));
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = static_cast<T>(w[i] * static_cast<float>(static_cast<T>(static_cast<float>(x[i]) * r)));
+  }
+}
+
+at::Tensor float_weight(const at::Tensor& w, int64_t n) {
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == n, "a norm weight must be [", n, "]");
+  return w.to(at::kFloat).contiguous();
+}
+
+void check(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "the fused ops run on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "float32 or bfloat16 only");
+}
+
+#define OZWELL_DISPATCH(dtype, ...)                        \
+  if ((dtype) == at::kFloat) {                             \
+    using scalar = float;                                  \
+    __VA_ARGS__();                                         \
+  } else {                                                 \
+    using scalar = at::BFloat16;                           \
+    __VA_ARGS__();                                         \
+  }
+
+// x [..., n] -> RMSNorm(x) with weight w [n].
+at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps, bool gemma) {
+  check(x_in);
+  const auto x = x_in.contiguous();
+  const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(n, 1);
+  const auto w = float_weight(w_in, n);
+  auto out = at::empty_like(x);
+  OZWELL_DISPATCH(x.scalar_type(), [&] {
+    const scalar* xp = x.data_ptr<scalar>();
+    scalar* op = out.data_ptr<scalar>();
+    const float* wp = w.data_ptr<float>();
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) norm_row(xp + r * n, wp, gemma, eps, n, op + r * n);
+    });
+  });
+  return out;
+}
+
+// The residual stream's update and the next norm: h = residual + (norm(x, w_x) if w_x else x), then
+// (h, norm(h, w_out)) where w_out is given, else (h, an empty tensor).
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual_in, const at::Tensor& x_in,
+                                                const c10::optional<at::Tensor>& w_x_in,
+                                                const c10::optional<at::Tensor>& w_out_in, double eps, bool gemma) {
+  check(x_in);
+  TORCH_CHECK(residual_in.sizes() == x_in.sizes() && residual_in.scalar_type() == x_in.scalar_type(),
+              "residual and x differ in shape or dtype");
+  const auto x = x_in.contiguous();
+  const auto residual = residual_in.contiguous();
+  const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(n, 1);
+  const bool has_x = w_x_in.has_value() && w_x_in->defined();
+  const bool has_out = w_out_in.has_value() && w_out_in->defined();
+  const auto w_x = has_x ? float_weight(*w_x_in, n) : at::Tensor();
+  const auto w_out = has_out ? float_weight(*w_out_in, n) : at::Tensor();
+  auto h = at::empty_like(x);
+  auto normed = has_out ? at::empty_like(x) : at::empty({0}, x.options());
+  OZWELL_DISPATCH(x.scalar_type(), [&] {
+    const scalar* xp = x.data_ptr<scalar>();
+    const scalar* rp = residual.data_ptr<scalar>();
+    scalar* hp = h.data_ptr<scalar>();
+    scalar* np = has_out ? normed.data_ptr<scalar>() : nullptr;
+    const float* wx = has_x ? w_x.data_ptr<float>() : nullptr;
+    const float* wo = has_out ? w_out.data_ptr<float>() : nullptr;
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar* xr = xp + r * n;
+        const scalar* rr = rp + r * n;
+        scalar* hr = hp + r * n;
+        if (has_x) {
+          norm_row(xr, wx, gemma, eps, n, hr);  // norm(x), rounded as the module rounds it, then the add
+          for (int64_t i = 0; i < n; ++i) hr[i] = static_cast<scalar>(static_cast<float>(rr[i]) + static_cast<float>(hr[i]));
+        } else {
+          for (int64_t i = 0; i < n; ++i) hr[i] = static_cast<scalar>(static_cast<float>(rr[i]) + static_cast<float>(xr[i]));
+        }
+        if (has_out) norm_row(hr, wo, gemma, eps, n, np + r * n);
+      }
+    });
+  });
+  return {h, normed};
+}
+
+// One projection's heads: an optional per-head norm (Gemma's q_norm/k_norm), then the rotary embedding
+// (HF's q * cos + rotate_half(q) * sin), in float; x [tokens, heads * dim] -> out [tokens, heads, dim].
+template <typename T>
+void norm_rope(const at::Tensor& x, const float* w, bool gemma, double eps, const T* cos, const T* sin,
+               int64_t heads, int64_t dim, at::Tensor& out) {
+  const int64_t tokens = x.size(0), half = dim / 2;
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, tokens * heads, 1024, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task / heads;
+      const T* xr = xp + task * dim;
+      if (w != nullptr) {
+        const float r = inv_rms(xr, dim, eps);
+        for (int64_t d = 0; d < dim; ++d) {
+          const float normed = static_cast<float>(xr[d]) * r;
+          // the module's output is rounded to the dtype before the rotary embedding reads it
+          v[d] = gemma ? static_cast<float>(static_cast<T>(normed * (1.f + w[d])))
+                       : static_cast<float>(static_cast<T>(w[d] * static_cast<float>(static_cast<T>(normed))));
+        }
+      } else {
+        for (int64_t d = 0; d < dim; ++d) v[d] = static_cast<float>(xr[d]);
+      }
+      const T* c = cos + t * dim;
+      const T* s = sin + t * dim;
+      T* o = op + task * dim;
+      for (int64_t d = 0; d < half; ++d) {
+        o[d] = static_cast<T>(v[d] * static_cast<float>(c[d]) - v[d + half] * static_cast<float>(s[d]));
+        o[d + half] =
+            static_cast<T>(v[d + half] * static_cast<float>(c[d + half]) + v[d] * static_cast<float>(s[d + half]));
+      }
+    }
+  });
+}
+
+// q [..., tokens, heads * dim], k [..., tokens, kv_heads * dim], cos/sin [..., tokens, dim] ->
+// (q [tokens, heads, dim], k [tokens, kv_heads, dim]), each head normed (where its weight is given) and rotated.
+std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                const at::Tensor& cos_in, const at::Tensor& sin_in,
+                                                const c10::optional<at::Tensor>& q_w_in,
+                                                const c10::optional<at::Tensor>& k_w_in, double eps, bool gemma,
+                                                int64_t dim) {
+  check(q_in);
+  TORCH_CHECK(k_in.scalar_type() == q_in.scalar_type() && cos_in.scalar_type() == q_in.scalar_type() &&
+                  sin_in.scalar_type() == q_in.scalar_type(), "q, k, cos and sin differ in dtype");
+  TORCH_CHECK(dim > 0 && dim % 2 == 0 && cos_in.size(-1) == dim && sin_in.size(-1) == dim, "bad rotary dim");
+  const int64_t tokens = q_in.numel() / q_in.size(-1);
+  TORCH_CHECK(q_in.size(-1) % dim == 0 && k_in.size(-1) % dim == 0 && k_in.numel() / k_in.size(-1) == tokens &&
+                  cos_in.numel() == tokens * dim && sin_in.numel() == tokens * dim, "bad shapes");
+  const int64_t heads = q_in.size(-1) / dim, kv_heads = k_in.size(-1) / dim;
+  const auto q = q_in.reshape({tokens, heads * dim}).contiguous();
+  const auto k = k_in.reshape({tokens, kv_heads * dim}).contiguous();
+  const auto cos = cos_in.contiguous();
+  const auto sin = sin_in.contiguous();
+  const bool has_w = q_w_in.has_value() && q_w_in->defined();
+  TORCH_CHECK(has_w == (k_w_in.has_value() && k_w_in->defined()), "both q and k norms, or neither");
+  const auto q_w = has_w ? float_weight(*q_w_in, dim) : at::Tensor();
+  const auto k_w = has_w ? float_weight(*k_w_in, dim) : at::Tensor();
+  auto q_out = at::empty({tokens, heads, dim}, q.options());
+  auto k_out = at::empty({tokens, kv_heads, dim}, k.options());
+  OZWELL_DISPATCH(q.scalar_type(), [&] {
+    const scalar* c = cos.data_ptr<scalar>();
+    const scalar* s = sin.data_ptr<scalar>();
+    norm_rope<scalar>(q, has_w ? q_w.data_ptr<float>() : nullptr, gemma, eps, c, s, heads, dim, q_out);
+    norm_rope<scalar>(k, has_w ? k_w.data_ptr<float>() : nullptr, gemma, eps, c, s, kv_heads, dim, k_out);
+  });
+  return {q_out, k_out};
+}
+
+// tanh as a rational function of x (odd degree 13 over even degree 6, the form Eigen uses, on [-7.9, 7.9], where float tanh
+// reaches +-1): a few ulp from std::tanh, and only multiplies, adds, a divide and a clamp, so the compiler
+// vectorises the loops that call it (std::tanh and std::exp it does not).
+inline float tanh_rational(float x) {
+  x = std::min(std::max(x, -7.90531110763549805f), 7.90531110763549805f);
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 - 8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+
+template <typename T, int act>
+void act_mul_range(const T* g, const T* u, T* o, int64_t begin, int64_t end) {
+  constexpr float beta = 0.7978845608028654f, kappa = 0.044715f;  // sqrt(2 / pi)
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    const float x = static_cast<float>(g[i]);
+    // GELU (tanh approximation), or SiLU as x * sigmoid(x) = x * (1 + tanh(x / 2)) / 2
+    const float a = act == 0 ? 0.5f * x * (1.f + tanh_rational(beta * (x + kappa * x * x * x)))
+                             : 0.5f * x * (1.f + tanh_rational(0.5f * x));
+    // the activation's output is rounded to the dtype before the multiply, as the module does
+    o[i] = static_cast<T>(static_cast<float>(static_cast<T>(a)) * static_cast<float>(u[i]));
+  }
+}
+
+// The gated MLP's activation: act(gate) * up, act 0 = GELU (tanh approximation), 1 = SiLU.
+at::Tensor act_mul(const at::Tensor& gate_in, const at::Tensor& up_in, int64_t act) {
+  check(gate_in);
+  TORCH_CHECK(gate_in.sizes() == up_in.sizes() && gate_in.scalar_type() == up_in.scalar_type(),
+              "gate and up differ in shape or dtype");
+  TORCH_CHECK(act == 0 || act == 1, "act: 0 (gelu tanh) or 1 (silu)");
+  const auto gate = gate_in.contiguous();
+  const auto up = up_in.contiguous();
+  auto out = at::empty_like(gate);
+  const int64_t n = gate.numel();
+  OZWELL_DISPATCH(gate.scalar_type(), [&] {
+    const scalar* g = gate.data_ptr<scalar>();
+    const scalar* u = up.data_ptr<scalar>();
+    scalar* o = out.data_ptr<scalar>();
+    at::parallel_for(0, n, 1 << 18, [&](int64_t begin, int64_t end) {
+      if (act == 0) {
+        act_mul_range<scalar, 0>(g, u, o, begin, end);
+      } else {
+        act_mul_range<scalar, 1>(g, u, o, begin, end);
+      }
+    });
+  });
+  return out;
+}
+
+// ---- fp32 linears for few rows --------------------------------------------------------------------------
+// A decode step's linears multiply a few rows by a weight read from memory once a step: at 1-32 rows that read
+// is the cost. The weight is laid out once, at load, as [out / 8, in, 8] (8 output columns interleaved), so a
+// tile of up to 8 rows walks one contiguous panel with one 8-wide load and up to 8 FMAs per input column,
+// the panel staying in cache while row tiles reuse it. Threads split the output columns.
+#if defined(__AVX2__) && defined(__FMA__)
+template <int MT>
+inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias) {
+  __m256 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 wk = _mm256_loadu_ps(w + k * 8);
+    for (int m = 0; m < MT; ++m) acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(x[m * ldx + k]), wk, acc[m]);
+  }
+  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc[m]);
+}
+
+// One row: four accumulators over interleaved input columns, so that consecutive FMAs do not wait on each
+// other (one accumulator would make the panel's read wait on the FMA latency).
+inline void linear_row(const float* x, const float* w, int64_t in, float* out, const float* bias) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= in; k += 4) {
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 1]), _mm256_loadu_ps(w + k * 8 + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 2]), _mm256_loadu_ps(w + k * 8 + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 3]), _mm256_loadu_ps(w + k * 8 + 24), acc3);
+  }
+  for (; k < in; ++k) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
+  __m256 sum = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+  if (bias != nullptr) sum = _mm256_add_ps(sum, _mm256_loadu_ps(bias));
+  _mm256_storeu_ps(out, sum);
+}
+#define OZWELL_ROW 1
+
+// Two adjacent panels (16 columns) at once: two weight loads and MT broadcasts feed 2 x MT FMAs, which is what
+// keeps the FMA units, not the load ports, the limit when many rows come (a prefill chunk).
+template <int MT>
+inline void linear_tile2(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                         const float* bias) {
+  __m256 acc0[MT], acc1[MT];
+  for (int m = 0; m < MT; ++m) {
+    acc0[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    acc1[m] = bias != nullptr ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+  }
+  const float* w1 = w + in * 8;
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 a = _mm256_loadu_ps(w + k * 8), b = _mm256_loadu_ps(w1 + k * 8);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 xv = _mm256_set1_ps(x[m * ldx + k]);
+      acc0[m] = _mm256_fmadd_ps(xv, a, acc0[m]);
+      acc1[m] = _mm256_fmadd_ps(xv, b, acc1[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    _mm256_storeu_ps(out + m * ldo, acc0[m]);
+    _mm256_storeu_ps(out + m * ldo + 8, acc1[m]);
+  }
+}
+#define OZWELL_TILE2 1
+#else  // the same in plain C++ (the compiler vectorises what it can)
+template <int MT>
+inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias) {
+  float acc[MT][8];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < 8; ++j) acc[m][j] = bias != nullptr ? bias[j] : 0.f;
+  for (int64_t k = 0; k < in; ++k)
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < 8; ++j) acc[m][j] += x[m * ldx + k] * w[k * 8 + j];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < 8; ++j) out[m * ldo + j] = acc[m][j];
+}
+#endif
+
+// weight [out, in] float32 -> [out / 8, in, 8]
+at::Tensor block_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % 8 == 0,
+              "block_weight: a float32 [out, in] weight with out a multiple of 8");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  return weight.contiguous().view({out / 8, 8, in}).transpose(1, 2).contiguous();
+}
+
+// x [..., in] float32, blocked [out / 8, in, 8], bias [out] or None -> [..., out]
+at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && blocked.scalar_type() == at::kFloat && blocked.dim() == 3 &&
+                  blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) && blocked.is_contiguous(),
+              "blocked_linear: float32 x [..., in] and a blocked weight [out / 8, in, 8]");
+  const int64_t in = blocked.size(1), panels = blocked.size(0), out_features = panels * 8;
+  const auto x = x_in.reshape({-1, in}).contiguous();
+  const int64_t rows = x.size(0);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  const auto bias = has_bias ? bias_in->to(at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!has_bias || bias.numel() == out_features, "blocked_linear: bias must be [out]");
+  auto sizes = x_in.sizes().vec();
+  sizes.back() = out_features;
+  auto out = at::empty({rows, out_features}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = blocked.data_ptr<float>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  constexpr int64_t row_chunk = 192;  // rows whose inputs stay in cache while panels pass (64: 0.8x oneDNN at 512)
+  at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t r0 = 0; r0 < rows; r0 += row_chunk) {
+      const int64_t r1 = std::min(rows, r0 + row_chunk);
+      int64_t p = p0;
+#ifdef OZWELL_TILE2
+      for (; p + 2 <= p1 && r1 - r0 >= 6; p += 2) {  // many rows: 6 x 16 tiles
+        const float* w = wp + p * in * 8;
+        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+        int64_t m = r0;
+        for (; m + 6 <= r1; m += 6) linear_tile2<6>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+        for (; m < r1; ++m) linear_tile2<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+      }
+#endif
+      for (; p < p1; ++p) {
+        const float* w = wp + p * in * 8;
+        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+        int64_t m = r0;
+        for (; m + 8 <= r1; m += 8) linear_tile<8>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+        for (; m + 4 <= r1; m += 4) linear_tile<4>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+#ifdef OZWELL_ROW
+        for (; m < r1; ++m) linear_row(xp + m * in, w, in, op + m * out_features + p * 8, b);
+#else
+        for (; m < r1; ++m) linear_tile<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
+#endif
+      }
+    }
+  });
+  return out.view(sizes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, bool gemma) -> Tensor");
+  m.def("add_rms_norm(Tensor residual, Tensor x, Tensor? weight_x, Tensor? weight_out, float eps, bool gemma) "
+        "-> (Tensor, Tensor)");
+  m.def("qk_norm_rope(Tensor q, Tensor k, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, float eps, "
+        "bool gemma, int dim) -> (Tensor, Tensor)");
+  m.def("act_mul(Tensor gate, Tensor up, int act) -> Tensor");
+  m.def("block_weight(Tensor weight) -> Tensor");
+  m.def("blocked_linear(Tensor x, Tensor blocked, Tensor? bias) -> Tensor");
+  m.impl("rms_norm", c10::DispatchKey::CPU, &rms_norm);
+  m.impl("add_rms_norm", c10::DispatchKey::CPU, &add_rms_norm);
+  m.impl("qk_norm_rope", c10::DispatchKey::CPU, &qk_norm_rope);
+  m.impl("act_mul", c10::DispatchKey::CPU, &act_mul);
+  m.impl("block_weight", c10::DispatchKey::CPU, &block_weight);
+  m.impl("blocked_linear", c10::DispatchKey::CPU, &blocked_linear);
+}

@@ -1,0 +1,166 @@
+"""The fused CPU decoder layers (cpu_fused.py, csrc/fused_cpu.cpp): each fused op against the transformers
+module it replaces (fp32 and bf16), a whole forward pass with the layers fused against the same model
+unfused, and the engine: its greedy tokens are the same with the fused layers and without them (the
+fallback where the ops cannot be built), on the tiny Llama and the tiny Gemma 3 (with its sliding window)."""
+
+import pytest
+import torch
+
+from engines.native import cpu_fused, cpu_kernel
+from tests.engines.native.engines import greedy, tiny_engine
+from tests.engines.test_continuous_batching import PROMPTS
+
+OPS = cpu_kernel.fused_ops()
+pytestmark = pytest.mark.skipif(OPS is None, reason="the CPU ops did not build here (no compiler?)")
+TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+def _close(got, want, dtype):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.allclose(got.float(), want.float(), **TOLERANCE[dtype]), (got.float() - want.float()).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norms_and_activations_match_the_modules(dtype):
+    from transformers.activations import ACT2FN
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x, residual = (torch.randn(5, 96, generator=generator).to(dtype) for _ in range(2))
+    gemma, gemma2, llama = Gemma3RMSNorm(96, eps=1e-6), Gemma3RMSNorm(96, eps=1e-6), LlamaRMSNorm(96, eps=1e-5)
+    for norm in (gemma, gemma2, llama):
+        norm.weight.data = torch.randn(96, generator=generator).to(dtype)
+    _close(OPS.rms_norm(x, gemma.weight, 1e-6, True), gemma(x), dtype)
+    _close(OPS.rms_norm(x, llama.weight, 1e-5, False), llama(x), dtype)
+    h, normed = OPS.add_rms_norm(residual, x, gemma.weight, gemma2.weight, 1e-6, True)  # Gemma: norm, add, norm
+    _close(h, residual + gemma(x), dtype)
+    _close(normed, gemma2(residual + gemma(x)), dtype)
+    h, nothing = OPS.add_rms_norm(residual, x, gemma.weight, None, 1e-6, True)
+    _close(h, residual + gemma(x), dtype)
+    assert nothing.numel() == 0
+    h, normed = OPS.add_rms_norm(residual, x, None, llama.weight, 1e-5, False)  # Llama: add, norm
+    _close(h, residual + x, dtype)
+    _close(normed, llama(residual + x), dtype)
+    gate, up = torch.randn(3, 200, generator=generator).to(dtype) * 4, torch.randn(3, 200, generator=generator).to(dtype)
+    _close(OPS.act_mul(gate, up, 0), ACT2FN["gelu_pytorch_tanh"](gate) * up, dtype)
+    _close(OPS.act_mul(gate, up, 1), ACT2FN["silu"](gate) * up, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_qk_norm_and_rotary_embedding_match_the_modules(dtype, with_norm):
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm, apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(1)
+    tokens, heads, kv_heads, dim = 6, 4, 2, 32
+    q = torch.randn(1, tokens, heads * dim, generator=generator).to(dtype)
+    k = torch.randn(1, tokens, kv_heads * dim, generator=generator).to(dtype)
+    angles = torch.randn(1, tokens, dim // 2, generator=generator)
+    cos, sin = torch.cat([angles.cos()] * 2, -1).to(dtype), torch.cat([angles.sin()] * 2, -1).to(dtype)
+    q_norm, k_norm = Gemma3RMSNorm(dim), Gemma3RMSNorm(dim)
+    q_norm.weight.data, k_norm.weight.data = (torch.randn(dim, generator=generator).to(dtype) for _ in range(2))
+    # the module's way: [1, heads, tokens, dim], normed, rotated
+    q4, k4 = q.view(1, tokens, heads, dim).transpose(1, 2), k.view(1, tokens, kv_heads, dim).transpose(1, 2)
+    if with_norm:
+        q4, k4 = q_norm(q4), k_norm(k4)
+    want_q, want_k = apply_rotary_pos_emb(q4, k4, cos, sin)
+    got_q, got_k = OPS.qk_norm_rope(q, k, cos, sin, q_norm.weight if with_norm else None,
+                                    k_norm.weight if with_norm else None, 1e-6, True, dim)
+    _close(got_q, want_q[0].transpose(0, 1).contiguous(), dtype)  # [tokens, heads, dim]
+    _close(got_k, want_k[0].transpose(0, 1).contiguous(), dtype)
+
+
+def test_the_ops_refuse_what_they_cannot_run():
+    x = torch.randn(2, 8)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        OPS.rms_norm(x.double(), torch.ones(8), 1e-6, True)
+    with pytest.raises(RuntimeError, match="norm weight"):
+        OPS.rms_norm(x, torch.ones(7), 1e-6, True)
+    with pytest.raises(RuntimeError, match="differ"):
+        OPS.act_mul(x, torch.randn(2, 9), 0)
+    with pytest.raises(RuntimeError, match="rotary"):
+        OPS.qk_norm_rope(x, x, torch.randn(2, 6), torch.randn(2, 6), None, None, 1e-6, True, 8)
+
+
+def _engine(source, root, name):
+    return tiny_engine(root, name, source, max_model_len=64, block_size=4)
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma"])
+def test_engine_tokens_are_the_same_fused_and_unfused(model, tiny_llama_dir, tiny_gemma_dir, tmp_path, monkeypatch):
+    source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
+    engine = _engine(source, tmp_path / "fused", model)
+    layers = engine.model.config.get_text_config().num_hidden_layers
+    assert engine.runner.fused_layers == layers
+    fused_layers = [m for m in engine.model.modules() if hasattr(m, "_ozwell_forwards")]
+    # fp32: q/k/v and gate/up each run as one blocked GEMM, their modules' weights views of the joined one
+    assert len(fused_layers) == layers and all(m._ozwell_qkv and m._ozwell_gate_up for m in fused_layers)
+    assert fused_layers[0].self_attn.q_proj.weight is None
+    assert fused_layers[0].self_attn.k_proj.blocked_weight.data_ptr() > fused_layers[0]._ozwell_qkv[0].data_ptr()
+    prompts = [engine.encode_text(text) for text in PROMPTS]
+    fused = greedy(engine, prompts, 12)  # the gemma prompts run past its sliding window (8)
+    # the fallback: where the ops cannot be built, the transformers modules serve
+    monkeypatch.setitem(cpu_kernel._state, "fused", None)
+    plain = _engine(source, tmp_path / "plain", model)
+    assert plain.runner.fused_layers == 0
+    assert not any(hasattr(m, "_ozwell_forwards") for m in plain.model.modules())
+    assert greedy(plain, prompts, 12) == fused and all(len(tokens) == 12 for tokens in fused)
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma"])
+def test_a_packed_step_fused_matches_unfused(model, tiny_llama_dir, tiny_gemma_dir, tmp_path):
+    """Prefill chunks and decodes in one step: the logits of the step with the layers fused, against the same
+    runner with them switched back (set_enabled), on the same cache."""
+    from engines.native.scheduler import ScheduledChunk
+    from engines.native.sequence import Sequence
+
+    engine = _engine(tiny_llama_dir if model == "llama" else tiny_gemma_dir, tmp_path, model)
+    runner = engine.runner
+    prompts = [engine.encode_text(text) for text in PROMPTS]
+    sequences = []
+    for i, prompt in enumerate(prompts):
+        seq = Sequence(f"s{i}", prompt + [5], 4)
+        seq.block_table = list(range(i * 8, i * 8 + 8))
+        sequences.append(seq)
+    runner.forward([ScheduledChunk(s, len(s.token_ids) - 1) for s in sequences])  # the prompts' KV
+    for s in sequences[:2]:
+        s.num_computed_tokens = len(s.token_ids) - 1
+    # two decodes, and two prefills from scratch, in one packed step
+    chunks = [ScheduledChunk(s, 1) for s in sequences[:2]] + [ScheduledChunk(s, len(s.token_ids))
+                                                             for s in sequences[2:]]
+    logits = {}
+    for on in (True, False):
+        cpu_fused.set_enabled(engine.model, on)
+        logits[on] = runner.forward(chunks)
+    cpu_fused.set_enabled(engine.model, True)
+    assert logits[True].shape == (4, logits[True].shape[-1])
+    assert torch.allclose(logits[True], logits[False], atol=1e-4, rtol=1e-4), (logits[True] - logits[False]).abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 13, 70])
+def test_the_blocked_linear_matches_f_linear(rows):
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(40, 24, generator=generator), torch.randn(40, generator=generator)
+    x = torch.randn(2, rows, 24, generator=generator)  # any leading shape; rows on both sides of the 6-row tile
+    blocked = OPS.block_weight(weight)
+    assert blocked.shape == (5, 24, 8)
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, bias), torch.nn.functional.linear(x, weight, bias))
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, None), torch.nn.functional.linear(x, weight))
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        OPS.block_weight(torch.randn(12, 24))
+
+
+def test_what_cannot_run_fused_is_left_as_transformers_wrote_it(tiny_llama_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from engines.native.model_runner import paged_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    model.config.hidden_act = "relu"  # an activation the ops do not have
+    assert cpu_fused.install(model, paged_attention) == 0
+    assert all(m.weight is not None for m in model.modules() if type(m) is torch.nn.Linear)
+    model.config.hidden_act = "silu"
+    monkeypatch.setenv("OZWELL_CPU_FUSED", "0")  # the operator's switch
+    monkeypatch.delitem(cpu_kernel._state, "fused")
+    assert cpu_kernel.fused_ops() is None and cpu_fused.install(model, paged_attention) == 0
