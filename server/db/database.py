@@ -69,6 +69,16 @@ class Database:
                 connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
                 connection.commit()
 
+    @staticmethod
+    def head_revision() -> str:
+        """The newest migration's revision id (what a database at head holds in alembic_version)."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return ScriptDirectory.from_config(config).get_current_head()
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
