@@ -306,11 +306,10 @@ def _batches_command(args) -> int:
     try:
         if args.batches_command == "list":
             print("id\towner\tstatus\tendpoint\tmodel\tcompleted/failed/total\tcreated")
-            for b in batches.list(args.owner, args.limit)["data"]:
-                counts = b["request_counts"]
+            for b in batches.rows(args.owner, args.limit):
                 print("\t".join(str(v) for v in (
-                    b["id"], batches.owner_of(b["id"]), b["status"], b["endpoint"], b.get("model", "-"),
-                    f"{counts['completed']}/{counts['failed']}/{counts['total']}", _epoch(b["created_at"]))))
+                    b.id, b.owner, b.status, b.endpoint, b.model or "-", f"{b.completed}/{b.failed}/{b.total}",
+                    _epoch(b.created_at))))
             return 0
         body = batches.retrieve(None, args.batch_id) if args.batches_command == "show" else \
             batches.cancel(None, args.batch_id)

@@ -44,10 +44,8 @@ class Database:
     def upgrade(self) -> None:
         """Bring the schema to the newest migration; existing rows are kept."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
+        config = _alembic_config()
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":  # replicas starting at once take turns
                 connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
@@ -72,12 +70,9 @@ class Database:
     @staticmethod
     def head_revision() -> str:
         """The newest migration's revision id (what a database at head holds in alembic_version)."""
-        from alembic.config import Config
         from alembic.script import ScriptDirectory
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        return ScriptDirectory.from_config(config).get_current_head()
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
     @property
     def dialect(self) -> str:
@@ -94,6 +89,14 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -433,7 +433,7 @@ class BatchRunner:
                                           "error": {"code": "batch_expired", "message": "This request could not be "
                                                     "executed before the completion window expired."}}))
                 expired += 1
-        expires = int(time.time()) + batch.output_expires_after if batch.output_expires_after else None
+        expires = batch.output_expires_after
         output_id = error_id = None
         if outputs:
             output_id = self.files.store_generated(batch.owner, _file_id(batch.id, "output"),

@@ -104,14 +104,18 @@ class BatchService:
             raise NotFoundError(f"No batch found with id '{batch_id}'.", param="batch_id", code="batch_not_found")
         return row
 
-    def owner_of(self, batch_id: str) -> str:
-        return self._row(None, batch_id).owner
-
     def retrieve(self, owner: str | None, batch_id: str) -> dict:
         return batch_object(self._row(owner, batch_id))
 
     def list(self, owner: str | None, limit: int, after: str | None = None) -> dict:
         """Newest first; `after` is the id of the last batch of the previous page. owner None: everyone's."""
+        rows = self.rows(owner, limit + 1, after)
+        page = rows[:limit]
+        return {"object": "list", "data": [batch_object(r) for r in page], "first_id": page[0].id if page else "",
+                "last_id": page[-1].id if page else "", "has_more": len(rows) > limit}
+
+    def rows(self, owner: str | None, limit: int, after: str | None = None) -> list[StoredBatch]:
+        """The batches' rows, newest first (the CLI shows their owners too)."""
         statement = select(StoredBatch)
         if owner is not None:
             statement = statement.where(StoredBatch.owner == owner)
@@ -120,12 +124,9 @@ class BatchService:
             statement = statement.where(or_(StoredBatch.created_at < cursor.created_at,
                                             and_(StoredBatch.created_at == cursor.created_at,
                                                  StoredBatch.id < cursor.id)))
-        statement = statement.order_by(StoredBatch.created_at.desc(), StoredBatch.id.desc()).limit(limit + 1)
+        statement = statement.order_by(StoredBatch.created_at.desc(), StoredBatch.id.desc()).limit(limit)
         with self.database.session() as session:
-            rows = list(session.scalars(statement))
-        page = rows[:limit]
-        return {"object": "list", "data": [batch_object(r) for r in page], "first_id": page[0].id if page else "",
-                "last_id": page[-1].id if page else "", "has_more": len(rows) > limit}
+            return list(session.scalars(statement))
 
     # ---- cancel ---------------------------------------------------------------------------------
     def cancel(self, owner: str | None, batch_id: str) -> dict:

@@ -242,7 +242,7 @@ class FileService:
             raise
 
     def store_generated(self, owner: str, file_id: str, filename: str, purpose: str, lines: list[str],
-                        expires_at: int | None = None) -> StoredFile:
+                        expires_after_s: int | None = None) -> StoredFile:
         """Store a file the server wrote (a batch's output), as atomically as an upload. Idempotent: the id
         is the caller's (derived from what it holds), and a file already stored under it is returned as is,
         so a writer that crashed after storing it and runs again stores nothing twice. Not counted against
@@ -261,8 +261,10 @@ class FileService:
                     size += len(data)
                 sink.flush()
                 os.fsync(sink.fileno())
+            created_at = int(time.time())
             record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(filename), purpose=purpose,
-                                bytes=size, created_at=int(time.time()), expires_at=expires_at)
+                                bytes=size, created_at=created_at,
+                                expires_at=created_at + expires_after_s if expires_after_s else None)
             self._commit(temp, record)
             return record
         finally:

@@ -297,3 +297,12 @@ def test_one_replica_at_a_time_holds_a_batch_and_a_dead_ones_lease_passes_on(app
         assert first._renew(batch_id) == "lost"
     finally:
         database.close()
+
+
+def test_output_expires_after_sets_the_output_files_expiry(openai_client):
+    batch = openai_client.batches.create(input_file_id=upload(openai_client, [chat_line(0)]),
+                                         endpoint="/v1/chat/completions", completion_window="24h",
+                                         output_expires_after={"anchor": "created_at", "seconds": 3600})
+    done = wait_for(openai_client, batch.id, ("completed",))
+    output = openai_client.files.retrieve(done.output_file_id)
+    assert output.expires_at == output.created_at + 3600
