@@ -45,11 +45,14 @@ def test_docs_quickstart_runs_as_written(server: str) -> None:
     done = subprocess.run([sys.executable, str(HERE.parent / "examples" / "quickstart.py")], capture_output=True,
                           text=True, timeout=120, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip(), "the example printed no reply"
+    # It printed the reply's content: a line that is not `None` (the random model's sampled reply may itself be
+    # empty, about 1 draw in 400, when end-of-turn comes first).
+    assert done.stdout.endswith("\n") and done.stdout.strip() != "None", "the example printed no reply"
 
 
 def test_chat_completion(client: Ozwell, chat_model: str) -> None:
-    completion = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=8)
+    # greedy: a sampled reply from the random model can be empty (end-of-turn first)
+    completion = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=8, temperature=0)
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl")
     choice = completion.choices[0]
     assert choice.message.role == "assistant" and choice.message.content

@@ -41,13 +41,16 @@ const seconds = (since: number) => (performance.now() - since) / 1000;
 test("the docs' example runs as written: ESM, CommonJS and TypeScript", { skip }, async () => {
   for (const args of [['examples/quickstart.mjs'], ['examples/quickstart.cjs'], ['--import', 'tsx', 'examples/quickstart.ts']]) {
     const { stdout } = await run(process.execPath, args, { cwd: PACKAGE, env: process.env, timeout: 120_000 });
-    assert.ok(stdout.trim().length > 0, `${args.join(' ')} printed no reply`);
+    // It printed the reply's content: a line that is not `undefined`/`null` (the random model's sampled reply
+    // may itself be empty, about 1 draw in 400, when end-of-turn comes first).
+    assert.ok(stdout.endsWith('\n') && !['undefined', 'null'].includes(stdout.trim()), `${args.join(' ')} printed no reply`);
   }
 });
 
 test('chat completion', { skip }, async () => {
   const ozwell = client();
-  const completion = await ozwell.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 8 });
+  // greedy: a sampled reply from the random model can be empty (end-of-turn first)
+  const completion = await ozwell.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 8, temperature: 0 });
   assert.equal(completion.object, 'chat.completion');
   const choice = completion.choices[0];
   assert.ok(choice && choice.message.role === 'assistant' && choice.message.content);
