@@ -1,9 +1,13 @@
 """In-process CPU decode-step time (issue #22): the forward pass of the native runner at 1, 8 and 32 decoding
-sequences, with the fused CPU layers (engines/native/cpu_fused.py) and without them, in one process: two copies
-of the model, one runner each, their steps alternating so that the machine's noise falls on both alike.
+sequences, in variants of the model run in one process, their steps alternating so that the machine's noise
+falls on all alike:
+    unfused       float32, as transformers wrote the layers (packed oneDNN linears)
+    fused         float32 with the fused CPU layers (engines/native/cpu_fused.py)
+    int8          `quantization: int8` (engines/native/cpu_quant.py), fused
+    int8-unfused  the same int8 linears in the layers as transformers wrote them
 
-    python benchmarks/cpu_decode_step.py [--model DIR] [--batches 1 8 32] [--context 64] [--steps 10] [--int8]
-                                         [--prefill TOKENS] [--profile]
+    python benchmarks/cpu_decode_step.py [--model DIR] [--variants unfused fused] [--batches 1 8 32]
+                                         [--context 64] [--steps 10] [--prefill TOKENS] [--profile]
 
 DIR is a transformers checkpoint (default: gemma-3-270m dequantised in .ozwell/models). The figures are the
 median and the best of `--steps` decode steps after two warm-up steps; on a shared, noisy machine compare the
@@ -61,10 +65,12 @@ def time_steps(runners: dict, chunks: dict, steps: int) -> dict[str, float]:
         f"{name} best": min(t) * 1000 for name, t in times.items()}
 
 
-def report(what: str, figures: dict[str, float]) -> None:
-    print(f"{what}: median unfused {figures['unfused']:7.1f} ms, fused {figures['fused']:7.1f} ms "
-          f"({figures['unfused'] / figures['fused']:.2f}x); best {figures['unfused best']:7.1f} ms, "
-          f"{figures['fused best']:7.1f} ms ({figures['unfused best'] / figures['fused best']:.2f}x)", flush=True)
+def report(what: str, figures: dict[str, float], variants: list[str]) -> None:
+    """Each variant's median and best, and the first variant's time over each other's (its speed-up)."""
+    first = variants[0]
+    parts = [f"{v} {figures[v]:7.1f} ms (best {figures[v + ' best']:7.1f}"
+             + (f", {figures[first] / figures[v]:.2f}x)" if v != first else ")") for v in variants]
+    print(f"{what}: " + "; ".join(parts), flush=True)
 
 
 def load(path: Path, int8: bool, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
@@ -72,9 +78,9 @@ def load(path: Path, int8: bool, fused: bool, blocks: int, block_size: int, max_
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     if int8:
-        from engines.native.cpu_quant import quantize_head
+        from engines.native.cpu_quant import quantize_model
 
-        quantize_head(model)
+        print("int8:", quantize_model(model))
     saved = cpu_kernel._state.get("fused", "unset")
     if not fused:
         cpu_kernel._state["fused"] = None  # as where the ops cannot be built: the transformers modules serve
@@ -93,7 +99,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--int8", action="store_true", help="the LM head in int8 (as gemma-3-270m ships)")
+    parser.add_argument("--variants", nargs="+", default=["unfused", "fused"],
+                        choices=["unfused", "fused", "int8", "int8-unfused"])
     parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
     args = parser.parse_args()
@@ -102,14 +109,14 @@ def main() -> None:
         raise SystemExit("no model: pass --model DIR")
     block_size = 16
     blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
-    runners = {"unfused": load(path, args.int8, False, blocks, block_size, max(args.batches)),
-               "fused": load(path, args.int8, True, blocks, block_size, max(args.batches))}
-    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, int8 head {args.int8}, "
-          f"fused layers {runners['fused'].fused_layers}")
+    runners = {v: load(path, v.startswith("int8"), v in ("fused", "int8"), blocks, block_size, max(args.batches))
+               for v in args.variants}
+    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, "
+          + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))
     for batch in args.batches:
         chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}
         figures = time_steps(runners, chunks, args.steps)
-        report(f"batch {batch:3d}", figures)
+        report(f"batch {batch:3d}", figures, args.variants)
     if args.prefill:
         def prefill_chunk():
             seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], block_size)
@@ -117,7 +124,7 @@ def main() -> None:
             return [ScheduledChunk(seq, args.prefill)]
 
         figures = time_steps(runners, {name: prefill_chunk() for name in runners}, max(3, args.steps // 3))
-        report(f"prefill {args.prefill}", figures)
+        report(f"prefill {args.prefill}", figures, args.variants)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

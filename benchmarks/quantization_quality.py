@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engines.config import load_model_config  # noqa: E402
-from engines.native.cpu_quant import quantize_head  # noqa: E402
+from engines.native.cpu_quant import quantize_model  # noqa: E402
 from engines.native.loader import load_model  # noqa: E402
 
 TEXT_MODULES = ["argparse", "json", "textwrap", "logging", "csv", "heapq", "bisect", "functools", "pickle", "zipfile"]
@@ -99,7 +99,7 @@ def main() -> None:
         loaded = load_model(config, Path(args.data_dir))
         full = loaded.model
         quant = copy.deepcopy(full)
-        quantize_head(quant)
+        quantize_model(quant)
         ids = fixed_text(loaded.tokenizer)
         prompts = [loaded.tokenizer(PROMPTS[i % len(PROMPTS)].format(i=i))["input_ids"] for i in range(args.prompts)]
         row = {"dtype": str(loaded.dtype), "ppl_float": perplexity(full, ids), "ppl_int8": perplexity(quant, ids)}

@@ -82,8 +82,16 @@ def _project(layer, name: str, x, linears):
     joined = getattr(layer, name)
     if joined is None:
         return tuple(linear(x) for linear in linears)
-    weight, bias, sizes = joined
-    return layer._ozwell_ops.blocked_linear(x, weight, bias).split(sizes, -1)
+    weight, bias, scales, sizes = joined
+    return _blocked(layer._ozwell_ops, x, weight, bias, scales).split(sizes, -1)
+
+
+def _blocked(ops, x: torch.Tensor, weight: torch.Tensor, bias, scales) -> torch.Tensor:
+    """x @ the blocked weight: the kernel multiplies float32 rows (a bfloat16 model's int8 linears take theirs
+    widened, and give the result back rounded)."""
+    if x.dtype == torch.float32:
+        return ops.blocked_linear(x, weight, bias, scales)
+    return ops.blocked_linear(x.float(), weight, bias, scales).to(x.dtype)
 
 
 def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):
@@ -120,31 +128,42 @@ def _fusable(layer, config) -> int | None:
 
 
 def _blocked_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self._ozwell_ops.blocked_linear(x, self.blocked_weight, self.bias)
+    return _blocked(self._ozwell_ops, x, self.blocked_weight, self.bias, self.blocked_scales)
+
+
+def block_linear(module: torch.nn.Linear, ops, int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Switch `module` to the blocked layout that `blocked_linear` reads (csrc/fused_cpu.cpp): its float32
+    weight, or `int8` (an int8 weight [out, in] and its float32 scales [out], cpu_quant.py), read at a quarter of
+    the bytes. The layout replaces the weight (no copy is kept; a tied head's embedding keeps its own)."""
+    with torch.no_grad():
+        module.blocked_weight = ops.block_weight(int8[0] if int8 is not None else module.weight.detach())
+        module.blocked_scales = int8[1] if int8 is not None else None
+    del module.weight
+    module.weight = None
+    module._ozwell_ops = ops
+    module.forward = types.MethodType(_blocked_forward, module)
 
 
 def _block_linears(layer, ops) -> int:
-    """The layer's fp32 linears to the blocked layout that `blocked_linear` reads (csrc/fused_cpu.cpp): the
-    layout replaces the weight (no copy is kept), so cpu_linears.py leaves these alone."""
+    """The layer's fp32 linears to the blocked layout (block_linear), so cpu_linears.py leaves these alone; those
+    that cpu_quant.py switched already (int8) stay as they are."""
     count = 0
-    with torch.no_grad():
-        for module in layer.modules():
-            if (type(module) is not torch.nn.Linear or hasattr(module, "packed_weight") or module.weight is None
-                    or module.weight.dtype != torch.float32 or module.weight.shape[0] % 8):
-                continue
-            module.blocked_weight = ops.block_weight(module.weight.detach())
-            del module.weight
-            module.weight = None
-            module._ozwell_ops = ops
-            module.forward = types.MethodType(_blocked_forward, module)
-            count += 1
+    for module in layer.modules():
+        if (type(module) is not torch.nn.Linear or hasattr(module, "packed_weight") or module.weight is None
+                or module.weight.dtype != torch.float32 or module.weight.shape[0] % 8):
+            continue
+        block_linear(module, ops)
+        count += 1
     return count
 
 
 def _join(ops, linears) -> tuple | None:
     """Blocked linears that read the same input, joined into one weight (theirs become views of it, so nothing
-    is copied twice): (weight, bias or None, output sizes), or None where they cannot be joined."""
+    is copied twice): (weight, bias or None, int8 scales or None, output sizes), or None where they cannot be
+    joined."""
     if not all(hasattr(m, "blocked_weight") for m in linears) or len({m.in_features for m in linears}) != 1:
+        return None
+    if len({m.blocked_weight.dtype for m in linears}) != 1:
         return None
     biases = [m.bias for m in linears]
     if any(b is None for b in biases) and not all(b is None for b in biases):
@@ -157,7 +176,14 @@ def _join(ops, linears) -> tuple | None:
             m.blocked_weight = weight[start:start + panels]  # a contiguous view
             start += panels
         bias = None if biases[0] is None else torch.cat([b.detach().float() for b in biases])
-    return weight, bias, [m.out_features for m in linears]
+        scales = None
+        if linears[0].blocked_scales is not None:
+            scales = torch.cat([m.blocked_scales for m in linears])
+            start = 0
+            for m in linears:
+                m.blocked_scales = scales[start:start + m.out_features]
+                start += m.out_features
+    return weight, bias, scales, [m.out_features for m in linears]
 
 
 def install(model: torch.nn.Module, attention: Callable) -> int:

@@ -50,8 +50,8 @@ def pack_cpu_linears(model: torch.nn.Module) -> int:
     many were packed (0 where oneDNN cannot run the model's dtype on this CPU)."""
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     packed = sum(hasattr(m, "packed_weight") for m in linears)  # a model given to a second runner
-    linears = [m for m in linears if not hasattr(m, "packed_weight") and not hasattr(m, "int8_packed")
-               and not hasattr(m, "blocked_weight")  # (int8 linears: cpu_quant.py; blocked ones: cpu_fused.py)
+    linears = [m for m in linears if not hasattr(m, "packed_weight")
+               and not hasattr(m, "blocked_weight")  # (blocked float32 or int8 ones: cpu_fused.py, cpu_quant.py)
                and m.weight.device.type == "cpu"]
     if not linears or not _supported(linears[0].weight.dtype):
         return packed

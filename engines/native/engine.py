@@ -25,7 +25,7 @@ from engines.config import ModelConfig
 from engines.hf_generation import HFGenerationEngine
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
-from engines.native.cpu_quant import quantize_head
+from engines.native.cpu_quant import quantize_model
 from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
@@ -118,12 +118,12 @@ class NativeEngine(HFGenerationEngine):
 
     def _quantize(self) -> None:
         if self.device.type != "cpu":  # device: auto found a GPU (an explicit GPU device is refused at config)
-            log.warning("%s: quantization: int8 is for CPUs; on %s the head stays %s", self.config.id, self.device,
+            log.warning("%s: quantization: int8 is for CPUs; on %s the model stays %s", self.config.id, self.device,
                         self.torch_dtype)
             return
         cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
-        if not quantize_head(self.model, cache):
-            log.warning("%s: quantization: int8 is unavailable here (see above); serving a float head",
+        if not quantize_model(self.model, cache):
+            log.warning("%s: quantization: int8 found no float32 linears to quantise; serving as loaded",
                         self.config.id)
 
     @property

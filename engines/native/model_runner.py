@@ -229,7 +229,7 @@ class PagedModelRunner:
         self.fused_layers = cpu_fused.install(model, paged_attention) if on_cpu else 0
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
-            if type(head) is torch.nn.Linear and head.bias is None and not hasattr(head, "int8_packed"):
+            if type(head) is torch.nn.Linear and head.bias is None and getattr(head, "blocked_weight", None) is None:
                 head.forward = types.MethodType(_tall_head_forward, head)
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if on_cpu else None

@@ -47,18 +47,18 @@ def _converted_dir(data_dir: Path, model_id: str) -> Path:
 
 
 def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int, quantization: str = "none") -> str:
-    """transformers' greedy tokens on the server's converted weights, with the head in int8 where the shipped
-    config says `quantization: int8` (the same int8 head the server runs)."""
+    """transformers' greedy tokens on the server's converted weights, quantised where the shipped config says
+    `quantization: int8` (the same int8 weights the server runs: cpu_quant.quantize_model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     from engines.devices import resolve_dtype
-    from engines.native.cpu_quant import quantize_head
+    from engines.native.cpu_quant import quantize_model
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype("auto", torch.device("cpu"))).eval()
     if quantization == "int8":
-        assert quantize_head(model)
+        assert quantize_model(model)[1]
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)

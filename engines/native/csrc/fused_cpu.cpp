@@ -253,56 +253,83 @@ at::Tensor act_mul(const at::Tensor& gate_in, const at::Tensor& up_in, int64_t a
   return out;
 }
 
-// ---- fp32 linears for few rows --------------------------------------------------------------------------
+// ---- linears for few rows: float32 weights, or int8 weights with a scale per output column ---------------
 // A decode step's linears multiply a few rows by a weight read from memory once a step: at 1-32 rows that read
 // is the cost. The weight is laid out once, at load, as [out / 8, in, 8] (8 output columns interleaved), so a
 // tile of up to 8 rows walks one contiguous panel with one 8-wide load and up to 8 FMAs per input column,
 // the panel staying in cache while row tiles reuse it. Threads split the output columns.
+// An int8 weight (`quantization: int8`, cpu_quant.py) is read in the same layout, a quarter of the bytes: each
+// 8-wide load widens 8 int8s to floats in registers, the sums run in float32, and the column's scale multiplies
+// the sum once at the end (so the result is x @ (q * scale)^T, what the dequantised weight would give).
 #if defined(__AVX2__) && defined(__FMA__)
-template <int MT>
-inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
-                        const float* bias) {
+template <typename W>
+inline __m256 load_w(const W* p);
+template <>
+inline __m256 load_w<float>(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+template <>
+inline __m256 load_w<int8_t>(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// A float32 weight's sums start from the bias; an int8 weight's are scaled first, then the bias added.
+inline __m256 acc_start(const float* bias, const float* scale) {
+  return bias != nullptr && scale == nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+}
+inline __m256 acc_finish(__m256 acc, const float* bias, const float* scale) {
+  if (scale == nullptr) return acc;
+  return bias != nullptr ? _mm256_fmadd_ps(acc, _mm256_loadu_ps(scale), _mm256_loadu_ps(bias))
+                         : _mm256_mul_ps(acc, _mm256_loadu_ps(scale));
+}
+
+template <int MT, typename W>
+inline void linear_tile(const float* x, int64_t ldx, const W* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias, const float* scale) {
   __m256 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (int m = 0; m < MT; ++m) acc[m] = acc_start(bias, scale);
   for (int64_t k = 0; k < in; ++k) {
-    const __m256 wk = _mm256_loadu_ps(w + k * 8);
+    const __m256 wk = load_w<W>(w + k * 8);
     for (int m = 0; m < MT; ++m) acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(x[m * ldx + k]), wk, acc[m]);
   }
-  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc[m]);
+  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc_finish(acc[m], bias, scale));
 }
 
 // One row: four accumulators over interleaved input columns, so that consecutive FMAs do not wait on each
 // other (one accumulator would make the panel's read wait on the FMA latency).
-inline void linear_row(const float* x, const float* w, int64_t in, float* out, const float* bias) {
+template <typename W>
+inline void linear_row(const float* x, const W* w, int64_t in, float* out, const float* bias, const float* scale) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
          acc3 = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 4 <= in; k += 4) {
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 1]), _mm256_loadu_ps(w + k * 8 + 8), acc1);
-    acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 2]), _mm256_loadu_ps(w + k * 8 + 16), acc2);
-    acc3 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 3]), _mm256_loadu_ps(w + k * 8 + 24), acc3);
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), load_w<W>(w + k * 8), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 1]), load_w<W>(w + k * 8 + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 2]), load_w<W>(w + k * 8 + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 3]), load_w<W>(w + k * 8 + 24), acc3);
   }
-  for (; k < in; ++k) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(w + k * 8), acc0);
+  for (; k < in; ++k) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), load_w<W>(w + k * 8), acc0);
   __m256 sum = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
-  if (bias != nullptr) sum = _mm256_add_ps(sum, _mm256_loadu_ps(bias));
-  _mm256_storeu_ps(out, sum);
+  if (bias != nullptr && scale == nullptr) sum = _mm256_add_ps(sum, _mm256_loadu_ps(bias));
+  _mm256_storeu_ps(out, acc_finish(sum, bias, scale));
 }
 #define OZWELL_ROW 1
 
 // Two adjacent panels (16 columns) at once: two weight loads and MT broadcasts feed 2 x MT FMAs, which is what
 // keeps the FMA units, not the load ports, the limit when many rows come (a prefill chunk).
-template <int MT>
-inline void linear_tile2(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
-                         const float* bias) {
+template <int MT, typename W>
+inline void linear_tile2(const float* x, int64_t ldx, const W* w, int64_t in, float* out, int64_t ldo,
+                         const float* bias, const float* scale) {
   __m256 acc0[MT], acc1[MT];
+  const float* bias1 = bias != nullptr ? bias + 8 : nullptr;
+  const float* scale1 = scale != nullptr ? scale + 8 : nullptr;
   for (int m = 0; m < MT; ++m) {
-    acc0[m] = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-    acc1[m] = bias != nullptr ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+    acc0[m] = acc_start(bias, scale);
+    acc1[m] = acc_start(bias1, scale1);
   }
-  const float* w1 = w + in * 8;
+  const W* w1 = w + in * 8;
   for (int64_t k = 0; k < in; ++k) {
-    const __m256 a = _mm256_loadu_ps(w + k * 8), b = _mm256_loadu_ps(w1 + k * 8);
+    const __m256 a = load_w<W>(w + k * 8), b = load_w<W>(w1 + k * 8);
     for (int m = 0; m < MT; ++m) {
       const __m256 xv = _mm256_set1_ps(x[m * ldx + k]);
       acc0[m] = _mm256_fmadd_ps(xv, a, acc0[m]);
@@ -310,40 +337,93 @@ inline void linear_tile2(const float* x, int64_t ldx, const float* w, int64_t in
     }
   }
   for (int m = 0; m < MT; ++m) {
-    _mm256_storeu_ps(out + m * ldo, acc0[m]);
-    _mm256_storeu_ps(out + m * ldo + 8, acc1[m]);
+    _mm256_storeu_ps(out + m * ldo, acc_finish(acc0[m], bias, scale));
+    _mm256_storeu_ps(out + m * ldo + 8, acc_finish(acc1[m], bias1, scale1));
   }
 }
 #define OZWELL_TILE2 1
 #else  // the same in plain C++ (the compiler vectorises what it can)
-template <int MT>
-inline void linear_tile(const float* x, int64_t ldx, const float* w, int64_t in, float* out, int64_t ldo,
-                        const float* bias) {
+template <int MT, typename W>
+inline void linear_tile(const float* x, int64_t ldx, const W* w, int64_t in, float* out, int64_t ldo,
+                        const float* bias, const float* scale) {
   float acc[MT][8];
   for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < 8; ++j) acc[m][j] = bias != nullptr ? bias[j] : 0.f;
+    for (int j = 0; j < 8; ++j) acc[m][j] = bias != nullptr && scale == nullptr ? bias[j] : 0.f;
   for (int64_t k = 0; k < in; ++k)
     for (int m = 0; m < MT; ++m)
-      for (int j = 0; j < 8; ++j) acc[m][j] += x[m * ldx + k] * w[k * 8 + j];
+      for (int j = 0; j < 8; ++j) acc[m][j] += x[m * ldx + k] * static_cast<float>(w[k * 8 + j]);
   for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < 8; ++j) out[m * ldo + j] = acc[m][j];
+    for (int j = 0; j < 8; ++j)
+      out[m * ldo + j] = scale == nullptr ? acc[m][j] : acc[m][j] * scale[j] + (bias != nullptr ? bias[j] : 0.f);
 }
 #endif
 
-// weight [out, in] float32 -> [out / 8, in, 8]
+// weight [out, in] (float32 or int8) -> [out / 8, in, 8]
 at::Tensor block_weight(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % 8 == 0,
-              "block_weight: a float32 [out, in] weight with out a multiple of 8");
+  TORCH_CHECK(weight.dim() == 2 && (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kChar) &&
+                  weight.size(0) % 8 == 0,
+              "block_weight: a float32 or int8 [out, in] weight with out a multiple of 8");
   const int64_t out = weight.size(0), in = weight.size(1);
   return weight.contiguous().view({out / 8, 8, in}).transpose(1, 2).contiguous();
 }
 
-// x [..., in] float32, blocked [out / 8, in, 8], bias [out] or None -> [..., out]
-at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in) {
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && blocked.scalar_type() == at::kFloat && blocked.dim() == 3 &&
-                  blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) && blocked.is_contiguous(),
-              "blocked_linear: float32 x [..., in] and a blocked weight [out / 8, in, 8]");
+// Rows [r0, r1) times panels [p0, p1) of a blocked weight (w: panel p0's first element).
+template <typename W>
+void panel_rows(const float* xp, int64_t r0, int64_t r1, int64_t in, const W* w0, int64_t p0, int64_t p1,
+                const float* bp, const float* sp, float* op, int64_t out_features) {
+  int64_t p = p0;
+  const auto panel = [&](int64_t q) { return w0 + (q - p0) * in * 8; };
+#ifdef OZWELL_TILE2
+  for (; p + 2 <= p1 && r1 - r0 >= 6; p += 2) {  // many rows: 6 x 16 tiles
+    const W* w = panel(p);
+    const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+    const float* s = sp != nullptr ? sp + p * 8 : nullptr;
+    int64_t m = r0;
+    for (; m + 6 <= r1; m += 6) linear_tile2<6>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+    for (; m < r1; ++m) linear_tile2<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+  }
+#endif
+  for (; p < p1; ++p) {
+    const W* w = panel(p);
+    const float* b = bp != nullptr ? bp + p * 8 : nullptr;
+    const float* s = sp != nullptr ? sp + p * 8 : nullptr;
+    int64_t m = r0;
+    for (; m + 8 <= r1; m += 8) linear_tile<8>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+    for (; m + 4 <= r1; m += 4) linear_tile<4>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+    for (; m + 2 <= r1; m += 2) linear_tile<2>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+#ifdef OZWELL_ROW
+    for (; m < r1; ++m) linear_row(xp + m * in, w, in, op + m * out_features + p * 8, b, s);
+#else
+    for (; m < r1; ++m) linear_tile<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b, s);
+#endif
+  }
+}
+
+template <typename W>
+void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp, int64_t panels, const float* bp,
+                         const float* sp, float* op) {
+  const int64_t out_features = panels * 8;
+  constexpr int64_t row_chunk = 192;  // rows whose inputs stay in cache while panels pass (64: 0.8x oneDNN at 512)
+  at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t r0 = 0; r0 < rows; r0 += row_chunk)
+      panel_rows<W>(xp, r0, std::min(rows, r0 + row_chunk), in, wp + p0 * in * 8, p0, p1, bp, sp, op, out_features);
+  });
+}
+
+// x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32),
+// bias [out] or None -> [..., out] float32
+at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in,
+                          const c10::optional<at::Tensor>& scales_in) {
+  const bool int8 = blocked.scalar_type() == at::kChar;
+  const bool has_scales = scales_in.has_value() && scales_in->defined();
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && (blocked.scalar_type() == at::kFloat || int8) &&
+                  blocked.dim() == 3 && blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) &&
+                  blocked.is_contiguous(),
+              "blocked_linear: float32 x [..., in] and a blocked float32 or int8 weight [out / 8, in, 8]");
   const int64_t in = blocked.size(1), panels = blocked.size(0), out_features = panels * 8;
+  TORCH_CHECK(int8 == has_scales, "blocked_linear: an int8 weight takes scales, a float32 one none");
+  const auto scales = has_scales ? scales_in->to(at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!has_scales || scales.numel() == out_features, "blocked_linear: scales must be [out]");
   const auto x = x_in.reshape({-1, in}).contiguous();
   const int64_t rows = x.size(0);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
@@ -352,38 +432,14 @@ at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, con
   auto sizes = x_in.sizes().vec();
   sizes.back() = out_features;
   auto out = at::empty({rows, out_features}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = blocked.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
-  float* op = out.data_ptr<float>();
-  constexpr int64_t row_chunk = 192;  // rows whose inputs stay in cache while panels pass (64: 0.8x oneDNN at 512)
-  at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
-    for (int64_t r0 = 0; r0 < rows; r0 += row_chunk) {
-      const int64_t r1 = std::min(rows, r0 + row_chunk);
-      int64_t p = p0;
-#ifdef OZWELL_TILE2
-      for (; p + 2 <= p1 && r1 - r0 >= 6; p += 2) {  // many rows: 6 x 16 tiles
-        const float* w = wp + p * in * 8;
-        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
-        int64_t m = r0;
-        for (; m + 6 <= r1; m += 6) linear_tile2<6>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
-        for (; m < r1; ++m) linear_tile2<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
-      }
-#endif
-      for (; p < p1; ++p) {
-        const float* w = wp + p * in * 8;
-        const float* b = bp != nullptr ? bp + p * 8 : nullptr;
-        int64_t m = r0;
-        for (; m + 8 <= r1; m += 8) linear_tile<8>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
-        for (; m + 4 <= r1; m += 4) linear_tile<4>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
-#ifdef OZWELL_ROW
-        for (; m < r1; ++m) linear_row(xp + m * in, w, in, op + m * out_features + p * 8, b);
-#else
-        for (; m < r1; ++m) linear_tile<1>(xp + m * in, in, w, in, op + m * out_features + p * 8, out_features, b);
-#endif
-      }
-    }
-  });
+  if (int8) {
+    blocked_linear_impl<int8_t>(x.data_ptr<float>(), rows, in, blocked.data_ptr<int8_t>(), panels, bp,
+                                scales.data_ptr<float>(), out.data_ptr<float>());
+  } else {
+    blocked_linear_impl<float>(x.data_ptr<float>(), rows, in, blocked.data_ptr<float>(), panels, bp, nullptr,
+                               out.data_ptr<float>());
+  }
   return out.view(sizes);
 }
 
@@ -397,7 +453,7 @@ TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
         "bool gemma, int dim) -> (Tensor, Tensor)");
   m.def("act_mul(Tensor gate, Tensor up, int act) -> Tensor");
   m.def("block_weight(Tensor weight) -> Tensor");
-  m.def("blocked_linear(Tensor x, Tensor blocked, Tensor? bias) -> Tensor");
+  m.def("blocked_linear(Tensor x, Tensor blocked, Tensor? bias, Tensor? scales=None) -> Tensor");
   m.impl("rms_norm", c10::DispatchKey::CPU, &rms_norm);
   m.impl("add_rms_norm", c10::DispatchKey::CPU, &add_rms_norm);
   m.impl("qk_norm_rope", c10::DispatchKey::CPU, &qk_norm_rope);

@@ -151,6 +151,28 @@ def test_the_blocked_linear_matches_f_linear(rows):
         OPS.block_weight(torch.randn(12, 24))
 
 
+@pytest.mark.parametrize("rows", [1, 5, 13, 70])
+def test_the_int8_blocked_linear_matches_the_dequantised_weight(rows):
+    from engines.native.cpu_quant import quantize_weight
+
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(48, 40, generator=generator), torch.randn(48, generator=generator)
+    x = torch.randn(3, rows, 40, generator=generator)
+    qweight, scales = quantize_weight(weight)
+    blocked = OPS.block_weight(qweight)
+    assert blocked.dtype == torch.int8 and blocked.shape == (6, 40, 8)
+    dequantised = qweight.float() * scales[:, None]
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, bias, scales),
+                               torch.nn.functional.linear(x, dequantised, bias))
+    torch.testing.assert_close(OPS.blocked_linear(x, blocked, None, scales), torch.nn.functional.linear(x, dequantised))
+    with pytest.raises(RuntimeError, match="takes scales"):
+        OPS.blocked_linear(x, blocked, bias)
+    with pytest.raises(RuntimeError, match="takes scales"):
+        OPS.blocked_linear(x, OPS.block_weight(weight), bias, scales)
+    with pytest.raises(RuntimeError, match=r"scales must be \[out\]"):
+        OPS.blocked_linear(x, blocked, bias, scales[:8])
+
+
 def test_what_cannot_run_fused_is_left_as_transformers_wrote_it(tiny_llama_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
 

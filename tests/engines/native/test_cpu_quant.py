@@ -1,6 +1,7 @@
-"""`quantization: int8` (the LM head in int8) on the tiny models: logits close to fp32 (a relative error bound and top-1 agreement,
-fixed seed), the int8 cache read back at the next start and rebuilt when the weights change, the float
-fallback where the int8 ops are missing, and the configs that cannot be honoured refused."""
+"""`quantization: int8` (weight-only int8 decoder linears, the LM head in int8) on the tiny models: logits close
+to fp32 (a relative error bound and top-1 agreement, fixed seed), the int8 cache read back at the next start and
+rebuilt when the weights change, the fallbacks where the int8 ops are missing, and the configs that cannot be
+honoured refused."""
 
 import shutil
 
@@ -8,12 +9,9 @@ import pytest
 import torch
 
 from engines.config import ConfigError, load_model_config
-from engines.native import cpu_quant
+from engines.native import cpu_kernel, cpu_quant
 from tests.conftest import write_config
 from tests.engines.native.engines import greedy, tiny_engine
-
-pytestmark = pytest.mark.skipif(not cpu_quant.available(), reason="fbgemm's int8 linear is not available here")
-
 
 def _engine(source, root, quantization, name="tiny"):
     return tiny_engine(root, name, source, max_model_len=64, quantization=quantization)
@@ -26,14 +24,38 @@ def test_int8_logits_stay_close_to_fp32(model, tiny_llama_dir, tiny_gemma_dir):
     source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
     full = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     int8 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    assert cpu_quant.quantize_head(int8)
-    assert [name for name, m in int8.named_modules() if hasattr(m, "int8_packed")] == ["lm_head"]
+    layers = full.config.get_text_config().num_hidden_layers
+    assert cpu_quant.quantize_model(int8) == 7 * layers + 1  # q, k, v, o, gate, up and down; and the head
+    if cpu_kernel.fused_ops() is not None:  # read by the int8 kernel
+        assert int8.lm_head.blocked_weight.dtype == torch.int8 and int8.lm_head.weight is None
     assert torch.equal(int8.get_input_embeddings().weight, full.get_input_embeddings().weight)  # an exact lookup
     ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = full(input_ids=ids).logits[0], int8(input_ids=ids).logits[0]
     assert ((got - want).norm() / want.norm()).item() < 0.08  # 4-5% on these 64-wide random heads
     assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+
+
+def test_the_engine_runs_the_int8_linears_as_the_reference_computes_them(tiny_gemma_dir, tmp_path):
+    """The served model (fused layers, the int8 blocked kernel) against transformers' modules on the same int8
+    weights: the same greedy tokens."""
+    engine = _engine(tiny_gemma_dir, tmp_path, "int8")
+    blocked = [m for m in engine.model.modules() if getattr(m, "blocked_weight", None) is not None]
+    assert blocked and all(m.blocked_weight.dtype == torch.int8 for m in blocked)
+    prompt = engine.encode_text("Once upon a time")
+    assert greedy(engine, [prompt], 12) == [_reference(tiny_gemma_dir, prompt, 12)]
+
+
+def _reference(source, prompt: list[int], tokens: int) -> list[int]:
+    """transformers' greedy tokens on the model quantised as the engine quantises it."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    cpu_quant.quantize_model(reference)
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens,
+                                 do_sample=False)
+    return out[0, len(prompt):].tolist()
 
 
 def test_the_int8_cache_is_read_back_and_rebuilt_when_the_weights_change(tiny_llama_dir, tmp_path, monkeypatch):
@@ -61,14 +83,20 @@ def test_the_int8_cache_is_read_back_and_rebuilt_when_the_weights_change(tiny_ll
     assert (tmp_path / "quantized" / "tiny" / f"{third.revision}-int8.pt").is_file()
 
 
-def test_without_the_int8_ops_the_float_path_serves_the_same_tokens(tiny_gemma_dir, tmp_path, monkeypatch):
-    prompts_text = ["Once upon a time", "The quick brown fox jumps over the lazy dog."]
-    full = _engine(tiny_gemma_dir, tmp_path / "a", "none")
-    want = greedy(full, [full.encode_text(t) for t in prompts_text])
-    monkeypatch.setattr(cpu_quant, "_checked", {"ok": False})  # as on a torch without the fbgemm ops
-    fallback = _engine(tiny_gemma_dir, tmp_path / "b", "int8")
-    assert not any(hasattr(m, "int8_packed") for m in fallback.model.modules())
-    assert greedy(fallback, [fallback.encode_text(t) for t in prompts_text]) == want
+def test_without_the_int8_kernel_the_float_fallback_serves_the_same_tokens(tiny_gemma_dir, tmp_path, monkeypatch):
+    prompts = ["Once upon a time", "The quick brown fox jumps over the lazy dog."]
+    fast = _engine(tiny_gemma_dir, tmp_path / "a", "int8")
+    assert fast.model.lm_head.blocked_weight.dtype == torch.int8
+    want = greedy(fast, [fast.encode_text(t) for t in prompts])
+    # without the C++ kernel (no compiler, a failed build): the int8 weights times their scales, in float32
+    monkeypatch.setitem(cpu_kernel._state, "fused", None)
+    plain = _engine(tiny_gemma_dir, tmp_path / "b", "int8")
+    assert not any(getattr(m, "blocked_weight", None) is not None for m in plain.model.modules())
+    qweight, scales = torch.load(next((tmp_path / "b" / "quantized" / "tiny").glob("*-int8.pt")))["<lm_head>"]
+    head = plain.model.lm_head
+    assert hasattr(head, "packed_weight")  # packed for oneDNN, untied from the (exact) embedding
+    assert not torch.equal(plain.model.get_input_embeddings().weight, qweight.float() * scales[:, None])
+    assert greedy(plain, [plain.encode_text(t) for t in prompts]) == want
 
 
 @pytest.mark.parametrize("text,error", [
