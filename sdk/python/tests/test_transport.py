@@ -10,7 +10,6 @@ import json
 import time
 
 import pytest
-
 from ozwell import (
     APIConnectionError,
     APIError,

@@ -13,6 +13,7 @@ from engines.native import cpu_kernel, cpu_quant
 from tests.conftest import write_config
 from tests.engines.native.engines import greedy, tiny_engine
 
+
 def _engine(source, root, quantization, name="tiny"):
     return tiny_engine(root, name, source, max_model_len=64, quantization=quantization)
 
