@@ -123,7 +123,7 @@ class NativeEngine(HFGenerationEngine):
             return
         cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
         if not quantize_model(self.model, cache):
-            log.warning("%s: quantization: int8 found no float32 linears to quantise; serving as loaded",
+            log.warning("%s: quantization: int8 found no float32 or bfloat16 linears to quantise; serving as loaded",
                         self.config.id)
 
     @property
