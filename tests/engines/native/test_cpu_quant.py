@@ -37,6 +37,24 @@ def test_int8_logits_stay_close_to_fp32(model, tiny_llama_dir, tiny_gemma_dir):
     assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
 
 
+def test_a_bfloat16_model_runs_its_int8_linears_on_widened_rows(tiny_gemma_dir):
+    """The kernel multiplies float32 rows: a bfloat16 model's are widened and its outputs rounded back."""
+    from transformers import AutoModelForCausalLM
+
+    logits = {}
+    ids = torch.randint(3, 200, (1, 20), generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=dtype).eval()
+        assert cpu_quant.quantize_model(model) == 2 * 7 + 1
+        with torch.inference_mode():
+            out = model(input_ids=ids).logits[0]
+        assert out.dtype == dtype
+        logits[dtype] = out.float()
+    want, got = logits[torch.float32], logits[torch.bfloat16]
+    assert ((got - want).norm() / want.norm()).item() < 0.05  # bfloat16 rounding between the layers
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+
+
 def test_the_engine_runs_the_int8_linears_as_the_reference_computes_them(tiny_gemma_dir, tmp_path):
     """The served model (fused layers, the int8 blocked kernel) against transformers' modules on the same int8
     weights: the same greedy tokens."""
