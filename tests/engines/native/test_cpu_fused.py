@@ -138,30 +138,38 @@ def test_a_packed_step_fused_matches_unfused(model, tiny_llama_dir, tiny_gemma_d
     assert torch.allclose(logits[True], logits[False], atol=1e-4, rtol=1e-4), (logits[True] - logits[False]).abs().max()
 
 
-@pytest.mark.parametrize("rows", [1, 5, 13, 70])
+# every tile the kernel has (1, 2, 4 and 6+ rows, single and paired panels), an odd panel count, and input widths
+# that the tiles' interleaved sums (2, 4 or 8 columns) leave a remainder of
+ROWS = [1, 2, 3, 4, 5, 7, 8, 13, 70]
+
+
+@pytest.mark.parametrize("rows", ROWS)
 def test_the_blocked_linear_matches_f_linear(rows):
     generator = torch.Generator().manual_seed(rows)
-    weight, bias = torch.randn(40, 24, generator=generator), torch.randn(40, generator=generator)
-    x = torch.randn(2, rows, 24, generator=generator)  # any leading shape; rows on both sides of the 6-row tile
+    weight, bias = torch.randn(40, 27, generator=generator), torch.randn(40, generator=generator)
+    x = torch.randn(2, rows, 27, generator=generator)  # any leading shape
     blocked = OPS.block_weight(weight)
-    assert blocked.shape == (5, 24, 8)
+    assert blocked.shape == (5, 27, 8)
+    torch.testing.assert_close(OPS.blocked_linear(x[0], blocked, bias), torch.nn.functional.linear(x[0], weight, bias))
     torch.testing.assert_close(OPS.blocked_linear(x, blocked, bias), torch.nn.functional.linear(x, weight, bias))
     torch.testing.assert_close(OPS.blocked_linear(x, blocked, None), torch.nn.functional.linear(x, weight))
     with pytest.raises(RuntimeError, match="multiple of 8"):
         OPS.block_weight(torch.randn(12, 24))
 
 
-@pytest.mark.parametrize("rows", [1, 5, 13, 70])
+@pytest.mark.parametrize("rows", ROWS)
 def test_the_int8_blocked_linear_matches_the_dequantised_weight(rows):
     from engines.native.cpu_quant import quantize_weight
 
     generator = torch.Generator().manual_seed(rows)
-    weight, bias = torch.randn(48, 40, generator=generator), torch.randn(48, generator=generator)
-    x = torch.randn(3, rows, 40, generator=generator)
+    weight, bias = torch.randn(56, 43, generator=generator), torch.randn(56, generator=generator)
+    x = torch.randn(3, rows, 43, generator=generator)
     qweight, scales = quantize_weight(weight)
     blocked = OPS.block_weight(qweight)
-    assert blocked.dtype == torch.int8 and blocked.shape == (6, 40, 8)
+    assert blocked.dtype == torch.int8 and blocked.shape == (7, 43, 8)
     dequantised = qweight.float() * scales[:, None]
+    torch.testing.assert_close(OPS.blocked_linear(x[0], blocked, bias, scales),
+                               torch.nn.functional.linear(x[0], dequantised, bias))
     torch.testing.assert_close(OPS.blocked_linear(x, blocked, bias, scales),
                                torch.nn.functional.linear(x, dequantised, bias))
     torch.testing.assert_close(OPS.blocked_linear(x, blocked, None, scales), torch.nn.functional.linear(x, dequantised))
