@@ -14,7 +14,12 @@ fused ops (csrc/fused_cpu.cpp, built with the attention kernel by cpu_kernel.py)
     act_mul         act(gate) * up (GELU-tanh for Gemma, SiLU for Llama)
 
 The ops compute in float32 and round where the modules round, so outputs match the modules to float
-rounding (the tests check greedy tokens are the same). A layer of any other kind, an activation other than
+rounding (the tests check greedy tokens are the same).
+
+In a step of decodes only, where the attention kernel serves (the runner's `decode_state` says so), a layer whose
+linears are all blocked runs whole in one more op, `decode_layer` (csrc/decode_layer_cpu.cpp): the same ops in the
+same order, called from C++, with the cache written and read in place. That takes the Python between the ops out of
+the step (gemma-3-270m at one sequence: about 5 of 25 ms). A layer of any other kind, an activation other than
 these, partial rotary embeddings, or ops that did not build leave the model as transformers wrote it; so does
 OZWELL_CPU_FUSED=0. Figures: README, "The CPU fast path (issue #22)".
 """
@@ -46,6 +51,9 @@ def _eps(norm) -> float | None:
 
 def _gemma_forward(self, hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
                    cache=None, **kwargs):
+    decoded = _decode_layer(self, hidden_states, position_embeddings)
+    if decoded is not None:
+        return decoded
     ops, attn, mlp, eps = self._ozwell_ops, self.self_attn, self.mlp, self._ozwell_eps
     tokens = hidden_states.shape[:-1]
     x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, True)
@@ -63,6 +71,9 @@ def _gemma_forward(self, hidden_states, position_embeddings=None, attention_mask
 
 def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
                    position_embeddings=None, **kwargs):
+    decoded = _decode_layer(self, hidden_states, position_embeddings)
+    if decoded is not None:
+        return decoded
     ops, attn, mlp, eps = self._ozwell_ops, self.self_attn, self.mlp, self._ozwell_eps
     tokens = hidden_states.shape[:-1]
     x = ops.rms_norm(hidden_states, self.input_layernorm.weight, eps, False)
@@ -74,6 +85,43 @@ def _llama_forward(self, hidden_states, attention_mask=None, position_ids=None, 
                             self.post_attention_layernorm.weight, eps, False)
     gate, up = _project(self, "_ozwell_gate_up", x, (mlp.gate_proj, mlp.up_proj))
     return h + mlp.down_proj(ops.act_mul(gate, up, self._ozwell_act))
+
+
+def _decode_layer(layer, hidden_states, position_embeddings):
+    """The whole layer in one op (`decode_layer`) when this step is decodes only and the layer can; else None."""
+    args = layer._ozwell_decode
+    if args is None:
+        return None
+    state = layer._ozwell_decode_state(layer.self_attn)
+    if state is None:
+        return None
+    cos, sin = position_embeddings
+    return layer._ozwell_ops.decode_layer(hidden_states, *args, cos, sin, *state)
+
+
+def _decode_args(layer, gemma: bool) -> tuple | None:
+    """`decode_layer`'s weights, floats and ints for `layer` (csrc/decode_layer_cpu.cpp gives their order), or None
+    where a linear is not blocked or the q/k/v and gate/up linears could not be joined."""
+    attn, mlp = layer.self_attn, layer.mlp
+    if layer._ozwell_qkv is None or layer._ozwell_gate_up is None or not all(
+            hasattr(m, "blocked_weight") for m in (attn.o_proj, mlp.down_proj)):
+        return None
+    qkv_weight, qkv_bias, qkv_scales, (q_size, k_size, v_size) = layer._ozwell_qkv
+    gate_up_weight, gate_up_bias, gate_up_scales, (gate_size, _) = layer._ozwell_gate_up
+    norm = (lambda name: getattr(layer, name).weight) if gemma else (lambda name: None)
+    weights = [layer.input_layernorm.weight, qkv_weight, qkv_bias, qkv_scales,
+               attn.q_norm.weight if gemma else None, attn.k_norm.weight if gemma else None,
+               attn.o_proj.blocked_weight, attn.o_proj.bias, attn.o_proj.blocked_scales,
+               norm("post_attention_layernorm"),
+               layer.pre_feedforward_layernorm.weight if gemma else layer.post_attention_layernorm.weight,
+               gate_up_weight, gate_up_bias, gate_up_scales,
+               mlp.down_proj.blocked_weight, mlp.down_proj.bias, mlp.down_proj.blocked_scales,
+               norm("post_feedforward_layernorm")]
+    scale = attn.scaling if attn.scaling is not None else attn.head_dim ** -0.5
+    qk_eps = _eps(attn.q_norm) if gemma else layer._ozwell_eps
+    floats = [layer._ozwell_eps, qk_eps, float(scale)]
+    ints = [int(gemma), layer._ozwell_act, attn.head_dim, q_size, k_size, v_size, gate_size]
+    return weights, floats, ints
 
 
 def _project(layer, name: str, x, linears):
@@ -186,9 +234,11 @@ def _join(ops, linears) -> tuple | None:
     return weight, bias, scales, [m.out_features for m in linears]
 
 
-def install(model: torch.nn.Module, attention: Callable) -> int:
+def install(model: torch.nn.Module, attention: Callable, decode_state: Callable = lambda attn: None) -> int:
     """Switch each decoder layer of a known architecture to its fused forward, calling `attention` (an
-    attention-interface function) for attention; returns how many layers were switched (0: none could be)."""
+    attention-interface function) for attention; returns how many layers were switched (0: none could be).
+    `decode_state(attn)` gives, during a step of decodes only that the attention kernel serves, what `decode_layer`
+    takes after cos and sin (this layer's k and v cache, slots, block tables, starts, lengths, block size), else None."""
     ops = cpu_kernel.fused_ops()
     if ops is None or next(model.parameters()).device.type != "cpu":
         return 0
@@ -210,6 +260,8 @@ def install(model: torch.nn.Module, attention: Callable) -> int:
         layer._ozwell_gate_up = _join(ops, (mlp.gate_proj, mlp.up_proj))
         layer._ozwell_ops, layer._ozwell_act, layer._ozwell_eps = ops, act, _eps(layer.input_layernorm)
         layer._ozwell_attention = attention
+        layer._ozwell_decode_state = decode_state
+        layer._ozwell_decode = _decode_args(layer, type(layer).__name__ == "Gemma3DecoderLayer")
         # (the transformers forward, the fused one): set_enabled switches between them
         layer._ozwell_forwards = (layer.forward, types.MethodType(fused, layer))
         layer.forward = layer._ozwell_forwards[1]

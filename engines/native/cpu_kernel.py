@@ -1,5 +1,6 @@
-"""The CPU C++ ops: the decode-attention kernel (csrc/paged_decode_cpu.cpp) and the fused layer ops
-(csrc/fused_cpu.cpp, used by cpu_fused.py), one extension built once per machine, used when it builds.
+"""The CPU C++ ops: the decode-attention kernel (csrc/paged_decode_cpu.cpp), the fused layer ops
+(csrc/fused_cpu.cpp, used by cpu_fused.py) and the whole decode layer built from both (csrc/decode_layer_cpu.cpp),
+one extension built once per machine, used when it builds.
 
 A CPU decode step attends every decoding sequence to its whole (or windowed) context. Gathering the
 context out of the paged cache first (paged_attention.py) reads it, writes a copy, and reads the copy;
@@ -26,7 +27,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("ozwell.engines")
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode_cpu.cpp", "fused_cpu.cpp")]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("paged_decode_cpu.cpp", "fused_cpu.cpp", "decode_layer_cpu.cpp")]
+HEADERS = [CSRC / "ops_cpu.h"]
 # (-fno-trapping-math lets the compiler vectorise loops with a clamp in them; it changes no result)
 CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _lock = threading.Lock()
@@ -44,7 +47,7 @@ def _cpu_tag() -> str:
         pass
     # the sources' text too: checkouts of different versions share torch's extension cache, and a build of
     # one must not be loaded for the other
-    sources = "|".join([s.read_text() for s in SOURCES] + CFLAGS)
+    sources = "|".join([s.read_text() for s in SOURCES + HEADERS] + CFLAGS)
     return hashlib.sha256(f"{torch.__version__}|{flags}|{sources}".encode()).hexdigest()[:10]
 
 

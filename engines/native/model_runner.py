@@ -146,6 +146,14 @@ class StepLayout:
             self._masks[key] = zero if sliding_window is None else (self.decode_lengths - sliding_window).clamp(min=0)
         return self._masks[key]
 
+    def decode_state(self, layer: int, sliding_window: int | None) -> tuple | None:
+        """What the whole-layer decode op takes for `layer` (cpu_fused.py): in a step of decodes only that the
+        attention kernel serves, this layer's caches, the slots, block tables, starts, lengths and block size."""
+        if not self.all_decode or self.kernel is None:
+            return None
+        return (self.k_cache[layer], self.v_cache[layer], self.slot_mapping, self.decode_tables,
+                self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
+
     def attend(self, module, query, key, value, scaling, sliding_window):
         layer = module.layer_idx
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
@@ -191,6 +199,14 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     return _step.layout.attend(module, query, key, value, scaling, sliding_window)
 
 
+def decode_state(attn) -> tuple | None:
+    """The eager step's `StepLayout.decode_state` for an attention module (None in a static decode step)."""
+    layout = getattr(_step, "layout", None)
+    if not isinstance(layout, StepLayout):
+        return None
+    return layout.decode_state(attn.layer_idx, getattr(attn, "sliding_window", None))
+
+
 def _tall_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
     """Where oneDNN cannot pack the linears: the LM head as weight @ hidden^T, one tall GEMM. On a
     CPU this ran 2x faster than hidden @ weight^T for 8-64 rows against Gemma's 262k x 640 head
@@ -226,7 +242,7 @@ class PagedModelRunner:
         # on a CPU, the decoder layers of a known architecture run fused (cpu_fused.py: their elementwise work in
         # C++ ops, their fp32 linears in a layout for few rows); oneDNN packs the linears left
         on_cpu = self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES
-        self.fused_layers = cpu_fused.install(model, paged_attention) if on_cpu else 0
+        self.fused_layers = cpu_fused.install(model, paged_attention, decode_state) if on_cpu else 0
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None and getattr(head, "blocked_weight", None) is None:

@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops_cpu.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -19,7 +21,7 @@
 #include <tuple>
 #include <vector>
 
-namespace {
+namespace ozwell {
 
 // What a row's RMSNorm multiplies by: 1 / sqrt(mean(x^2) + eps).
 template <typename T>
@@ -499,7 +501,7 @@ at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, con
   return out.view(sizes);
 }
 
-}  // namespace
+}  // namespace ozwell
 
 TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps, bool gemma) -> Tensor");
@@ -510,10 +512,10 @@ TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("act_mul(Tensor gate, Tensor up, int act) -> Tensor");
   m.def("block_weight(Tensor weight) -> Tensor");
   m.def("blocked_linear(Tensor x, Tensor blocked, Tensor? bias, Tensor? scales=None) -> Tensor");
-  m.impl("rms_norm", c10::DispatchKey::CPU, &rms_norm);
-  m.impl("add_rms_norm", c10::DispatchKey::CPU, &add_rms_norm);
-  m.impl("qk_norm_rope", c10::DispatchKey::CPU, &qk_norm_rope);
-  m.impl("act_mul", c10::DispatchKey::CPU, &act_mul);
-  m.impl("block_weight", c10::DispatchKey::CPU, &block_weight);
-  m.impl("blocked_linear", c10::DispatchKey::CPU, &blocked_linear);
+  m.impl("rms_norm", c10::DispatchKey::CPU, &ozwell::rms_norm);
+  m.impl("add_rms_norm", c10::DispatchKey::CPU, &ozwell::add_rms_norm);
+  m.impl("qk_norm_rope", c10::DispatchKey::CPU, &ozwell::qk_norm_rope);
+  m.impl("act_mul", c10::DispatchKey::CPU, &ozwell::act_mul);
+  m.impl("block_weight", c10::DispatchKey::CPU, &ozwell::block_weight);
+  m.impl("blocked_linear", c10::DispatchKey::CPU, &ozwell::blocked_linear);
 }

@@ -8,12 +8,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops_cpu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-namespace {
+namespace ozwell {
 
 template <typename T>
 inline float dot(const float* q, const T* k, int64_t dim) {
@@ -117,10 +119,10 @@ at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_cache, cons
   return out;
 }
 
-}  // namespace
+}  // namespace ozwell
 
 TORCH_LIBRARY(ozwell_cpu, m) {
   m.def("paged_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor tables, Tensor starts, Tensor lengths, "
         "int block_size, float scale) -> Tensor");
-  m.impl("paged_decode", c10::DispatchKey::CPU, &paged_decode);
+  m.impl("paged_decode", c10::DispatchKey::CPU, &ozwell::paged_decode);
 }

@@ -194,3 +194,61 @@ def test_what_cannot_run_fused_is_left_as_transformers_wrote_it(tiny_llama_dir, 
     monkeypatch.setenv("OZWELL_CPU_FUSED", "0")  # the operator's switch
     monkeypatch.delitem(cpu_kernel._state, "fused")
     assert cpu_kernel.fused_ops() is None and cpu_fused.install(model, paged_attention) == 0
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "bfloat16-int8"])
+def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, kind, tiny_llama_dir, tiny_gemma_dir,
+                                                                          monkeypatch):
+    """A step of decodes only runs each layer whole in `decode_layer` (csrc/decode_layer_cpu.cpp): the same logits
+    and the same keys and values written to the cache as the fused Python layers, and the transformers modules',
+    with contexts past the tiny Gemma's sliding window (8)."""
+    from transformers import AutoModelForCausalLM
+
+    from engines.native import cpu_quant, model_runner
+    from engines.native.scheduler import ScheduledChunk
+    from engines.native.sequence import Sequence
+
+    dtype = torch.bfloat16 if kind.startswith("bfloat16") else torch.float32
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir if model == "llama" else tiny_gemma_dir, dtype=dtype).eval()
+    if kind.endswith("int8"):
+        cpu_quant.quantize_model(hf)
+    runner = model_runner.PagedModelRunner(hf, 64, 4, max_num_seqs=4)
+    layers = [m for m in hf.modules() if hasattr(m, "_ozwell_forwards")]
+    assert len(layers) == hf.config.get_text_config().num_hidden_layers
+    assert all(m._ozwell_decode is not None for m in layers)
+    generator = torch.Generator().manual_seed(7)
+    sequences = []
+    for i, length in enumerate((9, 14, 21, 30)):
+        seq = Sequence(f"s{i}", torch.randint(3, 200, (length + 1,), generator=generator).tolist(), 4)
+        seq.block_table = list(range(i * 12, i * 12 + 12))[::-1]  # blocks out of order
+        sequences.append(seq)
+    runner.forward([ScheduledChunk(s, len(s.token_ids) - 1) for s in sequences])  # the prompts' KV
+    for s in sequences:
+        s.num_computed_tokens = len(s.token_ids) - 1
+    chunks = [ScheduledChunk(s, 1) for s in sequences]
+
+    whole = []
+    real = cpu_fused._decode_layer
+    monkeypatch.setattr(cpu_fused, "_decode_layer", lambda *args: whole.append(real(*args)) or whole[-1])
+    caches = (runner.k_cache.clone(), runner.v_cache.clone())
+    results = {}
+    for way in ("decode_layer", "python", "transformers"):
+        runner.k_cache.copy_(caches[0])
+        runner.v_cache.copy_(caches[1])
+        with monkeypatch.context() as patch:
+            if way != "decode_layer":
+                patch.setattr(model_runner.StepLayout, "decode_state", lambda self, layer, window: None)
+            cpu_fused.set_enabled(hf, way != "transformers")
+            results[way] = (runner.forward(chunks).float(), runner.k_cache.clone(), runner.v_cache.clone())
+    cpu_fused.set_enabled(hf, True)
+    assert len(whole) == 2 * len(layers)  # the decode_layer step, then the python step
+    assert all(out is not None for out in whole[:len(layers)]) and all(out is None for out in whole[len(layers):])
+    logits, k_cache, v_cache = results["decode_layer"]
+    assert logits.shape == (4, hf.config.get_text_config().vocab_size)
+    # the same ops in the same order: the same numbers
+    torch.testing.assert_close(logits, results["python"][0], rtol=0, atol=1e-6)
+    assert torch.equal(k_cache, results["python"][1]) and torch.equal(v_cache, results["python"][2])
+    assert not torch.equal(k_cache, caches[0])  # the step's keys were written
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(logits, results["transformers"][0], rtol=tolerance, atol=tolerance)
