@@ -154,6 +154,42 @@ def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):
 
 
 _FORWARDS = {"Gemma3DecoderLayer": _gemma_forward, "LlamaDecoderLayer": _llama_forward}
+_MODELS = ("Gemma3ForCausalLM", "LlamaForCausalLM")
+
+
+def decode_forward(model: torch.nn.Module) -> Callable | None:
+    """For a step of decodes only: the model's forward without transformers' model-level Python (its decorators, mask
+    builders and output classes, about 1 ms a step), as `(input_ids [1, n], position_ids [1, n]) -> logits [n, vocab]`:
+    the embedding, the rotary embeddings, every layer in `decode_layer`, the final norm, the head and Gemma's final
+    soft cap, as Gemma3ForCausalLM and LlamaForCausalLM compute them. None for another model, or where a layer cannot
+    run whole. The caller makes sure the step is one `decode_state` serves."""
+    if type(model).__name__ not in _MODELS:
+        return None
+    inner, head = model.model, model.get_output_embeddings()
+    layers = list(inner.layers)
+    if not layers or any(getattr(layer, "_ozwell_decode", None) is None for layer in layers):
+        return None
+    config = model.config.get_text_config()
+    kinds = list(config.layer_types) if type(model).__name__ == "Gemma3ForCausalLM" else None
+    cap = getattr(config, "final_logit_softcapping", None)
+    ops = layers[0]._ozwell_ops
+
+    def forward(input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        hidden = inner.embed_tokens(input_ids)
+        if kinds is not None:  # Gemma 3: a rotary embedding per kind of layer (sliding and full attention)
+            rope = {kind: inner.rotary_emb(hidden, position_ids, kind) for kind in set(kinds)}
+        else:
+            shared = inner.rotary_emb(hidden, position_ids)
+        for index, layer in enumerate(layers):
+            cos, sin = rope[kinds[index]] if kinds is not None else shared
+            hidden = ops.decode_layer(hidden, *layer._ozwell_decode, cos, sin,
+                                      *layer._ozwell_decode_state(layer.self_attn))
+        logits = head(inner.norm(hidden))
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits[0]
+
+    return forward
 
 
 def _fusable(layer, config) -> int | None:

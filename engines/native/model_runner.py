@@ -146,10 +146,15 @@ class StepLayout:
             self._masks[key] = zero if sliding_window is None else (self.decode_lengths - sliding_window).clamp(min=0)
         return self._masks[key]
 
+    @property
+    def whole_layers(self) -> bool:
+        """Whether the fused layers can run whole (`decode_layer`, cpu_fused.py): decodes only, the kernel serving."""
+        return self.all_decode and self.kernel is not None
+
     def decode_state(self, layer: int, sliding_window: int | None) -> tuple | None:
         """What the whole-layer decode op takes for `layer` (cpu_fused.py): in a step of decodes only that the
         attention kernel serves, this layer's caches, the slots, block tables, starts, lengths and block size."""
-        if not self.all_decode or self.kernel is None:
+        if not self.whole_layers:
             return None
         return (self.k_cache[layer], self.v_cache[layer], self.slot_mapping, self.decode_tables,
                 self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
@@ -243,6 +248,8 @@ class PagedModelRunner:
         # C++ ops, their fp32 linears in a layout for few rows); oneDNN packs the linears left
         on_cpu = self.device.type == "cpu" and dtype in CPU_KERNEL_DTYPES
         self.fused_layers = cpu_fused.install(model, paged_attention, decode_state) if on_cpu else 0
+        # a step of decodes only that the CPU kernels serve skips transformers' model-level Python (cpu_fused.py)
+        self.decode_forward = cpu_fused.decode_forward(model) if self.fused_layers else None
         if self.device.type == "cpu" and not pack_cpu_linears(model):
             head = model.get_output_embeddings()
             if type(head) is torch.nn.Linear and head.bias is None and getattr(head, "blocked_weight", None) is None:
@@ -324,6 +331,8 @@ class PagedModelRunner:
         _step.layout = layout
         try:
             with torch.inference_mode():
+                if self.decode_forward is not None and len(keep) == len(tokens) and layout.whole_layers:
+                    return self.decode_forward(torch.tensor([tokens], device=self.device), positions[None])
                 output = self.model(
                     input_ids=torch.tensor([tokens], device=self.device),
                     position_ids=positions[None],

@@ -228,27 +228,35 @@ def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, 
         s.num_computed_tokens = len(s.token_ids) - 1
     chunks = [ScheduledChunk(s, 1) for s in sequences]
 
-    whole = []
-    real = cpu_fused._decode_layer
-    monkeypatch.setattr(cpu_fused, "_decode_layer", lambda *args: whole.append(real(*args)) or whole[-1])
+    # the ways: the runner's model-level decode forward (cpu_fused.decode_forward); transformers' model forward with
+    # each layer whole; the fused Python layers; the transformers modules
+    assert runner.decode_forward is not None
+    lean, whole = [], []
+    real_forward, real_layer = runner.decode_forward, cpu_fused._decode_layer
+    monkeypatch.setattr(runner, "decode_forward", lambda *args: lean.append(real_forward(*args)) or lean[-1])
+    monkeypatch.setattr(cpu_fused, "_decode_layer", lambda *args: whole.append(real_layer(*args)) or whole[-1])
     caches = (runner.k_cache.clone(), runner.v_cache.clone())
     results = {}
-    for way in ("decode_layer", "python", "transformers"):
+    for way in ("decode_forward", "decode_layer", "python", "transformers"):
         runner.k_cache.copy_(caches[0])
         runner.v_cache.copy_(caches[1])
         with monkeypatch.context() as patch:
-            if way != "decode_layer":
+            if way != "decode_forward":
+                patch.setattr(runner, "decode_forward", None)
+            if way in ("python", "transformers"):
                 patch.setattr(model_runner.StepLayout, "decode_state", lambda self, layer, window: None)
             cpu_fused.set_enabled(hf, way != "transformers")
             results[way] = (runner.forward(chunks).float(), runner.k_cache.clone(), runner.v_cache.clone())
     cpu_fused.set_enabled(hf, True)
+    assert len(lean) == 1
     assert len(whole) == 2 * len(layers)  # the decode_layer step, then the python step
     assert all(out is not None for out in whole[:len(layers)]) and all(out is None for out in whole[len(layers):])
-    logits, k_cache, v_cache = results["decode_layer"]
+    logits, k_cache, v_cache = results["decode_forward"]
     assert logits.shape == (4, hf.config.get_text_config().vocab_size)
     # the same ops in the same order: the same numbers
-    torch.testing.assert_close(logits, results["python"][0], rtol=0, atol=1e-6)
-    assert torch.equal(k_cache, results["python"][1]) and torch.equal(v_cache, results["python"][2])
+    for way in ("decode_layer", "python"):
+        torch.testing.assert_close(logits, results[way][0], rtol=0, atol=1e-6)
+        assert torch.equal(k_cache, results[way][1]) and torch.equal(v_cache, results[way][2])
     assert not torch.equal(k_cache, caches[0])  # the step's keys were written
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(logits, results["transformers"][0], rtol=tolerance, atol=tolerance)
