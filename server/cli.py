@@ -148,6 +148,16 @@ def _first_run_admin_key(keys, data_dir: Path) -> None:
     print(plaintext, flush=True)
 
 
+def _freeze_startup_heap() -> None:
+    """Move what startup made (the models, tokenizers and vocabularies) out of the garbage collector's sight, as
+    vLLM's engine does: a full collection while serving then walks only what serving made. One that walks the
+    startup heap takes 0.2-0.5 s on a 2-core CPU serving gemma-3-270m, a stall of every stream in flight."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _serve(settings: Settings, log_level: str, database_url: str | None, metrics_port: int | None = None,
            metrics_host: str = "127.0.0.1") -> int:
     import asyncio
@@ -191,6 +201,7 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
             await super().startup(sockets)
             if self.started:
                 port = self.servers[0].sockets[0].getsockname()[1] if self.servers else settings.port
+                _freeze_startup_heap()
                 print(f"Ozwell ready on http://{settings.host}:{port}/v1 "
                       f"(models: {', '.join(registry.names())})", flush=True)
 
