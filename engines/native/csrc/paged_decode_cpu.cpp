@@ -44,26 +44,33 @@ void run(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v
   const int64_t* length_ptr = lengths.data_ptr<int64_t>();
   T* out_ptr = out.data_ptr<T>();
   const int64_t slot_stride = kv_heads * dim;  // k/v_cache [slots, kv_heads, dim], contiguous
-  at::parallel_for(0, seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(group * dim), acc(group * dim), scores;
+  // Fewer (sequence, KV head) pairs than threads (one sequence of a model with one KV head, as gemma-3-270m):
+  // the heads that share a KV head are split among the threads too, each part reading the K/V it needs.
+  const int64_t pairs = seqs * kv_heads;
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(group, at::get_num_threads() / std::max<int64_t>(pairs, 1)));
+  const int64_t part_heads = (group + wanted - 1) / wanted, parts = (group + part_heads - 1) / part_heads;
+  at::parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(part_heads * dim), acc(part_heads * dim), scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / kv_heads, g = task % kv_heads;
+      const int64_t s = task / parts / kv_heads, g = task / parts % kv_heads, part = task % parts;
+      const int64_t h0 = g * group + part * part_heads;  // this part's first head, and how many
+      const int64_t hn = std::min<int64_t>(part_heads, group - part * part_heads);
       const int64_t first = std::max<int64_t>(start_ptr[s], 0);
       const int64_t last = std::min<int64_t>(length_ptr[s], width * block_size);
       const int64_t n = std::max<int64_t>(last - first, 0);
-      for (int64_t h = 0; h < group; ++h)
+      for (int64_t h = 0; h < hn; ++h)
         for (int64_t d = 0; d < dim; ++d)
-          q[h * dim + d] = static_cast<float>(q_ptr[(s * heads + g * group + h) * dim + d]) * static_cast<float>(scale);
-      scores.assign(group * n, 0.f);
+          q[h * dim + d] = static_cast<float>(q_ptr[(s * heads + h0 + h) * dim + d]) * static_cast<float>(scale);
+      scores.assign(hn * n, 0.f);
       const int64_t* table = table_ptr + s * width;
       for (int64_t pos = first; pos < last;) {  // block by block: a block's slots are contiguous
         const int64_t offset = pos % block_size, run = std::min(block_size - offset, last - pos);
         const T* k = k_ptr + (table[pos / block_size] * block_size + offset) * slot_stride + g * dim;
         for (int64_t i = 0; i < run; ++i, k += slot_stride)
-          for (int64_t h = 0; h < group; ++h) scores[h * n + pos - first + i] = dot(q.data() + h * dim, k, dim);
+          for (int64_t h = 0; h < hn; ++h) scores[h * n + pos - first + i] = dot(q.data() + h * dim, k, dim);
         pos += run;
       }
-      for (int64_t h = 0; h < group; ++h) {
+      for (int64_t h = 0; h < hn; ++h) {
         float* row = scores.data() + h * n;
         float top = -std::numeric_limits<float>::infinity();
         for (int64_t p = 0; p < n; ++p) top = std::max(top, row[p]);
@@ -80,12 +87,12 @@ void run(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v
         const int64_t offset = pos % block_size, run = std::min(block_size - offset, last - pos);
         const T* v = v_ptr + (table[pos / block_size] * block_size + offset) * slot_stride + g * dim;
         for (int64_t i = 0; i < run; ++i, v += slot_stride)
-          for (int64_t h = 0; h < group; ++h) axpy(scores[h * n + pos - first + i], v, acc.data() + h * dim, dim);
+          for (int64_t h = 0; h < hn; ++h) axpy(scores[h * n + pos - first + i], v, acc.data() + h * dim, dim);
         pos += run;
       }
-      for (int64_t h = 0; h < group; ++h)
+      for (int64_t h = 0; h < hn; ++h)
         for (int64_t d = 0; d < dim; ++d)
-          out_ptr[(s * heads + g * group + h) * dim + d] = static_cast<T>(acc[h * dim + d]);
+          out_ptr[(s * heads + h0 + h) * dim + d] = static_cast<T>(acc[h * dim + d]);
     }
   });
 }

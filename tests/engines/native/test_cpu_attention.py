@@ -31,6 +31,27 @@ def test_kernel_matches_sdpa(heads, kv_heads, dim, block_size, window):
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,window", CASES + [(5, 1, 16, 4, None)])
+def test_kernel_splits_one_sequences_heads_among_the_threads(threads, heads, kv_heads, dim, block_size, window):
+    """Fewer (sequence, KV head) pairs than threads: the heads sharing a KV head are split among the threads (in
+    parts of unequal size where the threads do not divide them)."""
+    query, k_cache, v_cache, tables, lengths = make_case(heads, kv_heads, dim, block_size)
+    tables, lengths = tables.long(), lengths.long()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for row in range(len(lengths)):
+            one = slice(row, row + 1)
+            got = KERNEL(query[one], k_cache, v_cache, tables[one], _starts(lengths[one], window), lengths[one],
+                         block_size, dim ** -0.5)
+            want = reference(query[one], k_cache, v_cache, tables[one], lengths[one], block_size, dim ** -0.5, window)
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (row, (got - want).abs().max())
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
 def test_kernel_in_bf16_and_with_nothing_to_attend():
     query, k_cache, v_cache, tables, lengths = make_case(8, 2, 32, 16)
     tables, lengths = tables.long(), lengths.long()
