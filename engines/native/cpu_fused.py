@@ -96,7 +96,7 @@ def _decode_layer(layer, hidden_states, position_embeddings):
     if state is None:
         return None
     cos, sin = position_embeddings
-    return layer._ozwell_ops.decode_layer(hidden_states, *args, cos, sin, *state)
+    return layer._ozwell_ops.decode_layer(hidden_states, *args, cos, sin, layer.self_attn.layer_idx, *state)
 
 
 def _decode_args(layer, gemma: bool) -> tuple | None:
@@ -172,7 +172,10 @@ def decode_forward(model: torch.nn.Module) -> Callable | None:
     config = model.config.get_text_config()
     kinds = list(config.layer_types) if type(model).__name__ == "Gemma3ForCausalLM" else None
     cap = getattr(config, "final_logit_softcapping", None)
-    ops = layers[0]._ozwell_ops
+    ops, state_of = layers[0]._ozwell_ops, layers[0]._ozwell_decode_state
+    # per layer: its weights' arguments, its index in the cache, its attention module and window
+    plan = [(layer._ozwell_decode, layer.self_attn.layer_idx, layer.self_attn,
+             getattr(layer.self_attn, "sliding_window", None)) for layer in layers]
 
     def forward(input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         hidden = inner.embed_tokens(input_ids)
@@ -180,10 +183,11 @@ def decode_forward(model: torch.nn.Module) -> Callable | None:
             rope = {kind: inner.rotary_emb(hidden, position_ids, kind) for kind in set(kinds)}
         else:
             shared = inner.rotary_emb(hidden, position_ids)
-        for index, layer in enumerate(layers):
+        states: dict = {}  # the step's state, once per window
+        for index, (args, layer_idx, attn, window) in enumerate(plan):
             cos, sin = rope[kinds[index]] if kinds is not None else shared
-            hidden = ops.decode_layer(hidden, *layer._ozwell_decode, cos, sin,
-                                      *layer._ozwell_decode_state(layer.self_attn))
+            state = states[window] if window in states else states.setdefault(window, state_of(attn))
+            hidden = ops.decode_layer(hidden, *args, cos, sin, layer_idx, *state)
         logits = head(inner.norm(hidden))
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
@@ -274,7 +278,8 @@ def install(model: torch.nn.Module, attention: Callable, decode_state: Callable 
     """Switch each decoder layer of a known architecture to its fused forward, calling `attention` (an
     attention-interface function) for attention; returns how many layers were switched (0: none could be).
     `decode_state(attn)` gives, during a step of decodes only that the attention kernel serves, what `decode_layer`
-    takes after cos and sin (this layer's k and v cache, slots, block tables, starts, lengths, block size), else None."""
+    takes after the layer's index (the k and v caches, slots, block tables, starts for the module's window, lengths,
+    block size), else None."""
     ops = cpu_kernel.fused_ops()
     if ops is None or next(model.parameters()).device.type != "cpu":
         return 0

@@ -151,13 +151,17 @@ class StepLayout:
         """Whether the fused layers can run whole (`decode_layer`, cpu_fused.py): decodes only, the kernel serving."""
         return self.all_decode and self.kernel is not None
 
-    def decode_state(self, layer: int, sliding_window: int | None) -> tuple | None:
-        """What the whole-layer decode op takes for `layer` (cpu_fused.py): in a step of decodes only that the
-        attention kernel serves, this layer's caches, the slots, block tables, starts, lengths and block size."""
+    def decode_state(self, sliding_window: int | None) -> tuple | None:
+        """What the whole-layer decode op takes after the layer's index (cpu_fused.py), for layers with this window:
+        in a step of decodes only that the attention kernel serves, the caches, the slots, block tables, starts,
+        lengths and block size; else None."""
         if not self.whole_layers:
             return None
-        return (self.k_cache[layer], self.v_cache[layer], self.slot_mapping, self.decode_tables,
-                self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
+        key = ("state", sliding_window)
+        if key not in self._masks:
+            self._masks[key] = (self.k_cache, self.v_cache, self.slot_mapping, self.decode_tables,
+                                self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
+        return self._masks[key]
 
     def attend(self, module, query, key, value, scaling, sliding_window):
         layer = module.layer_idx
@@ -209,7 +213,7 @@ def decode_state(attn) -> tuple | None:
     layout = getattr(_step, "layout", None)
     if not isinstance(layout, StepLayout):
         return None
-    return layout.decode_state(attn.layer_idx, getattr(attn, "sliding_window", None))
+    return layout.decode_state(getattr(attn, "sliding_window", None))
 
 
 def _tall_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "ops_cpu.h"
 
 namespace ozwell {
@@ -42,14 +44,33 @@ at::Tensor linear(const at::Tensor& x, const Weights& w, int64_t i) {
   return out.scalar_type() == x.scalar_type() ? out : out.to(x.scalar_type());
 }
 
+// cache [slots, kv_heads, dim] (contiguous) <- rows [tokens, kv_heads, dim] at slots [tokens]: one copy a row, where
+// index_copy_ costs a dispatch and a TensorIterator a call (about 10 us a layer at one token)
+void write_slots(at::Tensor& cache, const at::Tensor& rows_in, const at::Tensor& slots_in) {
+  TORCH_CHECK(cache.is_contiguous() && cache.dim() == 3 && rows_in.dim() == 3 && rows_in.size(1) == cache.size(1) &&
+                  rows_in.size(2) == cache.size(2), "decode_layer: the cache and the new keys/values do not match");
+  const auto rows = rows_in.to(cache.scalar_type()).contiguous();
+  const auto slots = slots_in.to(at::kLong).contiguous();
+  TORCH_CHECK(slots.numel() == rows.size(0), "decode_layer: a slot for each token");
+  const int64_t n = slots.numel(), row_bytes = rows.size(1) * rows.size(2) * rows.element_size(),
+                capacity = cache.size(0);
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  auto* dst = static_cast<char*>(cache.data_ptr());
+  const auto* src = static_cast<const char*>(rows.data_ptr());
+  for (int64_t t = 0; t < n; ++t) {
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "decode_layer: slot ", slot[t], " is outside the cache");
+    std::memcpy(dst + slot[t] * row_bytes, src + t * row_bytes, row_bytes);
+  }
+}
+
 }  // namespace
 
 // hidden [..., tokens, hidden]: one decoding token per sequence, in order; cos/sin [..., tokens, head_dim];
-// k/v_cache: this layer's [slots, kv_heads, head_dim]; slots [tokens]: where each token's K/V goes; tables,
-// starts, lengths: as paged_decode takes them.
+// k/v_cache: [layers, slots, kv_heads, head_dim], of which this is layer `layer`; slots [tokens]: where each token's
+// K/V goes; tables, starts, lengths: as paged_decode takes them.
 at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef<double> f, at::IntArrayRef i,
-                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache_in,
-                        const at::Tensor& v_cache_in, const at::Tensor& slots, const at::Tensor& tables,
+                        const at::Tensor& cos, const at::Tensor& sin, int64_t layer, const at::Tensor& k_caches,
+                        const at::Tensor& v_caches, const at::Tensor& slots, const at::Tensor& tables,
                         const at::Tensor& starts, const at::Tensor& lengths, int64_t block_size) {
   TORCH_CHECK(static_cast<int64_t>(w.size()) == WEIGHTS && f.size() == 3 && static_cast<int64_t>(i.size()) == INTS,
               "decode_layer: ", WEIGHTS, " weights, 3 floats and ", INTS, " ints");
@@ -57,15 +78,17 @@ at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef
   const double eps = f[0], qk_eps = f[1], scale = f[2];
   const int64_t dim = i[HEAD_DIM], q_size = i[Q_SIZE], k_size = i[K_SIZE], v_size = i[V_SIZE];
   const int64_t tokens = hidden.numel() / hidden.size(-1);
-  at::Tensor k_cache = k_cache_in, v_cache = v_cache_in;  // views of the cache: written in place
+  TORCH_CHECK(k_caches.dim() == 4 && layer >= 0 && layer < k_caches.size(0) && v_caches.sizes() == k_caches.sizes(),
+              "decode_layer: caches [layers, slots, kv_heads, head_dim] and a layer among them");
+  at::Tensor k_cache = k_caches.select(0, layer), v_cache = v_caches.select(0, layer);  // written in place
 
   const auto x = rms_norm(hidden, *get(w, IN_NORM), eps, gemma);
   const auto qkv = linear(x, w, QKV);
   auto [q, k] = qk_norm_rope(qkv.narrow(-1, 0, q_size), qkv.narrow(-1, q_size, k_size), cos, sin, get(w, Q_NORM),
                              get(w, K_NORM), qk_eps, gemma, dim);
   const auto v = qkv.narrow(-1, q_size + k_size, v_size).reshape({tokens, v_size / dim, dim});
-  k_cache.index_copy_(0, slots, k.to(k_cache.scalar_type()));
-  v_cache.index_copy_(0, slots, v.to(v_cache.scalar_type()));
+  write_slots(k_cache, k, slots);
+  write_slots(v_cache, v, slots);
   const auto attended = paged_decode(q, k_cache, v_cache, tables, starts, lengths, block_size, scale);
 
   auto sizes = hidden.sizes().vec();
@@ -83,7 +106,8 @@ at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef
 
 TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("decode_layer(Tensor hidden, Tensor?[] weights, float[] floats, int[] ints, Tensor cos, Tensor sin, "
-        "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor tables, Tensor starts, Tensor lengths, "
+        "int layer, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor tables, Tensor starts, "
+        "Tensor lengths, "
         "int block_size) -> Tensor");
   m.impl("decode_layer", c10::DispatchKey::CPU, &ozwell::decode_layer);
 }

@@ -244,7 +244,7 @@ def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, 
             if way != "decode_forward":
                 patch.setattr(runner, "decode_forward", None)
             if way in ("python", "transformers"):
-                patch.setattr(model_runner.StepLayout, "decode_state", lambda self, layer, window: None)
+                patch.setattr(model_runner.StepLayout, "decode_state", lambda self, window: None)
             cpu_fused.set_enabled(hf, way != "transformers")
             results[way] = (runner.forward(chunks).float(), runner.k_cache.clone(), runner.v_cache.clone())
     cpu_fused.set_enabled(hf, True)
