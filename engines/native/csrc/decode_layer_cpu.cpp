@@ -107,7 +107,6 @@ at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef
 TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("decode_layer(Tensor hidden, Tensor?[] weights, float[] floats, int[] ints, Tensor cos, Tensor sin, "
         "int layer, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor tables, Tensor starts, "
-        "Tensor lengths, "
-        "int block_size) -> Tensor");
+        "Tensor lengths, int block_size) -> Tensor");
   m.impl("decode_layer", c10::DispatchKey::CPU, &ozwell::decode_layer);
 }
