@@ -295,6 +295,13 @@ template <typename W>
 inline void prefetch_ahead(const W* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p) + PREFETCH_BYTES, _MM_HINT_T0);
 }
+// In a loop that steps KS input columns at a time through a panel: at each line boundary, every line of the step.
+template <int KS, typename W>
+inline void prefetch_step(const W* panel, int64_t k) {
+  constexpr int64_t lines = KS > k_per_line<W> ? KS / k_per_line<W> : 1;
+  if (k % k_per_line<W> < KS)
+    for (int64_t line = 0; line < lines; ++line) prefetch_ahead(panel + (k + line * k_per_line<W>) * 8);
+}
 
 // MT rows by one panel. An FMA waits about 4 cycles for its accumulator, so a tile keeps 8 independent sums:
 // each row's sum is split over KS = 8 / MT interleaved input columns (4 rows: 2, 2 rows: 4), added at the end;
@@ -308,7 +315,7 @@ inline void linear_tile(const float* x, int64_t ldx, const W* w, int64_t in, flo
     for (int m = 0; m < MT; ++m) acc[j][m] = j == 0 ? acc_start(bias, scale) : _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + KS <= in; k += KS) {
-    if (k % k_per_line<W> < KS) prefetch_ahead(w + k * 8);
+    prefetch_step<KS>(w, k);
     for (int j = 0; j < KS; ++j) {
       const __m256 wk = load_w<W>(w + (k + j) * 8);
       for (int m = 0; m < MT; ++m) acc[j][m] = _mm256_fmadd_ps(_mm256_set1_ps(x[m * ldx + k + j]), wk, acc[j][m]);
@@ -332,8 +339,7 @@ inline void linear_row(const float* x, const W* w, int64_t in, float* out, const
          acc3 = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 4 <= in; k += 4) {
-    if (k % k_per_line<W> == 0) prefetch_ahead(w + k * 8);  // a line covers 2 (float) or 8 (int8) columns
-    if (k_per_line<W> < 4) prefetch_ahead(w + k * 8 + 16);
+    prefetch_step<4>(w, k);  // a line covers 2 (float) or 8 (int8) columns
     acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k]), load_w<W>(w + k * 8), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 1]), load_w<W>(w + k * 8 + 8), acc1);
     acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[k + 2]), load_w<W>(w + k * 8 + 16), acc2);
@@ -364,10 +370,8 @@ inline void linear_tile2(const float* x, int64_t ldx, const W* w, int64_t in, fl
   const W* w1 = w + in * 8;
   int64_t k = 0;
   for (; k + KS <= in; k += KS) {
-    if (k % k_per_line<W> < KS) {
-      prefetch_ahead(w + k * 8);
-      prefetch_ahead(w1 + k * 8);
-    }
+    prefetch_step<KS>(w, k);
+    prefetch_step<KS>(w1, k);
     for (int j = 0; j < KS; ++j) {
       const __m256 a = load_w<W>(w + (k + j) * 8), b = load_w<W>(w1 + (k + j) * 8);
       for (int m = 0; m < MT; ++m) {
