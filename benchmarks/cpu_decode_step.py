@@ -5,6 +5,7 @@ falls on all alike:
     fused         float32 with the fused CPU layers (engines/native/cpu_fused.py)
     int8          `quantization: int8` (engines/native/cpu_quant.py), fused
     int8-unfused  the same int8 linears in the layers as transformers wrote them
+    int4          `quantization: int4`, fused (4-bit decoder linears where 4 bits hold the weights, the rest int8)
 
     python benchmarks/cpu_decode_step.py [--model DIR] [--variants unfused fused] [--batches 1 8 32]
                                          [--context 64] [--steps 10] [--prefill TOKENS] [--profile]
@@ -73,14 +74,14 @@ def report(what: str, figures: dict[str, float], variants: list[str]) -> None:
     print(f"{what}: " + "; ".join(parts), flush=True)
 
 
-def load(path: Path, int8: bool, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
+def load(path: Path, quantization: str | None, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    if int8:
+    if quantization:
         from engines.native.cpu_quant import quantize_model
 
-        print("int8:", quantize_model(model))
+        print(f"{quantization}:", quantize_model(model, mode=quantization))
     saved = cpu_kernel._state.get("fused", "unset")
     if not fused:
         cpu_kernel._state["fused"] = None  # as where the ops cannot be built: the transformers modules serve
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=["unfused", "fused"],
-                        choices=["unfused", "fused", "int8", "int8-unfused"])
+                        choices=["unfused", "fused", "int8", "int8-unfused", "int4"])
     parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
     args = parser.parse_args()
@@ -109,8 +110,8 @@ def main() -> None:
         raise SystemExit("no model: pass --model DIR")
     block_size = 16
     blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
-    runners = {v: load(path, v.startswith("int8"), v in ("fused", "int8"), blocks, block_size, max(args.batches))
-               for v in args.variants}
+    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, v in ("fused", "int8", "int4"), blocks,
+                       block_size, max(args.batches)) for v in args.variants}
     print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, "
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))
     for batch in args.batches:

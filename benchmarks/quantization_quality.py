@@ -1,6 +1,7 @@
-"""What `quantization: int8` costs in quality, on the default chat models (no GPU, nothing downloaded).
+"""What `quantization: int8` and `int4` cost in quality, on the default chat models (no GPU, nothing downloaded).
 
     python benchmarks/quantization_quality.py [--models gemma-3-270m smollm2-135m-instruct] [--prompts 20]
+        [--modes int8 int4]
 
 Per model, the float model as the native engine loads it (fp32 here; bf16 where the CPU has it) against
 the same weights with their linears quantised by engines/native/cpu_quant.py:
@@ -8,7 +9,7 @@ the same weights with their linears quantised by engines/native/cpu_quant.py:
   modules of the running Python (public, identical on every install of one Python version), in 512-token
   windows;
 - greedy agreement over 128 new tokens on 20 prompts (generated in one left-padded batch each): the share of
-  positions where the int8 model picks the float model's token given the float model's own prefix
+  positions where the quantised model picks the float model's token given the float model's own prefix
   (teacher-forced, so one early difference does not decide the rest), and the mean length of the prefix
   both generate alike.
 Results go to benchmarks/results/quantization_quality.json.
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--data-dir", default=str(ROOT / ".ozwell"))
+    parser.add_argument("--modes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -98,18 +100,22 @@ def main() -> None:
         config = load_model_config(ROOT / "model_configs" / f"{name}.yaml")
         loaded = load_model(config, Path(args.data_dir))
         full = loaded.model
-        quant = copy.deepcopy(full)
-        quantize_model(quant)
         ids = fixed_text(loaded.tokenizer)
         prompts = [loaded.tokenizer(PROMPTS[i % len(PROMPTS)].format(i=i))["input_ids"] for i in range(args.prompts)]
-        row = {"dtype": str(loaded.dtype), "ppl_float": perplexity(full, ids), "ppl_int8": perplexity(quant, ids)}
-        row["ppl_change"] = row["ppl_int8"] / row["ppl_float"] - 1
-        print(name, json.dumps(row), flush=True)
         tokenizer = loaded.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        row["token_agreement"], row["common_prefix"] = agreement(full, quant, prompts, args.tokens, pad)
+        row = {"dtype": str(loaded.dtype), "ppl_float": perplexity(full, ids)}
+        for mode in args.modes:
+            quant = copy.deepcopy(full)
+            quantize_model(quant, mode=mode)
+            ppl = perplexity(quant, ids)
+            row[mode] = {"ppl": ppl, "ppl_change": ppl / row["ppl_float"] - 1}
+            print(name, mode, json.dumps(row[mode]), flush=True)
+            row[mode]["token_agreement"], row[mode]["common_prefix"] = agreement(full, quant, prompts, args.tokens,
+                                                                                 pad)
+            print(name, mode, json.dumps(row[mode]), flush=True)
+            del quant
         results["models"][name] = row
-        print(name, json.dumps(row), flush=True)
     out = ROOT / "benchmarks" / "results" / "quantization_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -139,10 +139,12 @@ class ModelConfig(BaseModel):
     # vLLM's enforce_eager), and the share of the GPU's memory that weights, activations, graphs and the KV
     # cache may take; the KV cache gets what is left (unless kv_cache_tokens says how much it holds).
     cuda_graphs: bool | None = None
-    # The native engine on a CPU: int8 runs every linear, the LM head included, on weight-only int8 weights
-    # (engines/native/cpu_quant.py); the embedding lookup stays exact. With device: auto on a GPU it is skipped (and logged);
-    # an explicit GPU device is refused. On a GPU, use the vLLM engine's own quantisation.
-    quantization: Literal["none", "int8"] = "none"
+    # The native engine on a CPU: int8 runs every linear, the LM head included, on weight-only int8 weights;
+    # int4 runs the decoder's linears on 4-bit weights (blocks of 32 with a step and a minimum, multiplied by the
+    # input rounded to int8) and the head on int8 (engines/native/cpu_quant.py). The embedding lookup stays exact.
+    # With device: auto on a GPU it is skipped (and logged); an explicit GPU device is refused. On a GPU, use the
+    # vLLM engine's own quantisation.
+    quantization: Literal["none", "int8", "int4"] = "none"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None

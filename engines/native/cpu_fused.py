@@ -219,13 +219,18 @@ def _blocked_forward(self, x: torch.Tensor) -> torch.Tensor:
     return _blocked(self._ozwell_ops, x, self.blocked_weight, self.bias, self.blocked_scales)
 
 
-def block_linear(module: torch.nn.Linear, ops, int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    """Switch `module` to the blocked layout that `blocked_linear` reads (csrc/fused_cpu.cpp): its float32
-    weight, or `int8` (an int8 weight [out, in] and its float32 scales [out], cpu_quant.py), read at a quarter of
-    the bytes. The layout replaces the weight (no copy is kept; a tied head's embedding keeps its own)."""
+def block_linear(module: torch.nn.Linear, ops, quantized: torch.Tensor | tuple | None = None) -> None:
+    """Switch `module` to a layout that `blocked_linear` reads (csrc/fused_cpu.cpp): its float32 weight blocked,
+    or `quantized` (cpu_quant.py): an int8 weight [out, in] with its float32 scales [out], blocked and read at a
+    quarter of the bytes, or 4-bit records [out, in * 5 / 8] (uint8), read as they are. The layout replaces the
+    weight (no copy is kept; a tied head's embedding keeps its own)."""
     with torch.no_grad():
-        module.blocked_weight = ops.block_weight(int8[0] if int8 is not None else module.weight.detach())
-        module.blocked_scales = int8[1] if int8 is not None else None
+        if quantized is None:
+            module.blocked_weight, module.blocked_scales = ops.block_weight(module.weight.detach()), None
+        elif isinstance(quantized, torch.Tensor):
+            module.blocked_weight, module.blocked_scales = quantized, None
+        else:
+            module.blocked_weight, module.blocked_scales = ops.block_weight(quantized[0]), quantized[1]
     del module.weight
     module.weight = None
     module._ozwell_ops = ops
@@ -246,8 +251,8 @@ def _block_linears(layer, ops) -> int:
 
 
 def _join(ops, linears) -> tuple | None:
-    """Blocked linears that read the same input, joined into one weight (theirs become views of it, so nothing
-    is copied twice): (weight, bias or None, int8 scales or None, output sizes), or None where they cannot be
+    """Blocked linears that read the same input, joined into one weight along the output columns (theirs become
+    views of it, so nothing is copied twice; every layout keeps a column's data in its outer dimension): (weight, bias or None, int8 scales or None, output sizes), or None where they cannot be
     joined."""
     if not all(hasattr(m, "blocked_weight") for m in linears) or len({m.in_features for m in linears}) != 1:
         return None

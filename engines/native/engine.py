@@ -78,7 +78,7 @@ class NativeEngine(HFGenerationEngine):
         self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
         size = self.config.block_size
         cuda = self.device.type == "cuda"
-        if self.config.quantization == "int8":
+        if self.config.quantization != "none":
             self._quantize()
         dtype = next(self.model.parameters()).dtype
         budget = None
@@ -117,14 +117,15 @@ class NativeEngine(HFGenerationEngine):
                  f" (gpu_memory_utilization {budget.utilization})" if budget else "")
 
     def _quantize(self) -> None:
+        mode = self.config.quantization
         if self.device.type != "cpu":  # device: auto found a GPU (an explicit GPU device is refused at config)
-            log.warning("%s: quantization: int8 is for CPUs; on %s the model stays %s", self.config.id, self.device,
-                        self.torch_dtype)
+            log.warning("%s: quantization: %s is for CPUs; on %s the model stays %s", self.config.id, mode,
+                        self.device, self.torch_dtype)
             return
-        cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-int8.pt"
-        if not quantize_model(self.model, cache):
-            log.warning("%s: quantization: int8 found no float32 or bfloat16 linears to quantise; serving as loaded",
-                        self.config.id)
+        cache = self._data_dir / "quantized" / self.config.id / f"{self.revision}-{mode}.pt"
+        if not quantize_model(self.model, cache, mode):
+            log.warning("%s: quantization: %s found no float32 or bfloat16 linears to quantise; serving as loaded",
+                        self.config.id, mode)
 
     @property
     def max_model_len(self) -> int:

@@ -30,3 +30,30 @@ def greedy(engine, prompts: list[list[int]], max_tokens: int = 24) -> list[list[
         return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
 
     return asyncio.run(main())
+
+
+def four_bit_weights(model) -> None:
+    """Round each decoder linear's weight to 4 bits in place (blocks of 32 with a step and a minimum), as a Q4_0 or
+    Q4_1 GGUF's already are: what `quantization: int4` takes in 4 bits."""
+    import torch
+
+    from engines.native.cpu_quant import dequantize_q4, quantize_weight_q4
+
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is torch.nn.Linear and module is not head and module.weight is not None:
+                module.weight.copy_(dequantize_q4(quantize_weight_q4(module.weight)).to(module.weight.dtype))
+
+
+def four_bit_copy(source, dest):
+    """A copy of the checkpoint at `source` with its decoder linears in 4 bits (four_bit_weights)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(source, dest)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    four_bit_weights(model)
+    model.save_pretrained(dest)
+    return dest

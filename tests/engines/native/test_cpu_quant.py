@@ -1,7 +1,7 @@
-"""`quantization: int8` (weight-only int8 decoder linears, the LM head in int8) on the tiny models: logits close
-to fp32 (a relative error bound and top-1 agreement, fixed seed), the int8 cache read back at the next start and
-rebuilt when the weights change, the fallbacks where the int8 ops are missing, and the configs that cannot be
-honoured refused."""
+"""`quantization: int8` (weight-only int8 decoder linears, the LM head in int8) and `int4` (4-bit decoder linears where
+4 bits hold the weights) on the tiny models: logits close to fp32 (a relative error bound and top-1 agreement, fixed
+seed), the cache read back at the next start and rebuilt when the weights change, the fallbacks where the C++ ops
+are missing, and the configs that cannot be honoured refused."""
 
 import shutil
 
@@ -11,7 +11,9 @@ import torch
 from engines.config import ConfigError, load_model_config
 from engines.native import cpu_kernel, cpu_quant
 from tests.conftest import write_config
-from tests.engines.native.engines import greedy, tiny_engine
+from tests.engines.native.engines import four_bit_copy, greedy, tiny_engine
+
+OPS = cpu_kernel.fused_ops()
 
 
 def _engine(source, root, quantization, name="tiny"):
@@ -116,6 +118,72 @@ def test_without_the_int8_kernel_the_float_fallback_serves_the_same_tokens(tiny_
     assert hasattr(head, "packed_weight")  # packed for oneDNN, untied from the (exact) embedding
     assert not torch.equal(plain.model.get_input_embeddings().weight, qweight.float() * scales[:, None])
     assert greedy(plain, [plain.encode_text(t) for t in prompts]) == want
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma"])
+def test_int4_takes_the_decoder_linears_that_4_bits_hold(model, tiny_llama_dir, tiny_gemma_dir, tmp_path):
+    """Random float weights would lose ~8% to 4 bits: int4 leaves them in int8. A checkpoint already in 4 bits (a Q4
+    GGUF's) gets 4-bit linears, read exactly; its logits then differ from the float model's only by the rounding of
+    the kernel's input rows to int8."""
+    from transformers import AutoModelForCausalLM
+
+    source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
+    layers = AutoModelForCausalLM.from_pretrained(source).config.get_text_config().num_hidden_layers
+    plain = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    assert cpu_quant.quantize_model(plain, mode="int4") == 7 * layers + 1
+    dtypes = {m.blocked_weight.dtype for m in plain.modules() if getattr(m, "blocked_weight", None) is not None}
+    assert dtypes == ({torch.int8} if OPS else set())
+
+    four = four_bit_copy(source, tmp_path / "four")
+    full = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
+    int4 = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
+    assert cpu_quant.quantize_model(int4, mode="int4") == 7 * layers + 1
+    if OPS:
+        decoder = [m for m in int4.model.layers.modules() if type(m) is torch.nn.Linear]
+        assert len(decoder) == 7 * layers and all(m.blocked_weight.dtype == torch.uint8 for m in decoder)
+        assert int4.lm_head.blocked_weight.dtype == torch.int8  # the head stays int8
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = full(input_ids=ids).logits[0], int4(input_ids=ids).logits[0]
+    assert ((got - want).norm() / want.norm()).item() < 0.06  # the int8 head's rounding and the inputs'
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+
+
+@pytest.mark.skipif(OPS is None, reason="the C++ ops did not build here")
+def test_the_engine_serves_int4_from_its_cache_and_falls_back_without_the_kernel(tiny_gemma_dir, tmp_path,
+                                                                                 monkeypatch):
+    four = four_bit_copy(tiny_gemma_dir, tmp_path / "four")
+    first = _engine(four, tmp_path, "int4")
+    assert [p.name for p in (tmp_path / "quantized" / "tiny").glob("*.pt")] == [f"{first.revision}-int4.pt"]
+    assert first.model.model.layers[0].mlp.down_proj.blocked_weight.dtype == torch.uint8
+    prompts = [first.encode_text("Once upon a time"), first.encode_text("The quick brown fox")]
+    want = greedy(first, prompts, 12)
+    # the served model (fused layers, decode_layer) computes what transformers' modules compute on the same weights
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
+    cpu_quant.quantize_model(reference, mode="int4")
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([prompts[0]]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert want[0] == out[0, len(prompts[0]):].tolist()
+    # a restart reads the cache and quantises nothing
+    monkeypatch.setattr(cpu_quant, "quantize_weight_q4", lambda w: (_ for _ in ()).throw(
+        AssertionError("quantised again although the cache holds these weights")))
+    second = _engine(four, tmp_path, "int4")
+    assert greedy(second, prompts, 12) == want
+    monkeypatch.undo()
+    # without the C++ kernel: the 4-bit weights in float32, whose inputs are not rounded, so close but not equal
+    monkeypatch.setitem(cpu_kernel._state, "fused", None)
+    plain = _engine(four, tmp_path / "b", "int4")
+    assert not any(getattr(m, "blocked_weight", None) is not None for m in plain.model.modules())
+    assert [len(tokens) for tokens in greedy(plain, prompts, 12)] == [12, 12]
+    slow_model = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
+    cpu_quant.quantize_model(slow_model, mode="int4")
+    ids = torch.tensor([prompts[1]])
+    with torch.inference_mode():
+        fast, slow = reference(input_ids=ids).logits[0], slow_model(input_ids=ids).logits[0]
+    assert ((fast - slow).norm() / slow.norm()).item() < 0.02
+    assert (fast.argmax(-1) == slow.argmax(-1)).float().mean().item() >= 0.9
 
 
 @pytest.mark.parametrize("text,error", [
