@@ -1,27 +1,36 @@
-"""`quantization: int8` for models that run on a CPU: weight-only int8 for every linear, the LM head included.
+"""`quantization: int8` and `int4` for models that run on a CPU.
 
-Each linear's weight gets a symmetric per-output-channel int8 copy (`quantize_weight`). The C++ kernel
-(`blocked_linear` in csrc/fused_cpu.cpp, laid out by cpu_fused.block_linear) reads it at a quarter of the
+int8: every linear, the LM head included, gets a symmetric per-output-channel int8 copy (`quantize_weight`). The C++
+kernel (`blocked_linear` in csrc/fused_cpu.cpp, laid out by cpu_fused.block_linear) reads it at a quarter of the
 float32 bytes, widens it to float32 in registers and multiplies in float32; the channel's scale multiplies each
 sum once. The activations stay float32 (a bfloat16 model's are widened for the multiply), so the result is
 x @ (int8 * scale)^T.
 A tied head gets its own int8 copy; the input embedding keeps the float weight, so the embedding lookup stays
 exact.
 
-Why weight-only, and why the head too (2-core AMD EPYC, AVX2, torch 2.13, fp32; figures in the README):
+int4: the decoder's linears whose weights 4 bits hold (INT4_MAX_ERROR) get 4-bit records (`quantize_weight_q4`:
+blocks of 32 input columns with a float16 step and minimum, llama.cpp's Q4_1), read by csrc/q4_linear_cpu.cpp, which
+rounds each input row to int8 in blocks of 32 and multiplies in integers; everything else, the head included, is
+int8 as above. So a checkpoint whose weights already are 4-bit (SmolLM2's Q4_1 GGUF) is read exactly, in 5/8 of the
+int8 bytes, and one whose weights are not (gemma-3-270m's Q4_K_M GGUF is mostly Q5_0 and Q8_0, since its 640-wide
+rows do not fit k-quants) is not rounded again: on gemma, 4 bits for every decoder linear cost +43% perplexity.
+
+Why weight-only int8, and why the head too (2-core AMD EPYC, AVX2, torch 2.13, fp32; figures in the README):
 - a decode step at one to a few sequences reads every weight once, and the read is the cost: Gemma-3-270M reads
   1.07 GB a token in float32, 0.27 GB in int8. Its tied 262k x 640 head is 168M of its 270M parameters;
 - quality (benchmarks/quantization_quality.py): perplexity +0.9% on Gemma, +0.03% on SmolLM2;
 - what was measured against it: fbgemm's dynamic int8 linear (which also quantises each call's input rows to 8
   bits) is 1.5-2.5x faster from 2 rows on, since it multiplies in int8. But one scale per input row cannot hold
   the activations' outliers: on the head alone it cost +1.2% (Gemma) and +3.6% (SmolLM2) perplexity, and on the
-  decoder's linears Gemma's went 20.98 -> 229. So nothing here uses it (nor its deprecated Python front).
+  decoder's linears Gemma's went 20.98 -> 229. So nothing here uses it (nor its deprecated Python front). The int4
+  kernel's scale per 32 inputs holds them: SmolLM2 +0.5% with every decoder linear in int4.
 
-Where the C++ kernel cannot be built (no compiler; OZWELL_CPU_FUSED=0), each linear's float weight becomes the
-int8 weight times its scales and is packed like any float32 weight: the same function at the float speed, so
-the outputs do not depend on which path serves.
+Where the C++ kernels cannot be built (no compiler; OZWELL_CPU_FUSED=0), each linear's float weight becomes the
+dequantised weight (int8 times its scales, or the 4-bit records' values) and is packed like any float32 weight: for
+int8 the same function at the float speed, so the outputs do not depend on which path serves; for int4 the inputs
+are not rounded to int8 there, so the outputs are close to the kernel's but not the same.
 
-The int8 weights and scales are cached under the data dir, keyed by the float weights' revision, so a second
+The quantised weights are cached under the data dir, keyed by the float weights' revision and the mode, so a second
 start reads them instead of quantising again; a changed source has a new revision and is quantised anew.
 """
 
