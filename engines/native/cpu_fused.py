@@ -252,8 +252,8 @@ def _block_linears(layer, ops) -> int:
 
 def _join(ops, linears) -> tuple | None:
     """Blocked linears that read the same input, joined into one weight along the output columns (theirs become
-    views of it, so nothing is copied twice; every layout keeps a column's data in its outer dimension): (weight, bias or None, int8 scales or None, output sizes), or None where they cannot be
-    joined."""
+    views of it, so nothing is copied twice; every layout keeps the output columns in its outer dimension):
+    (weight, bias or None, int8 scales or None, output sizes), or None where they cannot be joined."""
     if not all(hasattr(m, "blocked_weight") for m in linears) or len({m.in_features for m in linears}) != 1:
         return None
     if len({m.blocked_weight.dtype for m in linears}) != 1:
