@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--peers", nargs="*", default=["hf", "vllm", "vllm-http", "llama"],
                         choices=["hf", "vllm", "vllm-http", "llama"])
-    parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "int8", "int4"],
+    parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "int8", "int4", "int6"],
                         help="run our server once per value; rows get ozwell_<value>_tok_per_s beyond the first")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".ozwell", help="keeps the converted weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=["unfused", "fused"],
-                        choices=["unfused", "fused", "int8", "int8-unfused", "int4"])
+                        choices=["unfused", "fused", "int8", "int8-unfused", "int4", "int6"])
     parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
     args = parser.parse_args()
@@ -110,7 +110,7 @@ def main() -> None:
         raise SystemExit("no model: pass --model DIR")
     block_size = 16
     blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
-    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, v in ("fused", "int8", "int4"), blocks,
+    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, v in ("fused", "int8", "int4", "int6"), blocks,
                        block_size, max(args.batches)) for v in args.variants}
     print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, "
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--data-dir", default=str(ROOT / ".ozwell"))
-    parser.add_argument("--modes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    parser.add_argument("--modes", nargs="+", default=["int8", "int4", "int6"], choices=["int8", "int4", "int6"])
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

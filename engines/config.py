@@ -144,7 +144,7 @@ class ModelConfig(BaseModel):
     # input rounded to int8) and the head on int8 (engines/native/cpu_quant.py). The embedding lookup stays exact.
     # With device: auto on a GPU it is skipped (and logged); an explicit GPU device is refused. On a GPU, use the
     # vLLM engine's own quantisation.
-    quantization: Literal["none", "int8", "int4"] = "none"
+    quantization: Literal["none", "int8", "int4", "int6"] = "none"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None

@@ -56,62 +56,112 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(weight / scales[:, None]).clamp_(-127, 127).to(torch.int8), scales
 
 
-Q4_BLOCK = 32  # input columns a 4-bit block holds (csrc/q4_linear_cpu.cpp)
+BLOCK = 32  # input columns a 4- or 6-bit block holds (csrc/lowbit_linear_cpu.cpp)
+RECORD_BYTES = {4: 20, 6: 26}  # bytes a block of 32 takes in a record
 
 
 def quantize_weight_q4(weight: torch.Tensor) -> torch.Tensor:
-    """[out, in] float (in a multiple of 64) -> 4-bit records [out, in * 5 / 8] uint8, the layout q4_linear_cpu.cpp
+    """[out, in] float (in a multiple of 64) -> 4-bit records [out, in * 5 / 8] uint8, the layout lowbit_linear_cpu.cpp
     reads: per output column, blocks of 32 input columns with a step d and a minimum m each, w = d * q + m for codes
     q in 0..15 (asymmetric, as llama.cpp's Q4_1). A column's record: the codes of each pair of blocks in 32 bytes
     (byte j: the even block's column j low, the odd block's high), then the blocks' d, then their m, as float16."""
     out, width = weight.shape
-    w = weight.detach().float().reshape(out, width // Q4_BLOCK, Q4_BLOCK)
+    w = weight.detach().float().reshape(out, width // BLOCK, BLOCK)
     low, high = w.amin(-1), w.amax(-1)
     minimum = low.half()
     step = ((high - minimum.float()) / 15).half()
     inverse = torch.where(step.float() > 0, 1 / step.float(), torch.zeros_like(low))
     q = torch.round((w - minimum.float()[..., None]) * inverse[..., None]).clamp_(0, 15).to(torch.uint8)
-    pairs = q.reshape(out, -1, 2, Q4_BLOCK)
-    codes = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(out, -1)
-    return torch.cat([codes, step.view(torch.uint8), minimum.view(torch.uint8)], -1).contiguous()
+    return torch.cat([_low_nibbles(q), step.view(torch.uint8), minimum.view(torch.uint8)], -1).contiguous()
+
+
+def quantize_weight_q6(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] float (in a multiple of 64) -> 6-bit records [out, in * 13 / 16] uint8: per output column, blocks of
+    32 input columns with a step d each, w = d * (q - 32) for codes q in 0..63 (symmetric: the value of the largest
+    magnitude becomes -32 d, as llama.cpp's Q5_0 and Q8_0 choose d, so a Q5_0 block is held exactly). A column's
+    record: the low 4 bits of each pair of blocks' codes as for 4 bits, then their top 2 bits in 16 bytes a pair
+    (byte j, from bit 0: the even block's columns j and j + 16, the odd block's j and j + 16), then the blocks' d as
+    float16."""
+    out, width = weight.shape
+    w = weight.detach().float().reshape(out, width // BLOCK, BLOCK)
+    largest = torch.gather(w, -1, w.abs().argmax(-1, keepdim=True))[..., 0]
+    step = (largest / -32).half()
+    inverse = torch.where(step.float() != 0, 1 / step.float(), torch.zeros_like(largest))
+    q = (torch.round(w * inverse[..., None]).clamp_(-32, 31) + 32).to(torch.uint8)
+    top = (q >> 4).reshape(out, -1, 2, 2, 16)  # [out, pairs, even/odd, columns 0-15/16-31, 16]
+    high = top[:, :, 0, 0] | (top[:, :, 0, 1] << 2) | (top[:, :, 1, 0] << 4) | (top[:, :, 1, 1] << 6)
+    return torch.cat([_low_nibbles(q & 0x0F), high.reshape(out, -1), step.view(torch.uint8)], -1).contiguous()
+
+
+def _low_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Codes [out, blocks, 32] (below 16) -> [out, blocks * 16]: each pair of blocks in 32 bytes, the odd one high."""
+    pairs = q.reshape(q.shape[0], -1, 2, BLOCK)
+    return (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(q.shape[0], -1)
+
+
+def record_bits(records: torch.Tensor, width: int) -> int:
+    """4 or 6: what the records [out, bytes] of a weight `width` inputs wide hold."""
+    for bits, size in RECORD_BYTES.items():
+        if records.shape[1] == width // BLOCK * size:
+            return bits
+    raise ValueError(f"records of {records.shape[1]} bytes a column are not 4- or 6-bit records of {width} inputs")
+
+
+def dequantize_lowbit(records: torch.Tensor, width: int) -> torch.Tensor:
+    """4- or 6-bit records [out, bytes] of a weight `width` inputs wide -> the float32 weight [out, width] they hold."""
+    bits = record_bits(records, width)
+    out, count = records.shape[0], width // BLOCK
+    codes = records[:, :count * 16].reshape(out, -1, 1, BLOCK)
+    q = torch.cat([codes & 0x0F, codes >> 4], 2).reshape(out, count, BLOCK).float()
+    rest = records[:, count * 16:]
+    if bits == 6:
+        high = rest[:, :count * 8].reshape(out, -1, 1, 16)
+        top = torch.stack([(high >> shift) & 3 for shift in (0, 2, 4, 6)], 2)  # [out, pairs, 4, 1, 16]
+        q += (top.reshape(out, count, BLOCK) * 16).float()
+        step = rest[:, count * 8:].contiguous().view(torch.float16).float()
+        return ((q - 32) * step[..., None]).reshape(out, width)
+    step = rest[:, :count * 2].contiguous().view(torch.float16).float()
+    minimum = rest[:, count * 2:].contiguous().view(torch.float16).float()
+    return (q * step[..., None] + minimum[..., None]).reshape(out, width)
 
 
 def dequantize_q4(records: torch.Tensor) -> torch.Tensor:
     """4-bit records [out, in * 5 / 8] -> the float32 weight [out, in] they hold."""
-    out, size = records.shape
-    count = size // 20  # blocks of 32 a column
-    codes = records[:, :count * 16].reshape(out, -1, 1, Q4_BLOCK)
-    q = torch.cat([codes & 0x0F, codes >> 4], 2).reshape(out, count, Q4_BLOCK).float()
-    step = records[:, count * 16:count * 18].contiguous().view(torch.float16).float()
-    minimum = records[:, count * 18:].contiguous().view(torch.float16).float()
-    return (q * step[..., None] + minimum[..., None]).reshape(out, count * Q4_BLOCK)
+    return dequantize_lowbit(records, records.shape[1] // RECORD_BYTES[4] * BLOCK)
 
 
-# int4 takes a linear only where its 4-bit copy is this close to the float weight (relative Frobenius error): where the
-# checkpoint's weights already are 4-bit (a Q4_0 or Q4_1 GGUF: exactly), not where 4 bits would round them again.
-INT4_MAX_ERROR = 0.01
+# A decoder linear takes 4 or 6 bits only where they hold its float weight this closely (relative Frobenius error):
+# where the checkpoint's weights already are in those bits (a Q4_0 or Q4_1 GGUF's in 4, a Q5_0 one's in 6: exactly),
+# not where fewer bits would round them again.
+LOWBIT_MAX_ERROR = 0.01
+# What each kind of linear may take, in order; the first that holds it serves, else int8. "head6": the LM head under
+# int6, whose 6 bits are taken whatever they round (measured: benchmarks/quantization_quality.py).
+_LOWBIT = {"int8": (), "int4": (4,), "int6": (4, 6), "head6": (6,)}
+_QUANTIZERS = {4: quantize_weight_q4, 6: quantize_weight_q6}
 
 
 def _quantize(kind: str, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """int8: (int8 weight, scales); int4: (4-bit records,) where they hold the weight within INT4_MAX_ERROR, else
-    the int8 pair."""
-    if kind == "int4":
-        records = quantize_weight_q4(weight)
-        reference = weight.detach().float()
-        error = (dequantize_q4(records) - reference).norm() / reference.norm().clamp(min=1e-30)
-        if error.item() <= INT4_MAX_ERROR:
+    """(records,) in the first of the kind's bit widths that holds the weight within LOWBIT_MAX_ERROR (any, for
+    head6), else (int8 weight, scales)."""
+    reference = weight.detach().float()
+    for bits in _LOWBIT[kind]:
+        records = _QUANTIZERS[bits](reference)
+        error = (dequantize_lowbit(records, reference.shape[1]) - reference).norm() / reference.norm().clamp(min=1e-30)
+        if kind == "head6" or error.item() <= LOWBIT_MAX_ERROR:
             return (records,)
     return quantize_weight(weight)
 
 
 def _matches(kind: str, stored, weight: torch.Tensor) -> bool:
-    """Whether `stored` is what `_quantize(kind, weight)` makes, by shape and dtype."""
+    """Whether `stored` is what `_quantize(kind, weight)` can make, by shape and dtype."""
     out, width = weight.shape
     if not isinstance(stored, (tuple, list)):
         return False
-    if kind == "int4" and len(stored) == 1:
-        return stored[0].shape == (out, width * 5 // 8) and stored[0].dtype == torch.uint8
-    return len(stored) == 2 and stored[0].shape == (out, width) and stored[0].dtype == torch.int8
+    if len(stored) == 1:
+        return (stored[0].dtype == torch.uint8 and stored[0].dim() == 2 and stored[0].shape[0] == out
+                and any(stored[0].shape[1] == width // BLOCK * RECORD_BYTES[bits] for bits in _LOWBIT[kind]))
+    return (kind != "head6" and len(stored) == 2 and stored[0].shape == (out, width)
+            and stored[0].dtype == torch.int8)
 
 
 def _cached(path: Path | None, weights: dict[str, tuple[str, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -154,17 +204,22 @@ def _targets(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 
 def _kind(mode: str, name: str, module: torch.nn.Linear) -> str:
-    """int4 may take the decoder's linears whose input width is a multiple of 64 (the kernel's pairs of blocks); the
-    head, and any other, are int8."""
-    return "int4" if mode == "int4" and name != HEAD and module.in_features % (2 * Q4_BLOCK) == 0 else "int8"
+    """What `_quantize` may make of a linear under `mode`: 4 or 6 bits need an input width that is a multiple of 64
+    (the kernel's pairs of blocks); int4 leaves the head int8, int6 gives it 6 bits."""
+    if mode == "int8" or module.in_features % (2 * BLOCK):
+        return "int8"
+    if name == HEAD:
+        return "head6" if mode == "int6" else "int8"
+    return mode
 
 
 def quantize_model(model: torch.nn.Module, cache: Path | None = None, mode: str = "int8") -> int:
-    """Quantise `model`'s linears (see the module's docstring): `mode` int8 (every linear) or int4 (the decoder's in
-    4 bits where 4 bits hold them, see INT4_MAX_ERROR; the rest, the head included, in int8); returns how many (the
-    head included). `cache`: the file that holds (or will hold) the quantised weights."""
-    if mode not in ("int8", "int4"):
-        raise ValueError(f"quantization mode {mode!r}: int8 or int4")
+    """Quantise `model`'s linears (see the module's docstring): `mode` int8 (every linear), int4 (the decoder's in 4
+    bits where 4 bits hold them, see LOWBIT_MAX_ERROR; the rest in int8) or int6 (the decoder's in 4 or 6 bits where
+    those hold them, the head in 6 bits, the rest in int8); returns how many (the head included). `cache`: the file
+    that holds (or will hold) the quantised weights."""
+    if mode not in ("int8", "int4", "int6"):
+        raise ValueError(f"quantization mode {mode!r}: int8, int4 or int6")
     linears = _targets(model)
     if not linears:
         return 0
@@ -174,15 +229,17 @@ def quantize_model(model: torch.nn.Module, cache: Path | None = None, mode: str 
     with torch.no_grad():
         for name, module in linears.items():
             quantized = stored[name]
-            four = len(quantized) == 1
+            lowbit = len(quantized) == 1
             if ops is not None:
-                cpu_fused.block_linear(module, ops, quantized[0] if four else (quantized[0], quantized[1].float()))
+                cpu_fused.block_linear(module, ops, quantized[0] if lowbit else (quantized[0], quantized[1].float()))
                 continue
             # the fallback: the same weights in float32 (a tied head's become its own, untied weight)
-            dequantised = dequantize_q4(quantized[0]) if four else quantized[0].float() * quantized[1].float()[:, None]
+            dequantised = (dequantize_lowbit(quantized[0], module.in_features) if lowbit
+                           else quantized[0].float() * quantized[1].float()[:, None])
             module.weight = torch.nn.Parameter(dequantised.to(module.weight.dtype), requires_grad=False)
-    fours = sum(len(quantized) == 1 for quantized in stored.values())
-    log.info("%s: %d linears quantised, %d of them in 4 bits, the rest in int8 (the LM head %s), %s", mode,
-             len(linears), fours, "included" if HEAD in linears else "not among them",
+    widths = {name: record_bits(q[0], linears[name].in_features) if len(q) == 1 else 8 for name, q in stored.items()}
+    log.info("%s: %d linears quantised: %d in 4 bits, %d in 6, %d in int8 (the LM head %s), %s", mode, len(linears),
+             sum(b == 4 for b in widths.values()), sum(b == 6 for b in widths.values()),
+             sum(b == 8 for b in widths.values()), f"in {widths[HEAD]} bits" if HEAD in widths else "not among them",
              "read by the C++ kernels" if ops is not None else "computed in float32 (no C++ kernel here)")
     return len(linears)

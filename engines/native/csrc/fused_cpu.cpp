@@ -472,13 +472,13 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
   });
 }
 
-// x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or 4-bit
-// records [out, in * 5 / 8] uint8 (scales None: q4_linear_cpu.cpp), bias [out] or None -> [..., out] float32
+// x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or 4- or
+// 6-bit records [out, bytes] uint8 (scales None: lowbit_linear_cpu.cpp), bias [out] or None -> [..., out] float32
 at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in,
                           const c10::optional<at::Tensor>& scales_in) {
-  if (blocked.scalar_type() == at::kByte) {  // 4-bit records (q4_linear_cpu.cpp)
-    TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()), "blocked_linear: 4-bit blocks hold their scales");
-    return q4_linear(x_in, blocked, bias_in);
+  if (blocked.scalar_type() == at::kByte) {  // 4- or 6-bit records (lowbit_linear_cpu.cpp)
+    TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()), "blocked_linear: 4- and 6-bit records hold their scales");
+    return lowbit_linear(x_in, blocked, bias_in);
   }
   const bool int8 = blocked.scalar_type() == at::kChar;
   const bool has_scales = scales_in.has_value() && scales_in->defined();

@@ -32,28 +32,30 @@ def greedy(engine, prompts: list[list[int]], max_tokens: int = 24) -> list[list[
     return asyncio.run(main())
 
 
-def four_bit_weights(model) -> None:
-    """Round each decoder linear's weight to 4 bits in place (blocks of 32 with a step and a minimum), as a Q4_0 or
-    Q4_1 GGUF's already are: what `quantization: int4` takes in 4 bits."""
+def lowbit_weights(model, bits: int = 4) -> None:
+    """Round each decoder linear's weight to `bits` (4 or 6) in place, in blocks of 32 (cpu_quant's records), as a
+    Q4_1 GGUF's (4) or a Q5_0 one's (6: held exactly) already are: what `quantization: int4`/`int6` take."""
     import torch
 
-    from engines.native.cpu_quant import dequantize_q4, quantize_weight_q4
+    from engines.native.cpu_quant import dequantize_lowbit, quantize_weight_q4, quantize_weight_q6
 
+    quantize = quantize_weight_q4 if bits == 4 else quantize_weight_q6
     head = model.get_output_embeddings()
     with torch.no_grad():
         for module in model.modules():
             if type(module) is torch.nn.Linear and module is not head and module.weight is not None:
-                module.weight.copy_(dequantize_q4(quantize_weight_q4(module.weight)).to(module.weight.dtype))
+                rounded = dequantize_lowbit(quantize(module.weight), module.in_features)
+                module.weight.copy_(rounded.to(module.weight.dtype))
 
 
-def four_bit_copy(source, dest):
-    """A copy of the checkpoint at `source` with its decoder linears in 4 bits (four_bit_weights)."""
+def lowbit_copy(source, dest, bits: int = 4):
+    """A copy of the checkpoint at `source` with its decoder linears in `bits` (lowbit_weights)."""
     import shutil
 
     from transformers import AutoModelForCausalLM
 
     shutil.copytree(source, dest)
     model = AutoModelForCausalLM.from_pretrained(source)
-    four_bit_weights(model)
+    lowbit_weights(model, bits)
     model.save_pretrained(dest)
     return dest

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engines.native import cpu_fused, cpu_kernel
-from tests.engines.native.engines import four_bit_weights, greedy, tiny_engine
+from tests.engines.native.engines import greedy, lowbit_weights, tiny_engine
 from tests.engines.test_continuous_batching import PROMPTS
 
 OPS = cpu_kernel.fused_ops()
@@ -181,26 +181,30 @@ def test_the_int8_blocked_linear_matches_the_dequantised_weight(rows):
         OPS.blocked_linear(x, blocked, bias, scales[:8])
 
 
+@pytest.mark.parametrize("bits", [4, 6])
 @pytest.mark.parametrize("rows", ROWS)
-def test_the_4bit_linear_matches_its_reference(rows):
-    """4-bit records (csrc/q4_linear_cpu.cpp): each input row rounded to int8 in blocks of 32, times the 4-bit weight;
-    every tile (1 row by 4 columns, 2-4 rows by 2), and widths of 64, 9 x 64 (an odd count of block pairs) and 640."""
-    from engines.native.cpu_quant import dequantize_q4, quantize_weight_q4
+def test_the_lowbit_linear_matches_its_reference(rows, bits):
+    """4- and 6-bit records (csrc/lowbit_linear_cpu.cpp): each input row rounded to int8 in blocks of 32, times the
+    weight the records hold; every tile (1 row by 4 columns, 2-4 rows by 2), and widths of 64, 9 x 64 (an odd count
+    of block pairs) and 640."""
+    from engines.native.cpu_quant import dequantize_lowbit, quantize_weight_q4, quantize_weight_q6
 
+    quantize = quantize_weight_q4 if bits == 4 else quantize_weight_q6
     generator = torch.Generator().manual_seed(rows)
     for out, width in ((8, 64), (12, 576), (40, 640)):
         weight, bias = torch.randn(out, width, generator=generator), torch.randn(out, generator=generator)
         x = torch.randn(2, rows, width, generator=generator) * 3
         x[0, 0, :32] = 0  # a block of zeros (a zero step)
-        records = quantize_weight_q4(weight)
-        assert records.dtype == torch.uint8 and records.shape == (out, width * 5 // 8)
-        dequantised = dequantize_q4(records)
-        assert ((dequantised - weight).norm() / weight.norm()).item() < 0.12  # 4 bits of a Gaussian
-        assert torch.equal(dequantize_q4(quantize_weight_q4(dequantised)), dequantised)  # 4-bit weights are kept
+        weight[1, 32:64] = 0.5  # a constant block
+        records = quantize(weight)
+        assert records.dtype == torch.uint8 and records.shape == (out, width // 32 * (20 if bits == 4 else 26))
+        held = dequantize_lowbit(records, width)
+        assert ((held - weight).norm() / weight.norm()).item() < (0.12 if bits == 4 else 0.03)
+        assert torch.equal(dequantize_lowbit(quantize(held), width), held)  # weights already in these bits are kept
         blocks = x.reshape(2, rows, -1, 32)
         amax = blocks.abs().amax(-1, keepdim=True)
         rounded = torch.where(amax > 0, torch.round(blocks * (127 / amax)), 0) * (amax / 127)
-        want = torch.nn.functional.linear(rounded.reshape(x.shape), dequantised, bias)
+        want = torch.nn.functional.linear(rounded.reshape(x.shape), held, bias)
         torch.testing.assert_close(OPS.blocked_linear(x, records, bias), want, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(OPS.blocked_linear(x[1], records, None), want[1] - bias, rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError, match="hold their scales"):
@@ -225,7 +229,7 @@ def test_what_cannot_run_fused_is_left_as_transformers_wrote_it(tiny_llama_dir, 
 
 
 @pytest.mark.parametrize("model", ["llama", "gemma"])
-@pytest.mark.parametrize("kind", ["float32", "int8", "bfloat16-int8", "int4"])
+@pytest.mark.parametrize("kind", ["float32", "int8", "bfloat16-int8", "int4", "int6"])
 def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, kind, tiny_llama_dir, tiny_gemma_dir,
                                                                           monkeypatch):
     """A step of decodes only runs each layer whole in `decode_layer` (csrc/decode_layer_cpu.cpp): the same logits
@@ -241,11 +245,12 @@ def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, 
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir if model == "llama" else tiny_gemma_dir, dtype=dtype).eval()
     if kind.endswith("int8"):
         cpu_quant.quantize_model(hf)
-    if kind == "int4":  # weights already in 4 bits (as a Q4 GGUF's are), so that int4 takes every decoder linear
-        four_bit_weights(hf)
-        cpu_quant.quantize_model(hf, mode="int4")
+    if kind in ("int4", "int6"):  # weights already in these bits (as a GGUF's are), so that every decoder linear
+        lowbit_weights(hf, int(kind[3]))  # takes them
+        cpu_quant.quantize_model(hf, mode=kind)
         assert all(m.blocked_weight.dtype == torch.uint8 for m in hf.model.layers.modules()
                    if getattr(m, "blocked_weight", None) is not None)
+        assert hf.lm_head.blocked_weight.dtype == (torch.uint8 if kind == "int6" else torch.int8)
     runner = model_runner.PagedModelRunner(hf, 64, 4, max_num_seqs=4)
     layers = [m for m in hf.modules() if hasattr(m, "_ozwell_forwards")]
     assert len(layers) == hf.config.get_text_config().num_hidden_layers

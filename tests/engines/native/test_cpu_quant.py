@@ -11,7 +11,7 @@ import torch
 from engines.config import ConfigError, load_model_config
 from engines.native import cpu_kernel, cpu_quant
 from tests.conftest import write_config
-from tests.engines.native.engines import four_bit_copy, greedy, tiny_engine
+from tests.engines.native.engines import greedy, lowbit_copy, tiny_engine
 
 OPS = cpu_kernel.fused_ops()
 
@@ -120,66 +120,77 @@ def test_without_the_int8_kernel_the_float_fallback_serves_the_same_tokens(tiny_
     assert greedy(plain, [plain.encode_text(t) for t in prompts]) == want
 
 
+def _widths(model) -> dict[str, set]:
+    """The dtypes of the blocked weights: of the decoder's linears, and of the head."""
+    decoder = {m.blocked_weight.dtype for m in model.model.layers.modules()
+               if getattr(m, "blocked_weight", None) is not None}
+    return {"decoder": decoder, "head": {model.lm_head.blocked_weight.dtype}}
+
+
+@pytest.mark.skipif(OPS is None, reason="the C++ ops did not build here")
+@pytest.mark.parametrize("mode", ["int4", "int6"])
 @pytest.mark.parametrize("model", ["llama", "gemma"])
-def test_int4_takes_the_decoder_linears_that_4_bits_hold(model, tiny_llama_dir, tiny_gemma_dir, tmp_path):
-    """Random float weights would lose ~8% to 4 bits: int4 leaves them in int8. A checkpoint already in 4 bits (a Q4
-    GGUF's) gets 4-bit linears, read exactly; its logits then differ from the float model's only by the rounding of
-    the kernel's input rows to int8."""
+def test_lowbit_modes_take_the_decoder_linears_those_bits_hold(model, mode, tiny_llama_dir, tiny_gemma_dir, tmp_path):
+    """Random float weights would lose ~8% to 4 bits and ~2% to 6: int4 and int6 leave them in int8 (int6 puts the
+    head in 6 bits all the same). A checkpoint already in 4 bits (a Q4_1 GGUF's) gets 4-bit linears under both; one
+    in 6 bits (as a Q5_0 GGUF's are held) gets 6-bit ones under int6. They are read exactly, so the logits differ
+    from the float model's only by the rounding of the kernel's input rows to int8 (and the head's)."""
     from transformers import AutoModelForCausalLM
 
     source = tiny_llama_dir if model == "llama" else tiny_gemma_dir
     layers = AutoModelForCausalLM.from_pretrained(source).config.get_text_config().num_hidden_layers
     plain = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    assert cpu_quant.quantize_model(plain, mode="int4") == 7 * layers + 1
-    dtypes = {m.blocked_weight.dtype for m in plain.modules() if getattr(m, "blocked_weight", None) is not None}
-    assert dtypes == ({torch.int8} if OPS else set())
-
-    four = four_bit_copy(source, tmp_path / "four")
-    full = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
-    int4 = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
-    assert cpu_quant.quantize_model(int4, mode="int4") == 7 * layers + 1
-    if OPS:
-        decoder = [m for m in int4.model.layers.modules() if type(m) is torch.nn.Linear]
-        assert len(decoder) == 7 * layers and all(m.blocked_weight.dtype == torch.uint8 for m in decoder)
-        assert int4.lm_head.blocked_weight.dtype == torch.int8  # the head stays int8
-    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        want, got = full(input_ids=ids).logits[0], int4(input_ids=ids).logits[0]
-    assert ((got - want).norm() / want.norm()).item() < 0.06  # the int8 head's rounding and the inputs'
-    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+    assert cpu_quant.quantize_model(plain, mode=mode) == 7 * layers + 1
+    assert _widths(plain) == {"decoder": {torch.int8}, "head": {torch.uint8 if mode == "int6" else torch.int8}}
+    for bits in (4, 6):
+        rounded = lowbit_copy(source, tmp_path / f"{mode}-{bits}", bits)
+        full = AutoModelForCausalLM.from_pretrained(rounded, dtype=torch.float32).eval()
+        quant = AutoModelForCausalLM.from_pretrained(rounded, dtype=torch.float32).eval()
+        cpu_quant.quantize_model(quant, mode=mode)
+        taken = bits == 4 or mode == "int6"
+        assert _widths(quant)["decoder"] == {torch.uint8 if taken else torch.int8}
+        if taken:
+            record = quant.model.layers[0].mlp.down_proj.blocked_weight
+            assert record.shape[1] == quant.model.layers[0].mlp.down_proj.in_features // 32 * (20 if bits == 4 else 26)
+        ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            want, got = full(input_ids=ids).logits[0], quant(input_ids=ids).logits[0]
+        assert ((got - want).norm() / want.norm()).item() < 0.06  # the head's rounding and the inputs'
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
 
 
 @pytest.mark.skipif(OPS is None, reason="the C++ ops did not build here")
-def test_the_engine_serves_int4_from_its_cache_and_falls_back_without_the_kernel(tiny_gemma_dir, tmp_path,
-                                                                                 monkeypatch):
-    four = four_bit_copy(tiny_gemma_dir, tmp_path / "four")
-    first = _engine(four, tmp_path, "int4")
-    assert [p.name for p in (tmp_path / "quantized" / "tiny").glob("*.pt")] == [f"{first.revision}-int4.pt"]
-    assert first.model.model.layers[0].mlp.down_proj.blocked_weight.dtype == torch.uint8
+@pytest.mark.parametrize("mode", ["int4", "int6"])
+def test_the_engine_serves_lowbit_weights_from_its_cache_and_falls_back_without_the_kernel(mode, tiny_gemma_dir,
+                                                                                          tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    rounded = lowbit_copy(tiny_gemma_dir, tmp_path / "rounded", int(mode[3]))
+    first = _engine(rounded, tmp_path, mode)
+    assert [p.name for p in (tmp_path / "quantized" / "tiny").glob("*.pt")] == [f"{first.revision}-{mode}.pt"]
+    assert _widths(first.model)["decoder"] == {torch.uint8}
     prompts = [first.encode_text("Once upon a time"), first.encode_text("The quick brown fox")]
     want = greedy(first, prompts, 12)
     # the served model (fused layers, decode_layer) computes what transformers' modules compute on the same weights
-    from transformers import AutoModelForCausalLM
-
-    reference = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
-    cpu_quant.quantize_model(reference, mode="int4")
+    reference = AutoModelForCausalLM.from_pretrained(rounded, dtype=torch.float32).eval()
+    cpu_quant.quantize_model(reference, mode=mode)
     with torch.inference_mode():
         out = reference.generate(torch.tensor([prompts[0]]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
     assert want[0] == out[0, len(prompts[0]):].tolist()
     # a restart reads the cache and quantises nothing
-    monkeypatch.setattr(cpu_quant, "quantize_weight_q4", lambda w: (_ for _ in ()).throw(
+    monkeypatch.setattr(cpu_quant, "_quantize", lambda kind, w: (_ for _ in ()).throw(
         AssertionError("quantised again although the cache holds these weights")))
-    second = _engine(four, tmp_path, "int4")
+    second = _engine(rounded, tmp_path, mode)
     assert greedy(second, prompts, 12) == want
     monkeypatch.undo()
-    # without the C++ kernel: the 4-bit weights in float32, whose inputs are not rounded, so close but not equal
+    # without the C++ kernel: the records' weights in float32, whose inputs are not rounded, so close but not equal
     monkeypatch.setitem(cpu_kernel._state, "fused", None)
-    plain = _engine(four, tmp_path / "b", "int4")
+    plain = _engine(rounded, tmp_path / "b", mode)
     assert not any(getattr(m, "blocked_weight", None) is not None for m in plain.model.modules())
     assert [len(tokens) for tokens in greedy(plain, prompts, 12)] == [12, 12]
-    slow_model = AutoModelForCausalLM.from_pretrained(four, dtype=torch.float32).eval()
-    cpu_quant.quantize_model(slow_model, mode="int4")
-    ids = torch.tensor([prompts[1]])
+    slow_model = AutoModelForCausalLM.from_pretrained(rounded, dtype=torch.float32).eval()
+    cpu_quant.quantize_model(slow_model, mode=mode)
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fast, slow = reference(input_ids=ids).logits[0], slow_model(input_ids=ids).logits[0]
     assert ((fast - slow).norm() / slow.norm()).item() < 0.02
