@@ -140,8 +140,9 @@ class ModelConfig(BaseModel):
     # cache may take; the KV cache gets what is left (unless kv_cache_tokens says how much it holds).
     cuda_graphs: bool | None = None
     # The native engine on a CPU: int8 runs every linear, the LM head included, on weight-only int8 weights;
-    # int4 runs the decoder's linears on 4-bit weights (blocks of 32 with a step and a minimum, multiplied by the
-    # input rounded to int8) and the head on int8 (engines/native/cpu_quant.py). The embedding lookup stays exact.
+    # int4 runs the decoder's linears that 4 bits hold (a Q4 GGUF's) on 4-bit blocks of 32, multiplied by the input
+    # rounded to int8, the rest on int8; int6 tries 4 then 6 bits for the decoder's and puts the head in 6 bits
+    # (engines/native/cpu_quant.py). The embedding lookup stays exact.
     # With device: auto on a GPU it is skipped (and logged); an explicit GPU device is refused. On a GPU, use the
     # vLLM engine's own quantisation.
     quantization: Literal["none", "int8", "int4", "int6"] = "none"

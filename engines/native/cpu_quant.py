@@ -1,19 +1,22 @@
-"""`quantization: int8` and `int4` for models that run on a CPU.
+"""`quantization: int8`, `int4` and `int6` for models that run on a CPU.
 
 int8: every linear, the LM head included, gets a symmetric per-output-channel int8 copy (`quantize_weight`). The C++
 kernel (`blocked_linear` in csrc/fused_cpu.cpp, laid out by cpu_fused.block_linear) reads it at a quarter of the
 float32 bytes, widens it to float32 in registers and multiplies in float32; the channel's scale multiplies each
 sum once. The activations stay float32 (a bfloat16 model's are widened for the multiply), so the result is
 x @ (int8 * scale)^T.
-A tied head gets its own int8 copy; the input embedding keeps the float weight, so the embedding lookup stays
-exact.
+A tied head gets its own copy; the input embedding keeps the float weight, so the embedding lookup stays exact.
 
-int4: the decoder's linears whose weights 4 bits hold (INT4_MAX_ERROR) get 4-bit records (`quantize_weight_q4`:
-blocks of 32 input columns with a float16 step and minimum, llama.cpp's Q4_1), read by csrc/q4_linear_cpu.cpp, which
-rounds each input row to int8 in blocks of 32 and multiplies in integers; everything else, the head included, is
-int8 as above. So a checkpoint whose weights already are 4-bit (SmolLM2's Q4_1 GGUF) is read exactly, in 5/8 of the
-int8 bytes, and one whose weights are not (gemma-3-270m's Q4_K_M GGUF is mostly Q5_0 and Q8_0, since its 640-wide
-rows do not fit k-quants) is not rounded again: on gemma, 4 bits for every decoder linear cost +43% perplexity.
+int4 and int6: records of blocks of 32 input columns with a float16 step each, read by csrc/lowbit_linear_cpu.cpp,
+which rounds each input row to int8 in blocks of 32 and multiplies in integers:
+- 4 bits (`quantize_weight_q4`, asymmetric with a float16 minimum: llama.cpp's Q4_1), 5/8 of the int8 bytes;
+- 6 bits (`quantize_weight_q6`, symmetric; a Q5_0 block is held exactly), 13/16 of them.
+A decoder linear takes the fewest of the mode's bits that hold its weight (LOWBIT_MAX_ERROR): int4 tries 4, int6
+tries 4 then 6. So a checkpoint whose weights already are in those bits (SmolLM2's Q4_1 GGUF in 4; most of
+gemma-3-270m's Q4_K_M file, which is Q5_0 where its 640-wide rows do not fit k-quants, in 6) is read exactly, and
+one whose weights are not is not rounded again: on gemma, 4 bits for every decoder linear cost +43% perplexity.
+Any other linear stays int8, except the head under int6, which takes 6 bits whatever they round: gemma's Q8_0 head
+in 6 bits costs +0.7% perplexity alone, 31 MB less a token (README: 6-bit weights).
 
 Why weight-only int8, and why the head too (2-core AMD EPYC, AVX2, torch 2.13, fp32; figures in the README):
 - a decode step at one to a few sequences reads every weight once, and the read is the cost: Gemma-3-270M reads
@@ -22,13 +25,13 @@ Why weight-only int8, and why the head too (2-core AMD EPYC, AVX2, torch 2.13, f
 - what was measured against it: fbgemm's dynamic int8 linear (which also quantises each call's input rows to 8
   bits) is 1.5-2.5x faster from 2 rows on, since it multiplies in int8. But one scale per input row cannot hold
   the activations' outliers: on the head alone it cost +1.2% (Gemma) and +3.6% (SmolLM2) perplexity, and on the
-  decoder's linears Gemma's went 20.98 -> 229. So nothing here uses it (nor its deprecated Python front). The int4
-  kernel's scale per 32 inputs holds them: SmolLM2 +0.5% with every decoder linear in int4.
+  decoder's linears Gemma's went 20.98 -> 229. So nothing here uses it (nor its deprecated Python front). The
+  low-bit kernel's scale per 32 inputs holds them: SmolLM2 +0.5% with every decoder linear in 4 bits.
 
 Where the C++ kernels cannot be built (no compiler; OZWELL_CPU_FUSED=0), each linear's float weight becomes the
-dequantised weight (int8 times its scales, or the 4-bit records' values) and is packed like any float32 weight: for
-int8 the same function at the float speed, so the outputs do not depend on which path serves; for int4 the inputs
-are not rounded to int8 there, so the outputs are close to the kernel's but not the same.
+dequantised weight (int8 times its scales, or the records' values) and is packed like any float32 weight: for
+int8 the same function at the float speed, so the outputs do not depend on which path serves; for int4 and int6 the
+inputs are not rounded to int8 there, so the outputs are close to the kernel's but not the same.
 
 The quantised weights are cached under the data dir, keyed by the float weights' revision and the mode, so a second
 start reads them instead of quantising again; a changed source has a new revision and is quantised anew.
@@ -164,6 +167,27 @@ def _matches(kind: str, stored, weight: torch.Tensor) -> bool:
             and stored[0].dtype == torch.int8)
 
 
+# Linears that read the same input, which cpu_fused joins into one weight (and decode_layer needs joined): they must
+# share a format.
+JOINED = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
+
+
+def _agree(stored: dict, weights: dict) -> dict:
+    """`stored` with each group of JOINED siblings in one format: where its members' formats differ (a Q5_0 q_proj in
+    6 bits beside a Q8_0 v_proj in int8), all of them in int8."""
+    groups: dict[tuple, list[str]] = {}
+    for name in stored:
+        parent, _, leaf = name.rpartition(".")
+        for index, members in enumerate(JOINED):
+            if leaf in members:
+                groups.setdefault((parent, index), []).append(name)
+    for names in groups.values():
+        if len({(len(stored[n]), stored[n][0].shape[1]) for n in names}) > 1:
+            for name in names:
+                stored[name] = quantize_weight(weights[name][1])
+    return stored
+
+
 def _cached(path: Path | None, weights: dict[str, tuple[str, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, ...]]:
     """{name: quantised tensors} for `weights` ({name: (kind, float weight)}, kind "int8" or "int4"): read from
     `path` where it holds exactly these names, kinds and shapes, else quantised and written there (whole or not at
@@ -177,7 +201,7 @@ def _cached(path: Path | None, weights: dict[str, tuple[str, torch.Tensor]]) -> 
             log.warning("%s does not match the model's linears; quantising again", path)
         except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
             log.warning("cannot read %s (%s); quantising again", path, exc)
-    stored = {name: _quantize(kind, weight) for name, (kind, weight) in weights.items()}
+    stored = _agree({name: _quantize(kind, weight) for name, (kind, weight) in weights.items()}, weights)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")

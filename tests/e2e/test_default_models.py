@@ -47,8 +47,8 @@ def _converted_dir(data_dir: Path, model_id: str) -> Path:
 
 
 def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int, quantization: str = "none") -> str:
-    """transformers' greedy tokens on the server's converted weights, quantised where the shipped config says
-    `quantization: int8` (the same int8 weights the server runs: cpu_quant.quantize_model)."""
+    """transformers' greedy tokens on the server's converted weights, quantised as the shipped config says
+    (`quantization: int8`, `int4` or `int6`: the same weights the server runs, cpu_quant.quantize_model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,8 +57,8 @@ def _hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int, quan
     from engines.native.cpu_quant import quantize_model
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype("auto", torch.device("cpu"))).eval()
-    if quantization == "int8":
-        assert quantize_model(model)
+    if quantization != "none":
+        assert quantize_model(model, mode=quantization)
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)

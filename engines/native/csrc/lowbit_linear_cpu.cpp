@@ -137,7 +137,6 @@ template <int BITS>
 inline void unpack_pair(const uint8_t* codes, const uint8_t* high, int64_t p, __m256i& even, __m256i& odd) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const uint8_t* pair = codes + p * 32;
-  _mm_prefetch(reinterpret_cast<const char*>(pair) + PREFETCH_BYTES, _MM_HINT_T0);
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair));
   even = _mm256_and_si256(raw, low);
   odd = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
@@ -176,6 +175,8 @@ inline void lowbit_tile(const uint8_t* w, int64_t nb, const int8_t* xq, const fl
     for (int m = 0; m < MT; ++m) acc[c][m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b += 2) {
     for (int c = 0; c < NC; ++c) {
+      // the record PREFETCH_BYTES ahead, a pair's share of it at a time, so that every line of it is asked for
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * record + b * L::bytes) + PREFETCH_BYTES, _MM_HINT_T0);
       __m256i even, odd;
       unpack_pair<BITS>(w + c * record, high(c), b / 2, even, odd);
       const float* sc = scratch + c * MT * nb;
@@ -239,7 +240,7 @@ void lowbit_impl(const uint8_t* w, int64_t nb, const Q8Rows& xq, int64_t rows, i
       for (; r + 4 <= rows; r += 4) lowbit_rows<BITS, 4, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
       if (rows - r == 3) lowbit_rows<BITS, 3, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
       if (rows - r == 2) lowbit_rows<BITS, 2, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
-      if (rows - r == 1) lowbit_rows<BITS, 1, 4>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
+      if (rows - r == 1) lowbit_rows<BITS, 1, BITS == 6 ? 2 : 4>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
     }
   });
 }
