@@ -160,6 +160,30 @@ def test_lowbit_modes_take_the_decoder_linears_those_bits_hold(model, mode, tiny
 
 
 @pytest.mark.skipif(OPS is None, reason="the C++ ops did not build here")
+def test_linears_that_are_joined_share_one_format(tiny_gemma_dir):
+    """q/k/v (and gate/up) are joined into one weight: where 6 bits hold q and k but not v, all three stay int8, and
+    each layer still runs whole in decode_layer."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.engines.native.engines import lowbit_weights
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32).eval()
+    lowbit_weights(model, 6)
+    with torch.no_grad():
+        for layer in model.model.layers:  # a v_proj that 6 bits do not hold
+            layer.self_attn.v_proj.weight.add_(torch.randn_like(layer.self_attn.v_proj.weight) * 0.01)
+    cpu_quant.quantize_model(model, mode="int6")
+    from engines.native import cpu_fused, model_runner
+
+    assert cpu_fused.install(model, model_runner.paged_attention) == len(model.model.layers)
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        assert {m.blocked_weight.dtype for m in (attn.q_proj, attn.k_proj, attn.v_proj)} == {torch.int8}
+        assert {m.blocked_weight.dtype for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)} == {torch.uint8}
+        assert layer._ozwell_qkv is not None and layer._ozwell_decode is not None
+
+
+@pytest.mark.skipif(OPS is None, reason="the C++ ops did not build here")
 @pytest.mark.parametrize("mode", ["int4", "int6"])
 def test_the_engine_serves_lowbit_weights_from_its_cache_and_falls_back_without_the_kernel(mode, tiny_gemma_dir,
                                                                                           tmp_path, monkeypatch):
