@@ -100,15 +100,23 @@ inline void column_scales(const uint8_t* steps, const uint8_t* mins, float offse
 #ifdef OZWELL_LOWBIT_AVX2
   __m256 share[MT];
   for (int m = 0; m < MT; ++m) share[m] = _mm256_setzero_ps();
-  for (; b + 8 <= nb; b += 8) {
-    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(steps + 2 * b)));
-    const __m256 mn = mins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + 2 * b)))
-                           : _mm256_mul_ps(d, _mm256_set1_ps(-offset));
+  // blocks 8 at a time; a last part of fewer than 8 takes the last 8 blocks again, its share counted for the new
+  // ones only (the scales it writes twice are the same)
+  for (; b < nb && nb >= 8; b += 8) {
+    const int64_t first = std::min(b, nb - 8);
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(steps + 2 * first)));
+    __m256 mn = mins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + 2 * first)))
+                     : _mm256_mul_ps(d, _mm256_set1_ps(-offset));
+    if (first < b) {  // lanes below b - first were counted
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      mn = _mm256_and_ps(mn, _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(b - first - 1))));
+    }
     for (int m = 0; m < MT; ++m) {
-      _mm256_storeu_ps(scale + m * nb + b, _mm256_mul_ps(d, _mm256_loadu_ps(xd + m * nb + b)));
-      share[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * nb + b), share[m]);
+      _mm256_storeu_ps(scale + m * nb + first, _mm256_mul_ps(d, _mm256_loadu_ps(xd + m * nb + first)));
+      share[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * nb + first), share[m]);
     }
   }
+  if (nb >= 8) b = nb;
   for (int m = 0; m < MT; ++m) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(share[m]), _mm256_extractf128_ps(share[m], 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
