@@ -110,7 +110,7 @@ def main() -> None:
         raise SystemExit("no model: pass --model DIR")
     block_size = 16
     blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
-    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, v in ("fused", "int8", "int4", "int6"), blocks,
+    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, not v.endswith("unfused"), blocks,
                        block_size, max(args.batches)) for v in args.variants}
     print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, "
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))

@@ -16,7 +16,7 @@ tries 4 then 6. So a checkpoint whose weights already are in those bits (SmolLM2
 gemma-3-270m's Q4_K_M file, which is Q5_0 where its 640-wide rows do not fit k-quants, in 6) is read exactly, and
 one whose weights are not is not rounded again: on gemma, 4 bits for every decoder linear cost +43% perplexity.
 Any other linear stays int8, except the head under int6, which takes 6 bits whatever they round: gemma's Q8_0 head
-in 6 bits costs +0.7% perplexity alone, 31 MB less a token (README: 6-bit weights).
+in 6 bits costs +0.7% perplexity alone, 31 MB less a token (README: 4- and 6-bit weights).
 
 Why weight-only int8, and why the head too (2-core AMD EPYC, AVX2, torch 2.13, fp32; figures in the README):
 - a decode step at one to a few sequences reads every weight once, and the read is the cost: Gemma-3-270M reads
@@ -126,11 +126,6 @@ def dequantize_lowbit(records: torch.Tensor, width: int) -> torch.Tensor:
     step = rest[:, :count * 2].contiguous().view(torch.float16).float()
     minimum = rest[:, count * 2:].contiguous().view(torch.float16).float()
     return (q * step[..., None] + minimum[..., None]).reshape(out, width)
-
-
-def dequantize_q4(records: torch.Tensor) -> torch.Tensor:
-    """4-bit records [out, in * 5 / 8] -> the float32 weight [out, in] they hold."""
-    return dequantize_lowbit(records, records.shape[1] // RECORD_BYTES[4] * BLOCK)
 
 
 # A decoder linear takes 4 or 6 bits only where they hold its float weight this closely (relative Frobenius error):

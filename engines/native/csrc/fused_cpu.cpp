@@ -477,7 +477,8 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
 at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in,
                           const c10::optional<at::Tensor>& scales_in) {
   if (blocked.scalar_type() == at::kByte) {  // 4- or 6-bit records (lowbit_linear_cpu.cpp)
-    TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()), "blocked_linear: 4- and 6-bit records hold their scales");
+    TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()),
+                "blocked_linear: 4- and 6-bit records hold their scales");
     return lowbit_linear(x_in, blocked, bias_in);
   }
   const bool int8 = blocked.scalar_type() == at::kChar;

@@ -18,8 +18,8 @@
 // - a block's dot product is then d * dx * sum(q * xq) + m * sx; sum(q * xq) runs in AVX2's byte multiply-add
 //   (unsigned codes by signed int8 inputs: vpmaddubsw; 2 * 63 * 127 fits its int16 sums), exact in int32, and the
 //   minimums' shares of a column are one dot product over its blocks.
-// Threads split the output columns; a tile of 1 row by 4 columns, or 2-4 rows by 2, unpacks each pair of blocks
-// once: 3 instructions for 64 4-bit codes, 7 more for their top bits in 6.
+// Threads split the output columns; a tile of 1 row by 4 columns (2 for 6 bits), or 2-4 rows by 2, unpacks each
+// pair of blocks once: 3 instructions for 64 4-bit codes, 7 more for their top bits in 6.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -244,11 +244,13 @@ void lowbit_impl(const uint8_t* w, int64_t nb, const Q8Rows& xq, int64_t rows, i
     constexpr int64_t chunk = 32;
     for (int64_t cc = c0; cc < c1; cc += chunk) {
       const int64_t ce = std::min(c1, cc + chunk);
+      float* s = scratch.data();
       int64_t r = 0;
-      for (; r + 4 <= rows; r += 4) lowbit_rows<BITS, 4, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
-      if (rows - r == 3) lowbit_rows<BITS, 3, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
-      if (rows - r == 2) lowbit_rows<BITS, 2, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
-      if (rows - r == 1) lowbit_rows<BITS, 1, BITS == 6 ? 2 : 4>(w, nb, xq, r, in, cc, ce, op, out_features, bp, scratch.data());
+      for (; r + 4 <= rows; r += 4) lowbit_rows<BITS, 4, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, s);
+      if (rows - r == 3) lowbit_rows<BITS, 3, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, s);
+      if (rows - r == 2) lowbit_rows<BITS, 2, 2>(w, nb, xq, r, in, cc, ce, op, out_features, bp, s);
+      // one row: 4 columns a tile for 4 bits, 2 for 6 (whose unpacking takes more registers; 4 spilled them)
+      if (rows - r == 1) lowbit_rows<BITS, 1, BITS == 6 ? 2 : 4>(w, nb, xq, r, in, cc, ce, op, out_features, bp, s);
     }
   });
 }
