@@ -184,9 +184,9 @@ def _agree(stored: dict, weights: dict) -> dict:
 
 
 def _cached(path: Path | None, weights: dict[str, tuple[str, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, ...]]:
-    """{name: quantised tensors} for `weights` ({name: (kind, float weight)}, kind "int8" or "int4"): read from
-    `path` where it holds exactly these names, kinds and shapes, else quantised and written there (whole or not at
-    all)."""
+    """{name: quantised tensors} for `weights` ({name: (kind, float weight)}, a kind of _LOWBIT): read from `path`
+    where it holds what these kinds make of these names and shapes, else quantised and written there (whole or not
+    at all)."""
     if path is not None and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)

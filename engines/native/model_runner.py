@@ -3,9 +3,9 @@ the next token of each sequence whose chunk completes it (`run`).
 
 It hooks transformers models through the attention interface: the model is switched to the
 "ozwell_paged" implementation, for which transformers builds no mask, and every attention layer
-calls `paged_attention` below with its new keys and values. The step's layout (which packed token
-belongs to which sequence, where its KV goes, which slots each sequence reads) is set by the runner
-for the duration of the forward pass. Every scheduled token of every sequence is packed into one
+calls `paged_attention` (step_layout.py) with its new keys and values. The step's layout (which packed
+token belongs to which sequence, where its KV goes, which slots each sequence reads) is set by the
+runner for the duration of the forward pass. Every scheduled token of every sequence is packed into one
 row, with its own position id, so prefill chunks and decodes share the pass.
 """
 
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import types
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from engines.native import cpu_fused, cpu_kernel
+from engines.native import cpu_fused, cpu_kernel, step_layout
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
-from engines.native.paged_attention import DecodeBlocks, attend_blocks, decode_blocks
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
 from engines.native.static_decode import Capturer, StaticDecode, StaticLayout
+from engines.native.step_layout import StepLayout, decode_state, paged_attention
 from engines.protocol import TokenLogprobs
 
 ATTENTION_NAME = "ozwell_paged"
@@ -93,129 +91,6 @@ def logprobs_per_row(chosen, top_values, top_ids, ks: list[int | None]) -> list[
             rows.append(TokenLogprobs(chosen[row], pairs))
     return rows
 log = logging.getLogger("ozwell.engines")
-_step = threading.local()  # the layout of the forward pass running on this thread
-
-
-@dataclass
-class StepLayout:
-    """Where the step's tokens are. Sequences that decode one token are attended together, block by
-    block from the paged cache (paged_attention.py); a sequence that prefills a chunk is attended on
-    its own."""
-
-    k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim]
-    v_cache: torch.Tensor
-    slot_mapping: torch.Tensor  # [tokens]: where each packed token's K/V goes
-    query_ranges: list[tuple[int, int]]  # per prefilling sequence: its tokens in the packed row
-    context_slots: list[torch.Tensor]  # per prefilling sequence: the slots of positions 0..context-1
-    query_positions: list[torch.Tensor]  # per prefilling sequence: the positions of its new tokens
-    decode_rows: torch.Tensor | None = None  # [decoding]: each decoding sequence's token in the packed row
-    decode_tables: torch.Tensor | None = None  # [decoding, most blocks], padded with block 0
-    decode_lengths: torch.Tensor | None = None  # [decoding]: context length, the new token included
-    block_size: int = 0
-    kernel: object = None  # the CPU decode-attention kernel (cpu_kernel.py), when it serves this step
-    all_decode: bool = False  # every packed token is a decode (decode_rows is 0..n-1): the step's common case
-    _masks: dict = field(default_factory=dict)
-
-    def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
-        """Prefilling sequence `index`'s [new tokens, context] mask: causal, and windowed on sliding layers.
-
-        The same for every layer of a kind, so it is built once a step, not once a layer."""
-        key = (index, sliding_window)
-        if key not in self._masks:
-            positions = self.query_positions[index]
-            context = torch.arange(self.context_slots[index].shape[0], device=positions.device)
-            allowed = context[None, :] <= positions[:, None]
-            if sliding_window is not None:
-                allowed &= context[None, :] > positions[:, None] - sliding_window
-            self._masks[key] = allowed[None, None]
-        return self._masks[key]
-
-    def decode_view(self, sliding_window: int | None) -> DecodeBlocks:
-        """The decoding sequences' visible blocks and mask (paged_attention.py), once a step per window."""
-        key = ("decode", sliding_window)
-        if key not in self._masks:
-            self._masks[key] = decode_blocks(self.decode_tables, self.decode_lengths, self.block_size,
-                                             sliding_window, torch.float32)
-        return self._masks[key]
-
-    def decode_starts(self, sliding_window: int | None) -> torch.Tensor:
-        """The first position each decoding sequence sees: 0, or where its window opens."""
-        key = ("starts", sliding_window)
-        if key not in self._masks:
-            zero = torch.zeros_like(self.decode_lengths)
-            self._masks[key] = zero if sliding_window is None else (self.decode_lengths - sliding_window).clamp(min=0)
-        return self._masks[key]
-
-    @property
-    def whole_layers(self) -> bool:
-        """Whether the fused layers can run whole (`decode_layer`, cpu_fused.py): decodes only, the kernel serving."""
-        return self.all_decode and self.kernel is not None
-
-    def decode_state(self, sliding_window: int | None) -> tuple | None:
-        """What the whole-layer decode op takes after the layer's index (cpu_fused.py), for layers with this window:
-        in a step of decodes only that the attention kernel serves, the caches, the slots, block tables, starts,
-        lengths and block size; else None."""
-        if not self.whole_layers:
-            return None
-        key = ("state", sliding_window)
-        if key not in self._masks:
-            self._masks[key] = (self.k_cache, self.v_cache, self.slot_mapping, self.decode_tables,
-                                self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
-        return self._masks[key]
-
-    def attend(self, module, query, key, value, scaling, sliding_window):
-        layer = module.layer_idx
-        k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
-        # index_copy_/index_select rather than indexing with a tensor: the same slots, 6x faster on a CPU
-        k_cache.index_copy_(0, self.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
-        v_cache.index_copy_(0, self.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
-        if self.all_decode:  # every token is a decode, in order: no gather of the queries, no scatter of the output
-            queries = query[0].transpose(0, 1)  # [decoding, heads, dim]
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            if self.kernel is not None:
-                out = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
-                                  self.decode_starts(sliding_window), self.decode_lengths, self.block_size, scale)
-            else:
-                out = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window), self.block_size,
-                                    scale)
-            return out[None], None
-        out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
-        if self.decode_rows is not None:
-            rows = self.decode_rows
-            queries = query[0][:, rows].transpose(0, 1)  # [decoding, heads, dim]
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            if self.kernel is not None:
-                out[rows] = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
-                                        self.decode_starts(sliding_window), self.decode_lengths, self.block_size,
-                                        scale)
-            else:
-                out[rows] = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window),
-                                          self.block_size, scale)
-        for index, ((start, end), slots) in enumerate(zip(self.query_ranges, self.context_slots)):
-            keys = k_cache.index_select(0, slots).transpose(0, 1)  # [kv_heads, context, dim]
-            values = v_cache.index_select(0, slots).transpose(0, 1)
-            result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
-                                                    attn_mask=self.mask(index, sliding_window), scale=scaling,
-                                                    enable_gqa=True)
-            out[start:end] = result[0].transpose(0, 1)
-        return out[None], None
-
-
-def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
-                    **kwargs):
-    """query [1, heads, tokens, dim], key/value [1, kv_heads, tokens, dim] -> ([1, tokens, heads, dim], None):
-    the step's layout (a packed eager step, or a static decode step) writes the new K/V and attends."""
-    return _step.layout.attend(module, query, key, value, scaling, sliding_window)
-
-
-def decode_state(attn) -> tuple | None:
-    """The eager step's `StepLayout.decode_state` for an attention module (None in a static decode step)."""
-    layout = getattr(_step, "layout", None)
-    if not isinstance(layout, StepLayout):
-        return None
-    return layout.decode_state(getattr(attn, "sliding_window", None))
-
-
 def _tall_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
     """Where oneDNN cannot pack the linears: the LM head as weight @ hidden^T, one tall GEMM. On a
     CPU this ran 2x faster than hidden @ weight^T for 8-64 rows against Gemma's 262k x 640 head
@@ -272,13 +147,13 @@ class PagedModelRunner:
             self.static.capture(capturer)
 
     def _static_forward(self, layout: StaticLayout, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        _step.layout = layout
+        step_layout.active.layout = layout
         try:
             with torch.inference_mode():
                 output = self.model(input_ids=input_ids, position_ids=positions, use_cache=False, logits_to_keep=0)
             return output.logits[0]
         finally:
-            _step.layout = None
+            step_layout.active.layout = None
 
     def _slots(self, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cache slots of token positions: block id x block size + offset in the block."""
@@ -332,7 +207,7 @@ class PagedModelRunner:
             if decode_rows:
                 slot_mapping[layout.decode_rows] = torch.tensor(decode_slots, device=self.device)
         layout.slot_mapping = slot_mapping
-        _step.layout = layout
+        step_layout.active.layout = layout
         try:
             with torch.inference_mode():
                 if self.decode_forward is not None and len(keep) == len(tokens) and layout.whole_layers:
@@ -345,7 +220,7 @@ class PagedModelRunner:
                     logits_to_keep=0 if len(keep) == len(tokens) else torch.tensor(keep or [0], device=self.device),
                 )
         finally:
-            _step.layout = None
+            step_layout.active.layout = None
         return output.logits[0, : len(keep)]
 
     def _decode_layout(self, layout: StepLayout, rows: list[int], tables: list[list[int]],
