@@ -90,6 +90,15 @@ inline float half_at(const uint8_t* p, int64_t i) {
 #endif
 }
 
+#ifdef OZWELL_LOWBIT_AVX2
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
 // For MT rows and one column record: scale[m][b] = d_b * dx[m][b] (what block b's integer sum is multiplied by), and
 // min_share[m] = the minimums' share, sum over blocks of m_b * sx[m][b]. mins: null where m = -offset * d.
 template <int MT>
@@ -102,7 +111,7 @@ inline void column_scales(const uint8_t* steps, const uint8_t* mins, float offse
   for (int m = 0; m < MT; ++m) share[m] = _mm256_setzero_ps();
   // blocks 8 at a time; a last part of fewer than 8 takes the last 8 blocks again, its share counted for the new
   // ones only (the scales it writes twice are the same)
-  for (; b < nb && nb >= 8; b += 8) {
+  for (; nb >= 8 && b < nb; b += 8) {
     const int64_t first = std::min(b, nb - 8);
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(steps + 2 * first)));
     __m256 mn = mins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + 2 * first)))
@@ -116,12 +125,7 @@ inline void column_scales(const uint8_t* steps, const uint8_t* mins, float offse
       share[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xs + m * nb + first), share[m]);
     }
   }
-  if (nb >= 8) b = nb;
-  for (int m = 0; m < MT; ++m) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(share[m]), _mm256_extractf128_ps(share[m], 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    min_share[m] = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  }
+  for (int m = 0; m < MT; ++m) min_share[m] = hsum(share[m]);  // (past the loop b >= nb: no scalar blocks left)
 #endif
   for (; b < nb; ++b) {
     const float d = half_at(steps, b), mn = mins ? half_at(mins, b) : -offset * d;
@@ -133,12 +137,6 @@ inline void column_scales(const uint8_t* steps, const uint8_t* mins, float offse
 }
 
 #ifdef OZWELL_LOWBIT_AVX2
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // The codes of pair p of a record as two vectors of 32 unsigned bytes (the even block's, the odd block's).
 template <int BITS>
