@@ -163,6 +163,27 @@ print("LLAMA_RESULT " + json.dumps(out), flush=True)
 """
 
 
+def server_configs(workdir: Path, quantization: str) -> Path:
+    """A config dir in `workdir` holding the shipped gemma-3-270m config with `quantization` set."""
+    configs = workdir / f"configs-{quantization}"
+    configs.mkdir()
+    shutil.copy(CONFIG.parent / "gemma-3-270m.jinja", configs / "gemma-3-270m.jinja")
+    shipped = [line for line in CONFIG.read_text().splitlines() if not line.startswith("quantization:")]
+    (configs / CONFIG.name).write_text("\n".join(shipped) + f"\nquantization: {quantization}\n")
+    return configs
+
+
+def llama_gguf(data_dir: Path) -> Path | None:
+    """The GGUF file of the shipped config, which llama.cpp runs; None where .peers/llama has no llama-cpp-python."""
+    if not list(LLAMA_PYTHON.parent.parent.glob("lib/python*/site-packages/llama_cpp")):
+        return None
+    from engines.config import load_model_config
+    from engines.sources import locate
+
+    weights = locate(load_model_config(CONFIG), data_dir)
+    return weights.directory / weights.gguf_file if weights.gguf_file else weights.directory
+
+
 def llama_run(gguf: Path, streams: list[int], max_tokens: int) -> dict[int, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
         script.write(_LLAMA_SCRIPT)
@@ -259,11 +280,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ozwell-bench-"))
     rows = [{"streams": n} for n in args.streams]
     for index, quantization in enumerate(args.quantization):
-        configs = workdir / f"configs-{quantization}"
-        configs.mkdir()
-        shutil.copy(CONFIG.parent / "gemma-3-270m.jinja", configs / "gemma-3-270m.jinja")
-        shipped = [line for line in CONFIG.read_text().splitlines() if not line.startswith("quantization:")]
-        (configs / CONFIG.name).write_text("\n".join(shipped) + f"\nquantization: {quantization}\n")
+        configs = server_configs(workdir, quantization)
         prefix = "ozwell" if index == 0 else f"ozwell_{quantization}"
         port = free_port()
         server = start_server(port, configs, args.data_dir)
@@ -312,11 +329,8 @@ def main() -> None:
             row["vllm_http_tok_per_s"] = round(measured["tok_per_s"], 2)
             row["vllm_http_ttft_p50_ms"] = round(measured["ttft_p50_ms"], 2)
             row["vllm_http_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
-    if "llama" in args.peers and list(LLAMA_PYTHON.parent.parent.glob("lib/python*/site-packages/llama_cpp")):
-        from engines.sources import locate
-
-        weights = locate(config, args.data_dir)
-        gguf = weights.directory / weights.gguf_file if weights.gguf_file else weights.directory
+    gguf = llama_gguf(args.data_dir) if "llama" in args.peers else None
+    if gguf is not None:
         small = [r["streams"] for r in rows if r["streams"] <= 8]
         print(f"llama.cpp on {gguf.name}: {small} stream(s), one at a time ...", flush=True)
         try:

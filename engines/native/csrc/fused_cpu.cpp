@@ -466,7 +466,7 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
                          const float* sp, float* op) {
   const int64_t out_features = panels * 8;
   constexpr int64_t row_chunk = 192;  // rows whose inputs stay in cache while panels pass (64: 0.8x oneDNN at 512)
-  at::parallel_for(0, panels, 4, [&](int64_t p0, int64_t p1) {
+  split_for(panels, rows, 64, [&](int64_t p0, int64_t p1) {  // ops_cpu.h
     for (int64_t r0 = 0; r0 < rows; r0 += row_chunk)
       panel_rows<W>(xp, r0, std::min(rows, r0 + row_chunk), in, wp + p0 * in * 8, p0, p1, bp, sp, op, out_features);
   });

@@ -235,7 +235,7 @@ inline void lowbit_rows(const uint8_t* w, int64_t nb, const Q8Rows& x, int64_t r
 template <int BITS>
 void lowbit_impl(const uint8_t* w, int64_t nb, const Q8Rows& xq, int64_t rows, int64_t in, float* op,
                  int64_t out_features, const float* bp) {
-  at::parallel_for(0, out_features / 4, 4, [&](int64_t p0, int64_t p1) {
+  split_for(out_features / 4, rows, 16, [&](int64_t p0, int64_t p1) {  // groups of 4 columns (ops_cpu.h)
     const int64_t c0 = p0 * 4, c1 = p1 * 4;
     std::vector<float> scratch(4 * nb * 4);
     // columns in chunks whose records stay in cache while every row tile passes over them

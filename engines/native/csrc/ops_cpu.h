@@ -3,10 +3,38 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <tuple>
 
 namespace ozwell {
+
+// f(begin, end) over [0, n), the output columns (or panels) of a linear of `rows` rows, split among the threads.
+// - Up to 8 rows the read of the weight is the cost, and each thread reads one long stretch of it: an even split
+//   (pieces claimed as below measured 2% slower at one row).
+// - Beyond, compute is the cost. Pieces of at most `piece` units (and about 8 a thread) are claimed by the threads
+//   one after another, so that a thread slowed by something else on its core (the server's event loop, a client)
+//   leaves the rest to the others instead of keeping them waiting at the end. gemma-3-270m's decode step at 32 rows,
+//   int8: 7% faster; 25% with a Python thread busy 0.5 ms in every 5.5 ms (an even split: 228 ms, claimed: 183).
+// Every part starts at an even unit, so the kernels pair the same panels however the threads split them: a column's
+// result does not depend on the number of threads.
+template <typename F>
+inline void split_for(int64_t n, int64_t rows, int64_t piece, const F& f) {
+  const int64_t threads = at::get_num_threads(), pairs = (n + 1) / 2;
+  piece = std::max<int64_t>(1, std::min(piece / 2, (pairs + 8 * threads - 1) / (8 * threads)));  // in pairs
+  const int64_t pieces = (pairs + piece - 1) / piece;
+  if (rows <= 8 || threads <= 1 || pieces <= 1 || at::in_parallel_region()) {
+    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) { f(2 * begin, std::min(n, 2 * end)); });
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, pieces), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1))
+      f(2 * i * piece, std::min(n, 2 * (i + 1) * piece));
+  });
+}
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, bool gemma);
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& x,

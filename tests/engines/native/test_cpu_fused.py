@@ -181,6 +181,31 @@ def test_the_int8_blocked_linear_matches_the_dequantised_weight(rows):
         OPS.blocked_linear(x, blocked, bias, scales[:8])
 
 
+@pytest.mark.parametrize("rows", [8, 9, 32])
+def test_every_column_is_computed_once_however_the_threads_split_them(rows):
+    """Beyond 8 rows the threads claim pieces of the output one after another (split_for in csrc/ops_cpu.h):
+    every column is computed, by one thread, the same as with one thread (float32, int8 and 6-bit records)."""
+    from engines.native.cpu_quant import quantize_weight, quantize_weight_q6
+
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(8 * 203, 64, generator=generator), torch.randn(8 * 203, generator=generator)
+    x = torch.randn(rows, 64, generator=generator)
+    qweight, scales = quantize_weight(weight)
+    cases = [(OPS.block_weight(weight), None, weight), (OPS.block_weight(qweight), scales, qweight * scales[:, None]),
+             (quantize_weight_q6(weight), None, None)]
+    threads = torch.get_num_threads()
+    try:
+        for blocked, scale, reference in cases:
+            torch.set_num_threads(2)
+            split = OPS.blocked_linear(x, blocked, bias, scale)
+            torch.set_num_threads(1)
+            assert torch.equal(split, OPS.blocked_linear(x, blocked, bias, scale))
+            if reference is not None:
+                torch.testing.assert_close(split, torch.nn.functional.linear(x, reference, bias))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("bits", [4, 6])
 @pytest.mark.parametrize("rows", ROWS)
 def test_the_lowbit_linear_matches_its_reference(rows, bits):
