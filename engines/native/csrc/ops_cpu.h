@@ -11,7 +11,8 @@
 
 namespace ozwell {
 
-// f(begin, end) over [0, n), the output columns (or panels) of a linear of `rows` rows, split among the threads.
+// f(begin, end) over [0, n), the output units (panels, groups of columns) of a linear of `rows` rows, split among
+// the threads.
 // - Up to 8 rows the read of the weight is the cost, and each thread reads one long stretch of it: an even split
 //   (pieces claimed as below measured 2% slower at one row).
 // - Beyond, compute is the cost. Pieces of at most `piece` units (and about 8 a thread) are claimed by the threads
