@@ -61,7 +61,7 @@ Q8Rows quantize_rows(const float* x, int64_t rows, int64_t in) {
   int8_t* q = r.q.data_ptr<int8_t>();
   float* d = r.d.data_ptr<float>();
   float* s = r.s.data_ptr<float>();
-  at::parallel_for(0, rows * nb, 256, [&](int64_t begin, int64_t end) {
+  parallel_for(0, rows * nb, 256, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const float* xb = x + block * QK;  // rows are contiguous, so block i of all rows is x + i * 32
       float amax = 0.f;

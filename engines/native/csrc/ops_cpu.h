@@ -11,6 +11,33 @@
 
 namespace ozwell {
 
+// Runs call(ctx, part) for parts 0..parts-1 at once, one a thread, on the pool of thread_pool_cpu.cpp (whose workers
+// spin between loops, where OpenMP's sleep); serially inside a loop of the pool's or OpenMP's.
+void parallel_run(int64_t parts, void (*call)(const void*, int64_t), const void* ctx);
+
+// at::parallel_for's contract and split, on that pool: f(b, e) over [begin, end) in at most at::get_num_threads()
+// parts of at least `grain` (the last may be shorter), each part one thread's.
+template <typename F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t range = end - begin;
+  if (range <= 0) return;
+  const int64_t parts = std::min<int64_t>(at::get_num_threads(), (range + std::max<int64_t>(grain, 1) - 1) /
+                                                                      std::max<int64_t>(grain, 1));
+  if (parts <= 1) {
+    f(begin, end);
+    return;
+  }
+  struct Loop {
+    const F* f;
+    int64_t begin, end, chunk;
+  } loop{&f, begin, end, (range + parts - 1) / parts};
+  parallel_run(parts, [](const void* ctx, int64_t part) {
+    const auto* l = static_cast<const Loop*>(ctx);
+    const int64_t b = l->begin + part * l->chunk;
+    if (b < l->end) (*l->f)(b, std::min(l->end, b + l->chunk));
+  }, &loop);
+}
+
 // f(begin, end) over [0, n), the output units (panels, groups of columns) of a linear of `rows` rows, split among
 // the threads.
 // - Up to 8 rows the read of the weight is the cost, and each thread reads one long stretch of it: an even split
@@ -27,11 +54,11 @@ inline void split_for(int64_t n, int64_t rows, int64_t piece, const F& f) {
   piece = std::max<int64_t>(1, std::min(piece / 2, (pairs + 8 * threads - 1) / (8 * threads)));  // in pairs
   const int64_t pieces = (pairs + piece - 1) / piece;
   if (rows <= 8 || threads <= 1 || pieces <= 1 || at::in_parallel_region()) {
-    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) { f(2 * begin, std::min(n, 2 * end)); });
+    parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) { f(2 * begin, std::min(n, 2 * end)); });
     return;
   }
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min(threads, pieces), 1, [&](int64_t, int64_t) {
+  parallel_for(0, std::min(threads, pieces), 1, [&](int64_t, int64_t) {
     for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1))
       f(2 * i * piece, std::min(n, 2 * (i + 1) * piece));
   });

@@ -49,7 +49,7 @@ void run(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v
   const int64_t pairs = seqs * kv_heads;
   const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(group, at::get_num_threads() / std::max<int64_t>(pairs, 1)));
   const int64_t part_heads = (group + wanted - 1) / wanted, parts = (group + part_heads - 1) / part_heads;
-  at::parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(part_heads * dim), acc(part_heads * dim), scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / parts / kv_heads, g = task / parts % kv_heads, part = task % parts;
