@@ -135,11 +135,10 @@ def _project(layer, name: str, x, linears):
 
 
 def _blocked(ops, x: torch.Tensor, weight: torch.Tensor, bias, scales) -> torch.Tensor:
-    """x @ the blocked weight: the kernel multiplies float32 rows (a bfloat16 model's int8 linears take theirs
-    widened, and give the result back rounded)."""
-    if x.dtype == torch.float32:
-        return ops.blocked_linear(x, weight, bias, scales)
-    return ops.blocked_linear(x.float(), weight, bias, scales).to(x.dtype)
+    """x @ the blocked weight: the kernel takes float32 or bfloat16 rows (a bfloat16 model's int8 linears multiply
+    theirs in bfloat16 dot products where the CPU has them, else widened) and gives float32, rounded back here."""
+    out = ops.blocked_linear(x, weight, bias, scales)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):

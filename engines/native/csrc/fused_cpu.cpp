@@ -474,8 +474,12 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
 
 // x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or 4- or
 // 6-bit records [out, bytes] uint8 (scales None: lowbit_linear_cpu.cpp), bias [out] or None -> [..., out] float32
-at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in,
-                          const c10::optional<at::Tensor>& scales_in) {
+at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
+                          const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scales_in) {
+  // bfloat16 rows: int8 weights take them as they are where bfloat16 dot products pay (bf16_linear_cpu.cpp); the
+  // other kernels multiply them widened to float32
+  const bool bf16_rows = x_given.scalar_type() == at::kBFloat16;
+  const auto x_in = bf16_rows && blocked.scalar_type() != at::kChar ? x_given.to(at::kFloat) : x_given;
   if (blocked.scalar_type() == at::kByte) {  // 4- or 6-bit records (lowbit_linear_cpu.cpp)
     TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()),
                 "blocked_linear: 4- and 6-bit records hold their scales");
@@ -483,23 +487,27 @@ at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, con
   }
   const bool int8 = blocked.scalar_type() == at::kChar;
   const bool has_scales = scales_in.has_value() && scales_in->defined();
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && (blocked.scalar_type() == at::kFloat || int8) &&
+  TORCH_CHECK((x_in.scalar_type() == at::kFloat || bf16_rows) && (blocked.scalar_type() == at::kFloat || int8) &&
                   blocked.dim() == 3 && blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) &&
                   blocked.is_contiguous(),
-              "blocked_linear: float32 x [..., in] and a blocked float32 or int8 weight [out / 8, in, 8]");
+              "blocked_linear: float32 (or bfloat16) x [..., in] and a blocked float32 or int8 weight [out / 8, in, 8]");
   const int64_t in = blocked.size(1), panels = blocked.size(0), out_features = panels * 8;
   TORCH_CHECK(int8 == has_scales, "blocked_linear: an int8 weight takes scales, a float32 one none");
   const auto scales = has_scales ? scales_in->to(at::kFloat).contiguous() : at::Tensor();
   TORCH_CHECK(!has_scales || scales.numel() == out_features, "blocked_linear: scales must be [out]");
-  const auto x = x_in.reshape({-1, in}).contiguous();
+  auto x = x_in.reshape({-1, in}).contiguous();
   const int64_t rows = x.size(0);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   const auto bias = has_bias ? bias_in->to(at::kFloat).contiguous() : at::Tensor();
   TORCH_CHECK(!has_bias || bias.numel() == out_features, "blocked_linear: bias must be [out]");
   auto sizes = x_in.sizes().vec();
   sizes.back() = out_features;
-  auto out = at::empty({rows, out_features}, x.options());
+  auto out = at::empty({rows, out_features}, x.options().dtype(at::kFloat));
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  if (int8 && bf16_rows &&
+      int8_bf16_linear(x, blocked.data_ptr<int8_t>(), panels, bp, scales.data_ptr<float>(), out.data_ptr<float>()))
+    return out.view(sizes);
+  if (bf16_rows) x = x.to(at::kFloat);
   if (int8) {
     blocked_linear_impl<int8_t>(x.data_ptr<float>(), rows, in, blocked.data_ptr<int8_t>(), panels, bp,
                                 scales.data_ptr<float>(), out.data_ptr<float>());

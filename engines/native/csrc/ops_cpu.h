@@ -75,6 +75,11 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
 at::Tensor act_mul(const at::Tensor& gate, const at::Tensor& up, int64_t act);
 at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias,
                           const c10::optional<at::Tensor>& scales);
+// x [rows, in] bfloat16 times an int8 blocked weight [panels, in, 8] with its scales [panels * 8] and bias (or
+// null) -> out [rows, panels * 8] float32, in bfloat16 dot products (bf16_linear_cpu.cpp); false, with nothing
+// done, where the CPU has none or the rows are too few for them to pay.
+bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, const float* bias, const float* scale,
+                      float* out);
 at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& records, const c10::optional<at::Tensor>& bias);
 at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& tables, const at::Tensor& starts, const at::Tensor& lengths,
