@@ -9,6 +9,7 @@ falls on all alike:
 
     python benchmarks/cpu_decode_step.py [--model DIR] [--variants unfused fused] [--batches 1 8 32]
                                          [--context 64] [--steps 10] [--prefill TOKENS] [--profile]
+                                         [--dtype float32|bfloat16]
 
 DIR is a transformers checkpoint (default: gemma-3-270m dequantised in .ozwell/models). The figures are the
 median and the best of `--steps` decode steps after two warm-up steps; on a shared, noisy machine compare the
@@ -74,10 +75,11 @@ def report(what: str, figures: dict[str, float], variants: list[str]) -> None:
     print(f"{what}: " + "; ".join(parts), flush=True)
 
 
-def load(path: Path, quantization: str | None, fused: bool, blocks: int, block_size: int, max_num_seqs: int):
+def load(path: Path, quantization: str | None, fused: bool, blocks: int, block_size: int, max_num_seqs: int,
+         dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     if quantization:
         from engines.native.cpu_quant import quantize_model
 
@@ -104,6 +106,8 @@ def main() -> None:
                         choices=["unfused", "fused", "int8", "int8-unfused", "int4", "int6"])
     parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table at batch 1")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the model's dtype (the server's `auto` is bfloat16 on a CPU with AVX-512 BF16)")
     args = parser.parse_args()
     path = args.model or default_model()
     if path is None:
@@ -111,8 +115,8 @@ def main() -> None:
     block_size = 16
     blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
     runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, not v.endswith("unfused"), blocks,
-                       block_size, max(args.batches)) for v in args.variants}
-    print(f"model {path.name}, threads {torch.get_num_threads()}, context {args.context}, "
+                       block_size, max(args.batches), getattr(torch, args.dtype)) for v in args.variants}
+    print(f"model {path.name}, {args.dtype}, threads {torch.get_num_threads()}, context {args.context}, "
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))
     for batch in args.batches:
         chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}

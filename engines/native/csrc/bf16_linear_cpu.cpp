@@ -7,9 +7,9 @@
 // are exactly bfloat16, so nothing is rounded that was not), each pair of panels (16 output columns) is converted
 // once a call into bfloat16, interleaved as vdpbf16ps takes it (for each pair of input columns k, k + 1, the 16
 // columns' two weights side by side, 64 bytes a pair), into a buffer that stays in cache while every row's tile
-// passes over it; the sums run in float32, and each column's scale and bias apply once at the end. int8 weights are
-// whole numbers in [-127, 127], which bfloat16 holds exactly, so the products are the float32 kernel's, summed in
-// another order.
+// passes over it; the sums run in float32, each column's scale and bias apply once at the end, and the result is
+// rounded once to bfloat16. int8 weights are whole numbers in [-127, 127], which bfloat16 holds exactly, so the
+// products are the float32 kernel's, summed in another order.
 #include <ATen/ATen.h>
 
 #include <cstring>
@@ -47,7 +47,7 @@ void convert_pair(const int8_t* p0, const int8_t* p1, int64_t in, uint16_t* dst)
 // MT rows (bf16, ldx apart) by the 16 columns of a converted pair; `cols` of them stored (16, or 8 for an odd last
 // panel).
 template <int MT>
-inline void dot_tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t in, float* out, int64_t ldo,
+inline void dot_tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t in, uint16_t* out, int64_t ldo,
                      const float* bias, const float* scale, int cols) {
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
@@ -64,17 +64,22 @@ inline void dot_tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t 
   for (int m = 0; m < MT; ++m) {
     const __m512 r = bias != nullptr ? _mm512_fmadd_ps(acc[m], s, _mm512_maskz_loadu_ps(mask, bias))
                                      : _mm512_mul_ps(acc[m], s);
-    _mm512_mask_storeu_ps(out + m * ldo, mask, r);
+    uint16_t rounded[16];  // as float_bf16 rounds (ops_cpu.h), which vcvtneps2bf16 does not do for NaN
+    float sums[16];
+    _mm512_storeu_ps(sums, r);
+    for (int c = 0; c < cols; ++c) rounded[c] = float_bf16(sums[c]);
+    std::memcpy(out + m * ldo, rounded, cols * sizeof(uint16_t));
   }
 }
 
 }  // namespace
 
 bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, const float* bias, const float* scale,
-                      float* out) {
+                      at::BFloat16* out_bf16) {
   const int64_t rows = x.size(0), in = x.size(1), out_features = panels * 8;
   if (rows < BF16_DOT_MIN_ROWS || in % 2 != 0 || x.scalar_type() != at::kBFloat16 || !x.is_contiguous()) return false;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  auto* out = reinterpret_cast<uint16_t*>(out_bf16);
   split_for(panels, rows, 64, [&](int64_t p0, int64_t p1) {  // every part starts at an even panel (ops_cpu.h)
     std::vector<uint16_t> buffer(in * 16);
     for (int64_t p = p0; p < p1; p += 2) {
@@ -82,7 +87,7 @@ bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, cons
       convert_pair(w + p * in * 8, pair ? w + (p + 1) * in * 8 : nullptr, in, buffer.data());
       const float* b = bias != nullptr ? bias + p * 8 : nullptr;
       const int cols = pair ? 16 : 8;
-      float* o = out + p * 8;
+      uint16_t* o = out + p * 8;
       int64_t m = 0;
       for (; m + 8 <= rows; m += 8) dot_tile<8>(xp + m * in, in, buffer.data(), in, o + m * out_features, out_features, b, scale + p * 8, cols);
       for (; m + 4 <= rows; m += 4) dot_tile<4>(xp + m * in, in, buffer.data(), in, o + m * out_features, out_features, b, scale + p * 8, cols);
@@ -92,7 +97,9 @@ bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, cons
   return true;
 }
 #else
-bool int8_bf16_linear(const at::Tensor&, const int8_t*, int64_t, const float*, const float*, float*) { return false; }
+bool int8_bf16_linear(const at::Tensor&, const int8_t*, int64_t, const float*, const float*, at::BFloat16*) {
+  return false;
+}
 #endif
 
 }  // namespace ozwell

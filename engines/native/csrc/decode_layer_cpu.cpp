@@ -49,17 +49,18 @@ at::Tensor linear(const at::Tensor& x, const Weights& w, int64_t i) {
 void write_slots(at::Tensor& cache, const at::Tensor& rows_in, const at::Tensor& slots_in) {
   TORCH_CHECK(cache.is_contiguous() && cache.dim() == 3 && rows_in.dim() == 3 && rows_in.size(1) == cache.size(1) &&
                   rows_in.size(2) == cache.size(2), "decode_layer: the cache and the new keys/values do not match");
-  const auto rows = rows_in.to(cache.scalar_type()).contiguous();
+  // each token's row read in place (the values are a narrow of the joined q/k/v projection's output)
+  const auto rows = as_rows(rows_in.to(cache.scalar_type()), rows_in.size(1) * rows_in.size(2));
   const auto slots = slots_in.to(at::kLong).contiguous();
   TORCH_CHECK(slots.numel() == rows.size(0), "decode_layer: a slot for each token");
-  const int64_t n = slots.numel(), row_bytes = rows.size(1) * rows.size(2) * rows.element_size(),
+  const int64_t n = slots.numel(), row_bytes = rows.size(1) * rows.element_size(),
                 capacity = cache.size(0);
   const int64_t* slot = slots.data_ptr<int64_t>();
   auto* dst = static_cast<char*>(cache.data_ptr());
   const auto* src = static_cast<const char*>(rows.data_ptr());
   for (int64_t t = 0; t < n; ++t) {
     TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "decode_layer: slot ", slot[t], " is outside the cache");
-    std::memcpy(dst + slot[t] * row_bytes, src + t * row_bytes, row_bytes);
+    std::memcpy(dst + slot[t] * row_bytes, src + t * rows.stride(0) * rows.element_size(), row_bytes);
   }
 }
 

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace ozwell {
@@ -77,7 +78,7 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps, 
     const scalar* xp = x.data_ptr<scalar>();
     scalar* op = out.data_ptr<scalar>();
     const float* wp = w.data_ptr<float>();
-    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) norm_row(xp + r * n, wp, gemma, eps, n, op + r * n);
     });
   });
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual_in, c
     scalar* np = has_out ? normed.data_ptr<scalar>() : nullptr;
     const float* wx = has_x ? w_x.data_ptr<float>() : nullptr;
     const float* wo = has_out ? w_out.data_ptr<float>() : nullptr;
-    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar* xr = xp + r * n;
         const scalar* rr = rp + r * n;
@@ -131,14 +132,14 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual_in, c
 template <typename T>
 void norm_rope(const at::Tensor& x, const float* w, bool gemma, double eps, const T* cos, const T* sin,
                int64_t heads, int64_t dim, at::Tensor& out) {
-  const int64_t tokens = x.size(0), half = dim / 2;
+  const int64_t tokens = x.size(0), half = dim / 2, ldx = x.stride(0);  // rows of x may be apart (a narrow)
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, tokens * heads, 1024, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tokens * heads, 1024, [&](int64_t begin, int64_t end) {
     std::vector<float> v(dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / heads;
-      const T* xr = xp + task * dim;
+      const T* xr = xp + t * ldx + task % heads * dim;
       if (w != nullptr) {
         const float r = inv_rms(xr, dim, eps);
         for (int64_t d = 0; d < dim; ++d) {
@@ -177,8 +178,8 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q_in, const at
   TORCH_CHECK(q_in.size(-1) % dim == 0 && k_in.size(-1) % dim == 0 && k_in.numel() / k_in.size(-1) == tokens &&
                   cos_in.numel() == tokens * dim && sin_in.numel() == tokens * dim, "bad shapes");
   const int64_t heads = q_in.size(-1) / dim, kv_heads = k_in.size(-1) / dim;
-  const auto q = q_in.reshape({tokens, heads * dim}).contiguous();
-  const auto k = k_in.reshape({tokens, kv_heads * dim}).contiguous();
+  const auto q = as_rows(q_in, heads * dim);
+  const auto k = as_rows(k_in, kv_heads * dim);
   const auto cos = cos_in.contiguous();
   const auto sin = sin_in.contiguous();
   const bool has_w = q_w_in.has_value() && q_w_in->defined();
@@ -216,17 +217,26 @@ inline float tanh_rational(float x) {
   return x * p / q;
 }
 
+template <int act>
+inline float activation(float x) {  // GELU (tanh approximation), or SiLU as x * sigmoid(x) = x * (1 + tanh(x / 2)) / 2
+  constexpr float beta = 0.7978845608028654f, kappa = 0.044715f;  // sqrt(2 / pi)
+  return act == 0 ? 0.5f * x * (1.f + tanh_rational(beta * (x + kappa * x * x * x)))
+                  : 0.5f * x * (1.f + tanh_rational(0.5f * x));
+}
+
 template <typename T, int act>
 void act_mul_range(const T* g, const T* u, T* o, int64_t begin, int64_t end) {
-  constexpr float beta = 0.7978845608028654f, kappa = 0.044715f;  // sqrt(2 / pi)
+  // the activation's output is rounded to the dtype before the multiply, as the module does
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    const auto* gb = reinterpret_cast<const uint16_t*>(g);
+    const auto* ub = reinterpret_cast<const uint16_t*>(u);
+    auto* ob = reinterpret_cast<uint16_t*>(o);
 #pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    const float x = static_cast<float>(g[i]);
-    // GELU (tanh approximation), or SiLU as x * sigmoid(x) = x * (1 + tanh(x / 2)) / 2
-    const float a = act == 0 ? 0.5f * x * (1.f + tanh_rational(beta * (x + kappa * x * x * x)))
-                             : 0.5f * x * (1.f + tanh_rational(0.5f * x));
-    // the activation's output is rounded to the dtype before the multiply, as the module does
-    o[i] = static_cast<T>(static_cast<float>(static_cast<T>(a)) * static_cast<float>(u[i]));
+    for (int64_t i = begin; i < end; ++i)
+      ob[i] = float_bf16(bf16_float(float_bf16(activation<act>(bf16_float(gb[i])))) * bf16_float(ub[i]));
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) o[i] = activation<act>(g[i]) * u[i];
   }
 }
 
@@ -236,19 +246,22 @@ at::Tensor act_mul(const at::Tensor& gate_in, const at::Tensor& up_in, int64_t a
   TORCH_CHECK(gate_in.sizes() == up_in.sizes() && gate_in.scalar_type() == up_in.scalar_type(),
               "gate and up differ in shape or dtype");
   TORCH_CHECK(act == 0 || act == 1, "act: 0 (gelu tanh) or 1 (silu)");
-  const auto gate = gate_in.contiguous();
-  const auto up = up_in.contiguous();
-  auto out = at::empty_like(gate);
-  const int64_t n = gate.numel();
+  const int64_t n = gate_in.size(-1);
+  const auto gate = as_rows(gate_in, n);  // the halves of a joined gate/up projection, read in place
+  const auto up = as_rows(up_in, n);
+  const int64_t rows = gate.size(0), ldg = gate.stride(0), ldu = up.stride(0);
+  auto out = at::empty(gate_in.sizes(), gate_in.options());
   OZWELL_DISPATCH(gate.scalar_type(), [&] {
     const scalar* g = gate.data_ptr<scalar>();
     const scalar* u = up.data_ptr<scalar>();
     scalar* o = out.data_ptr<scalar>();
-    at::parallel_for(0, n, 1 << 18, [&](int64_t begin, int64_t end) {
-      if (act == 0) {
-        act_mul_range<scalar, 0>(g, u, o, begin, end);
-      } else {
-        act_mul_range<scalar, 1>(g, u, o, begin, end);
+    parallel_for(0, rows, std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(n, 1)), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if (act == 0) {
+          act_mul_range<scalar, 0>(g + r * ldg, u + r * ldu, o + r * n, 0, n);
+        } else {
+          act_mul_range<scalar, 1>(g + r * ldg, u + r * ldu, o + r * n, 0, n);
+        }
       }
     });
   });
@@ -472,14 +485,42 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
   });
 }
 
+// bfloat16 rows widened to float32, and float32 sums rounded to bfloat16 (as at::BFloat16 rounds), in loops on the
+// pool: Tensor::to would run them on OpenMP, whose workers would then spin beside the pool's
+at::Tensor widen(const at::Tensor& x) {
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const auto* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  float* dst = out.data_ptr<float>();
+  parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) dst[i] = bf16_float(src[i]);
+  });
+  return out;
+}
+
+void round_into(const at::Tensor& sums, at::Tensor& out) {
+  const float* src = sums.data_ptr<float>();
+  auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  parallel_for(0, sums.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) dst[i] = float_bf16(src[i]);
+  });
+}
+
 // x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or 4- or
 // 6-bit records [out, bytes] uint8 (scales None: lowbit_linear_cpu.cpp), bias [out] or None -> [..., out] float32
 at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
                           const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scales_in) {
-  // bfloat16 rows: int8 weights take them as they are where bfloat16 dot products pay (bf16_linear_cpu.cpp); the
-  // other kernels multiply them widened to float32
+  // bfloat16 rows give a bfloat16 result. int8 weights take them as they are (below); the other kernels multiply
+  // them widened to float32.
   const bool bf16_rows = x_given.scalar_type() == at::kBFloat16;
-  const auto x_in = bf16_rows && blocked.scalar_type() != at::kChar ? x_given.to(at::kFloat) : x_given;
+  if (bf16_rows && blocked.scalar_type() != at::kChar) {
+    auto out = blocked_linear(widen(x_given.contiguous()), blocked, bias_in, scales_in);
+    auto rounded = at::empty_like(out, out.options().dtype(at::kBFloat16));
+    round_into(out, rounded);
+    return rounded;
+  }
+  const auto& x_in = x_given;
   if (blocked.scalar_type() == at::kByte) {  // 4- or 6-bit records (lowbit_linear_cpu.cpp)
     TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()),
                 "blocked_linear: 4- and 6-bit records hold their scales");
@@ -495,19 +536,27 @@ at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
   TORCH_CHECK(int8 == has_scales, "blocked_linear: an int8 weight takes scales, a float32 one none");
   const auto scales = has_scales ? scales_in->to(at::kFloat).contiguous() : at::Tensor();
   TORCH_CHECK(!has_scales || scales.numel() == out_features, "blocked_linear: scales must be [out]");
-  auto x = x_in.reshape({-1, in}).contiguous();
+  const auto x = x_in.reshape({-1, in}).contiguous();
   const int64_t rows = x.size(0);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   const auto bias = has_bias ? bias_in->to(at::kFloat).contiguous() : at::Tensor();
   TORCH_CHECK(!has_bias || bias.numel() == out_features, "blocked_linear: bias must be [out]");
   auto sizes = x_in.sizes().vec();
   sizes.back() = out_features;
-  auto out = at::empty({rows, out_features}, x.options().dtype(at::kFloat));
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
-  if (int8 && bf16_rows &&
-      int8_bf16_linear(x, blocked.data_ptr<int8_t>(), panels, bp, scales.data_ptr<float>(), out.data_ptr<float>()))
+  if (bf16_rows) {  // int8 weights: in bfloat16 dot products where they pay, else widened; rounded once
+    auto out = at::empty({rows, out_features}, x.options());
+    if (int8_bf16_linear(x, blocked.data_ptr<int8_t>(), panels, bp, scales.data_ptr<float>(),
+                         out.data_ptr<at::BFloat16>()))
+      return out.view(sizes);
+    const auto widened = widen(x);
+    const auto sums = at::empty({rows, out_features}, widened.options());
+    blocked_linear_impl<int8_t>(widened.data_ptr<float>(), rows, in, blocked.data_ptr<int8_t>(), panels, bp,
+                                scales.data_ptr<float>(), sums.data_ptr<float>());
+    round_into(sums, out);
     return out.view(sizes);
-  if (bf16_rows) x = x.to(at::kFloat);
+  }
+  auto out = at::empty({rows, out_features}, x.options());
   if (int8) {
     blocked_linear_impl<int8_t>(x.data_ptr<float>(), rows, in, blocked.data_ptr<int8_t>(), panels, bp,
                                 scales.data_ptr<float>(), out.data_ptr<float>());

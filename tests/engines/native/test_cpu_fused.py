@@ -323,3 +323,20 @@ def test_a_decode_step_runs_each_layer_in_one_op_as_the_python_layers_do(model, 
     assert not torch.equal(k_cache, caches[0])  # the step's keys were written
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(logits, results["transformers"][0], rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_ops_read_the_halves_of_a_joined_projection_in_place(dtype):
+    """decode_layer hands act_mul and qk_norm_rope narrows of the joined projections' outputs (rows apart): the same
+    results as from contiguous copies."""
+    generator = torch.Generator().manual_seed(3)
+    gate_up = torch.randn(5, 2 * 96, generator=generator).to(dtype)
+    gate, up = gate_up.narrow(-1, 0, 96), gate_up.narrow(-1, 96, 96)
+    assert torch.equal(OPS.act_mul(gate, up, 0), OPS.act_mul(gate.contiguous(), up.contiguous(), 0))
+    qkv = torch.randn(5, 4 * 16 + 2 * 16, generator=generator).to(dtype)
+    q, k = qkv.narrow(-1, 0, 64), qkv.narrow(-1, 64, 16)
+    cos, sin = (torch.randn(5, 16, generator=generator).to(dtype) for _ in range(2))
+    weight = torch.randn(16, generator=generator)
+    got = OPS.qk_norm_rope(q, k, cos, sin, weight, weight, 1e-6, True, 16)
+    want = OPS.qk_norm_rope(q.contiguous(), k.contiguous(), cos, sin, weight, weight, 1e-6, True, 16)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
