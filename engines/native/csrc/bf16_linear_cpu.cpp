@@ -44,32 +44,48 @@ void convert_pair(const int8_t* p0, const int8_t* p1, int64_t in, uint16_t* dst)
   }
 }
 
-// MT rows (bf16, ldx apart) by the 16 columns of a converted pair; `cols` of them stored (16, or 8 for an odd last
-// panel).
-template <int MT>
+// MT rows (bf16, ldx apart) by NP converted pairs (16 columns each, `in` * 16 apart in w): one broadcast of a row's
+// pair of inputs feeds NP products. `cols` columns of the last pair are stored (16, or 8 for an odd last panel).
+// Each column's sum runs over k in order in one accumulator, so the result does not depend on NP or MT.
+template <int MT, int NP>
 inline void dot_tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t in, uint16_t* out, int64_t ldo,
                      const float* bias, const float* scale, int cols) {
-  __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  __m512 acc[NP][MT];
+  for (int j = 0; j < NP; ++j)
+    for (int m = 0; m < MT; ++m) acc[j][m] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < in / 2; ++kk) {
-    const __m512bh wk = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + kk * 32));
+    __m512bh wk[NP];
+    for (int j = 0; j < NP; ++j) wk[j] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + j * in * 16 + kk * 32));
     for (int m = 0; m < MT; ++m) {
       int32_t pair;
       std::memcpy(&pair, x + m * ldx + 2 * kk, sizeof pair);
-      acc[m] = _mm512_dpbf16_ps(acc[m], reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)), wk);
+      const __m512bh xk = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+      for (int j = 0; j < NP; ++j) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], xk, wk[j]);
     }
   }
-  const __mmask16 mask = cols == 16 ? 0xFFFF : 0x00FF;
-  const __m512 s = _mm512_maskz_loadu_ps(mask, scale);
-  for (int m = 0; m < MT; ++m) {
-    const __m512 r = bias != nullptr ? _mm512_fmadd_ps(acc[m], s, _mm512_maskz_loadu_ps(mask, bias))
-                                     : _mm512_mul_ps(acc[m], s);
-    uint16_t rounded[16];  // as float_bf16 rounds (ops_cpu.h), which vcvtneps2bf16 does not do for NaN
-    float sums[16];
-    _mm512_storeu_ps(sums, r);
-    for (int c = 0; c < cols; ++c) rounded[c] = float_bf16(sums[c]);
-    std::memcpy(out + m * ldo, rounded, cols * sizeof(uint16_t));
+  for (int j = 0; j < NP; ++j) {
+    const int n = j + 1 < NP ? 16 : cols;
+    const __mmask16 mask = n == 16 ? 0xFFFF : 0x00FF;
+    const __m512 s = _mm512_maskz_loadu_ps(mask, scale + 16 * j);
+    const __m512 b = bias != nullptr ? _mm512_maskz_loadu_ps(mask, bias + 16 * j) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m) {
+      uint16_t rounded[16];  // as float_bf16 rounds (ops_cpu.h), which vcvtneps2bf16 does not do for NaN
+      float sums[16];
+      _mm512_storeu_ps(sums, _mm512_fmadd_ps(acc[j][m], s, b));
+      for (int c = 0; c < n; ++c) rounded[c] = float_bf16(sums[c]);
+      std::memcpy(out + m * ldo + 16 * j, rounded, n * sizeof(uint16_t));
+    }
   }
+}
+
+// Rows [0, rows) by NP converted pairs, in tiles of 8, 4 and 1 rows.
+template <int NP>
+void dot_rows(const uint16_t* xp, int64_t rows, int64_t in, const uint16_t* w, uint16_t* o, int64_t ldo,
+              const float* b, const float* s, int cols) {
+  int64_t m = 0;
+  for (; m + 8 <= rows; m += 8) dot_tile<8, NP>(xp + m * in, in, w, in, o + m * ldo, ldo, b, s, cols);
+  for (; m + 4 <= rows; m += 4) dot_tile<4, NP>(xp + m * in, in, w, in, o + m * ldo, ldo, b, s, cols);
+  for (; m < rows; ++m) dot_tile<1, NP>(xp + m * in, in, w, in, o + m * ldo, ldo, b, s, cols);
 }
 
 }  // namespace
@@ -81,17 +97,21 @@ bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, cons
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   auto* out = reinterpret_cast<uint16_t*>(out_bf16);
   split_for(panels, rows, 64, [&](int64_t p0, int64_t p1) {  // every part starts at an even panel (ops_cpu.h)
-    std::vector<uint16_t> buffer(in * 16);
-    for (int64_t p = p0; p < p1; p += 2) {
-      const bool pair = p + 1 < p1;
-      convert_pair(w + p * in * 8, pair ? w + (p + 1) * in * 8 : nullptr, in, buffer.data());
+    std::vector<uint16_t> buffer(in * 32);
+    for (int64_t p = p0; p < p1;) {
       const float* b = bias != nullptr ? bias + p * 8 : nullptr;
-      const int cols = pair ? 16 : 8;
       uint16_t* o = out + p * 8;
-      int64_t m = 0;
-      for (; m + 8 <= rows; m += 8) dot_tile<8>(xp + m * in, in, buffer.data(), in, o + m * out_features, out_features, b, scale + p * 8, cols);
-      for (; m + 4 <= rows; m += 4) dot_tile<4>(xp + m * in, in, buffer.data(), in, o + m * out_features, out_features, b, scale + p * 8, cols);
-      for (; m < rows; ++m) dot_tile<1>(xp + m * in, in, buffer.data(), in, o + m * out_features, out_features, b, scale + p * 8, cols);
+      if (p + 4 <= p1) {  // two pairs: 32 columns
+        convert_pair(w + p * in * 8, w + (p + 1) * in * 8, in, buffer.data());
+        convert_pair(w + (p + 2) * in * 8, w + (p + 3) * in * 8, in, buffer.data() + in * 16);
+        dot_rows<2>(xp, rows, in, buffer.data(), o, out_features, b, scale + p * 8, 16);
+        p += 4;
+      } else {
+        const bool pair = p + 1 < p1;
+        convert_pair(w + p * in * 8, pair ? w + (p + 1) * in * 8 : nullptr, in, buffer.data());
+        dot_rows<1>(xp, rows, in, buffer.data(), o, out_features, b, scale + p * 8, pair ? 16 : 8);
+        p += pair ? 2 : 1;
+      }
     }
   });
   return true;
