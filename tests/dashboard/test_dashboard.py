@@ -8,6 +8,7 @@ import re
 import httpx
 import openai
 import pytest
+from playwright.sync_api import expect
 
 from tests.dashboard.conftest import DESKTOP, MODEL, PHONE, screenshot, sign_in, start_server
 
@@ -100,7 +101,8 @@ def test_a_key_is_created_used_seen_in_usage_and_revoked_in_the_browser(page, se
     assert re.fullmatch(r"ozw_[A-Za-z0-9_-]{43}", plaintext)
     assert "won't be shown again" in page.locator(".alert.warning").inner_text()
     page.get_by_role("button", name="Copy").click()
-    assert page.locator("#copied").inner_text() == "Copied to the clipboard."
+    # the status is written when the clipboard's promise resolves: wait for it (read at once, it raced)
+    expect(page.locator("#copied")).to_have_text("Copied to the clipboard.")
     assert page.evaluate("navigator.clipboard.readText()") == plaintext
 
     sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=plaintext, max_retries=0)

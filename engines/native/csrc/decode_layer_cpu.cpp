@@ -36,11 +36,12 @@ using Weights = c10::List<c10::optional<at::Tensor>>;
 
 c10::optional<at::Tensor> get(const Weights& w, int64_t i) { return w.get(i); }
 
-// x @ one of the layer's blocked weights (the kernel takes float32 or bfloat16 rows, gives float32), back in x's dtype
+// x @ one of the layer's blocked weights, in x's dtype (float32 or bfloat16; another is widened and rounded back)
 at::Tensor linear(const at::Tensor& x, const Weights& w, int64_t i) {
   const auto weight = get(w, i);
   TORCH_CHECK(weight.has_value(), "decode_layer: a linear has no blocked weight");
-  auto out = blocked_linear(x, *weight, get(w, i + 1), get(w, i + 2));
+  const bool kernel_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16;
+  auto out = blocked_linear(kernel_dtype ? x : x.to(at::kFloat), *weight, get(w, i + 1), get(w, i + 2));
   return out.scalar_type() == x.scalar_type() ? out : out.to(x.scalar_type());
 }
 

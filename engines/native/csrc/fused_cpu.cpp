@@ -531,7 +531,7 @@ at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
   TORCH_CHECK((x_in.scalar_type() == at::kFloat || bf16_rows) && (blocked.scalar_type() == at::kFloat || int8) &&
                   blocked.dim() == 3 && blocked.size(2) == 8 && x_in.size(-1) == blocked.size(1) &&
                   blocked.is_contiguous(),
-              "blocked_linear: float32 (or bfloat16) x [..., in] and a blocked float32 or int8 weight [out / 8, in, 8]");
+              "blocked_linear: float32 or bfloat16 x [..., in] and a blocked float32 or int8 weight [out / 8, in, 8]");
   const int64_t in = blocked.size(1), panels = blocked.size(0), out_features = panels * 8;
   TORCH_CHECK(int8 == has_scales, "blocked_linear: an int8 weight takes scales, a float32 one none");
   const auto scales = has_scales ? scales_in->to(at::kFloat).contiguous() : at::Tensor();

@@ -104,8 +104,8 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& blocked, const 
 at::Tensor widen(const at::Tensor& x);                 // bfloat16 -> float32, on the pool
 void round_into(const at::Tensor& sums, at::Tensor& out);  // float32 -> bfloat16, on the pool
 // x [rows, in] bfloat16 times an int8 blocked weight [panels, in, 8] with its scales [panels * 8] and bias (or
-// null) -> out [rows, panels * 8] bfloat16 (rounded once), in bfloat16 dot products (bf16_linear_cpu.cpp); false, with nothing
-// done, where the CPU has none or the rows are too few for them to pay.
+// null) -> out [rows, panels * 8] bfloat16 (rounded once), in bfloat16 dot products (bf16_linear_cpu.cpp); false,
+// with nothing done, where the CPU has none or the rows are too few for them to pay.
 bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, const float* bias, const float* scale,
                       at::BFloat16* out);
 at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& records, const c10::optional<at::Tensor>& bias);
