@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -100,10 +101,13 @@ def test_work_past_the_drain_timeout_is_cut_and_says_so(config_dir, tmp_path):
     outcome = {}
     try:
         streams = _Streams(server, 6)
+        streams.wait_started()
+        # sent behind the streams, so that it is queued (or just begun) when the drain starts: sent beside them, it
+        # could run first and finish before the signal
         blocking = threading.Thread(target=lambda: outcome.setdefault("response", httpx.post(
             server.url + "/v1/chat/completions", json=LONG, headers=server.headers, timeout=120)), daemon=True)
         blocking.start()
-        streams.wait_started()
+        time.sleep(0.1)  # taken in before the signal (a request after it is refused, with no usage record)
         server.signal(signal.SIGTERM)
         results = streams.join()
         blocking.join(120)
