@@ -135,10 +135,10 @@ def _project(layer, name: str, x, linears):
 
 
 def _blocked(ops, x: torch.Tensor, weight: torch.Tensor, bias, scales) -> torch.Tensor:
-    """x @ the blocked weight, in x's dtype: the kernel takes float32 or bfloat16 rows and gives the same (a bfloat16
-    model's int8 linears multiply theirs in bfloat16 dot products where the CPU has them, else widened)."""
-    out = ops.blocked_linear(x, weight, bias, scales)
-    return out if out.dtype == x.dtype else out.to(x.dtype)
+    """x @ the blocked weight, in x's dtype: the kernel takes float32 or bfloat16 rows (the fused layers' dtypes) and
+    gives the same (a bfloat16 model's int8 linears multiply theirs in bfloat16 dot products where the CPU has them,
+    else widened)."""
+    return ops.blocked_linear(x, weight, bias, scales)
 
 
 def _attend(layer, attn, q, k, v, attention_mask, position_ids, kwargs):

@@ -485,6 +485,8 @@ void blocked_linear_impl(const float* xp, int64_t rows, int64_t in, const W* wp,
   });
 }
 
+namespace {
+
 // bfloat16 rows widened to float32, and float32 sums rounded to bfloat16 (as at::BFloat16 rounds), in loops on the
 // pool: Tensor::to would run them on OpenMP, whose workers would then spin beside the pool's
 at::Tensor widen(const at::Tensor& x) {
@@ -498,29 +500,28 @@ at::Tensor widen(const at::Tensor& x) {
   return out;
 }
 
-void round_into(const at::Tensor& sums, at::Tensor& out) {
+at::Tensor rounded(const at::Tensor& sums) {
+  auto out = at::empty(sums.sizes(), sums.options().dtype(at::kBFloat16));
   const float* src = sums.data_ptr<float>();
   auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   parallel_for(0, sums.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) dst[i] = float_bf16(src[i]);
   });
+  return out;
 }
 
-// x [..., in] float32, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or 4- or
-// 6-bit records [out, bytes] uint8 (scales None: lowbit_linear_cpu.cpp), bias [out] or None -> [..., out] float32
-at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
-                          const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& scales_in) {
-  // bfloat16 rows give a bfloat16 result. int8 weights take them as they are (below); the other kernels multiply
-  // them widened to float32.
-  const bool bf16_rows = x_given.scalar_type() == at::kBFloat16;
-  if (bf16_rows && blocked.scalar_type() != at::kChar) {
-    auto out = blocked_linear(widen(x_given.contiguous()), blocked, bias_in, scales_in);
-    auto rounded = at::empty_like(out, out.options().dtype(at::kBFloat16));
-    round_into(out, rounded);
-    return rounded;
-  }
-  const auto& x_in = x_given;
+}  // namespace
+
+// x [..., in] float32 or bfloat16, blocked [out / 8, in, 8] float32 (scales None) or int8 (scales [out] float32), or
+// 4- or 6-bit records [out, bytes] uint8 (scales None: lowbit_linear_cpu.cpp), bias [out] or None -> [..., out] in
+// x's dtype. bfloat16 rows meet int8 weights in bfloat16 dot products where those pay (bf16_linear_cpu.cpp); else
+// they are widened to float32, and the sums rounded once.
+at::Tensor blocked_linear(const at::Tensor& x_in, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias_in,
+                          const c10::optional<at::Tensor>& scales_in) {
+  const bool bf16_rows = x_in.scalar_type() == at::kBFloat16;
+  if (bf16_rows && blocked.scalar_type() != at::kChar)
+    return rounded(blocked_linear(widen(x_in.contiguous()), blocked, bias_in, scales_in));
   if (blocked.scalar_type() == at::kByte) {  // 4- or 6-bit records (lowbit_linear_cpu.cpp)
     TORCH_CHECK(!(scales_in.has_value() && scales_in->defined()),
                 "blocked_linear: 4- and 6-bit records hold their scales");
@@ -544,17 +545,16 @@ at::Tensor blocked_linear(const at::Tensor& x_given, const at::Tensor& blocked,
   auto sizes = x_in.sizes().vec();
   sizes.back() = out_features;
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
-  if (bf16_rows) {  // int8 weights: in bfloat16 dot products where they pay, else widened; rounded once
+  if (bf16_rows) {  // int8 weights
     auto out = at::empty({rows, out_features}, x.options());
     if (int8_bf16_linear(x, blocked.data_ptr<int8_t>(), panels, bp, scales.data_ptr<float>(),
                          out.data_ptr<at::BFloat16>()))
       return out.view(sizes);
-    const auto widened = widen(x);
+    const auto widened = widen(x);  // below 8 rows, or no bfloat16 dot products here (the one-row decode step)
     const auto sums = at::empty({rows, out_features}, widened.options());
     blocked_linear_impl<int8_t>(widened.data_ptr<float>(), rows, in, blocked.data_ptr<int8_t>(), panels, bp,
                                 scales.data_ptr<float>(), sums.data_ptr<float>());
-    round_into(sums, out);
-    return out.view(sizes);
+    return rounded(sums).view(sizes);
   }
   auto out = at::empty({rows, out_features}, x.options());
   if (int8) {

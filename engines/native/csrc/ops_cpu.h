@@ -101,8 +101,6 @@ at::Tensor act_mul(const at::Tensor& gate, const at::Tensor& up, int64_t act);
 // x [..., in] float32 or bfloat16 -> [..., out] in x's dtype (fused_cpu.cpp)
 at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& blocked, const c10::optional<at::Tensor>& bias,
                           const c10::optional<at::Tensor>& scales);
-at::Tensor widen(const at::Tensor& x);                 // bfloat16 -> float32, on the pool
-void round_into(const at::Tensor& sums, at::Tensor& out);  // float32 -> bfloat16, on the pool
 // x [rows, in] bfloat16 times an int8 blocked weight [panels, in, 8] with its scales [panels * 8] and bias (or
 // null) -> out [rows, panels * 8] bfloat16 (rounded once), in bfloat16 dot products (bf16_linear_cpu.cpp); false,
 // with nothing done, where the CPU has none or the rows are too few for them to pay.
