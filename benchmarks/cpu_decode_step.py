@@ -8,8 +8,11 @@ falls on all alike:
     int4          `quantization: int4`, fused (4-bit decoder linears where 4 bits hold the weights, the rest int8)
 
     python benchmarks/cpu_decode_step.py [--model DIR] [--variants unfused fused] [--batches 1 8 32]
-                                         [--context 64] [--steps 10] [--prefill TOKENS] [--profile]
-                                         [--dtype float32|bfloat16]
+                                         [--context 64 [512 ...]] [--interleaved] [--steps 10]
+                                         [--prefill TOKENS] [--profile] [--dtype float32|bfloat16]
+
+With several contexts (`--context 16 512`), each variant's steps at each context alternate too, and the first
+context's time is compared with the others' (issue #22: a step at 512 tokens within 25% of one at 16).
 
 DIR is a transformers checkpoint (default: gemma-3-270m dequantised in .ozwell/models). The figures are the
 median and the best of `--steps` decode steps after two warm-up steps; on a shared, noisy machine compare the
@@ -43,12 +46,15 @@ def default_model() -> Path | None:
     return None
 
 
-def decode_chunks(batch: int, context: int, block_size: int) -> list[ScheduledChunk]:
+def decode_chunks(batch: int, context: int, block_size: int, interleaved: bool = False) -> list[ScheduledChunk]:
+    """`batch` sequences of `context` tokens, each decoding one. Their blocks are each sequence's own run of adjacent
+    blocks, or `interleaved`: block j of sequence i is j * batch + i, as where the sequences grew side by side, one
+    block each in turn (a server's decodes), so that no two of a sequence's blocks are adjacent."""
     per = -(-(context + 64) // block_size)
     chunks = []
     for i in range(batch):
         seq = Sequence(f"s{i}", [(7 * i + j) % 1000 + 2 for j in range(context + 1)], block_size)
-        seq.block_table = list(range(i * per, (i + 1) * per))
+        seq.block_table = [j * batch + i for j in range(per)] if interleaved else list(range(i * per, (i + 1) * per))
         seq.num_computed_tokens = context
         chunks.append(ScheduledChunk(seq, 1))
     return chunks
@@ -100,7 +106,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--context", type=int, nargs="+", default=[64],
+                        help="one or more contexts; with several, their steps alternate and each is compared with "
+                             "the first")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="the sequences' blocks interleaved, as a server's decodes leave them")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=["unfused", "fused"],
                         choices=["unfused", "fused", "int8", "int8-unfused", "int4", "int6"])
@@ -113,15 +123,19 @@ def main() -> None:
     if path is None:
         raise SystemExit("no model: pass --model DIR")
     block_size = 16
-    blocks = max(32 * (-(-(args.context + 64) // 16)), -(-args.prefill // 16)) + 1
+    blocks = max(max(args.batches) * (-(-(max(args.context) + 64) // 16)), -(-args.prefill // 16)) + 1
     runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, not v.endswith("unfused"), blocks,
                        block_size, max(args.batches), getattr(torch, args.dtype)) for v in args.variants}
-    print(f"model {path.name}, {args.dtype}, threads {torch.get_num_threads()}, context {args.context}, "
+    print(f"model {path.name}, {args.dtype}, threads {torch.get_num_threads()}, context {args.context}"
+          + (" (interleaved blocks), " if args.interleaved else ", ")
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))
     for batch in args.batches:
-        chunks = {name: decode_chunks(batch, args.context, block_size) for name in runners}
-        figures = time_steps(runners, chunks, args.steps)
-        report(f"batch {batch:3d}", figures, args.variants)
+        # each (variant, context) a runner of its own to time: the contexts' steps alternate as the variants' do
+        timed = {f"{v}@{c}" if len(args.context) > 1 else v: runners[v] for v in args.variants for c in args.context}
+        chunks = {name: decode_chunks(batch, int(name.split("@")[1]) if "@" in name else args.context[0], block_size,
+                                      args.interleaved) for name in timed}
+        figures = time_steps(timed, chunks, args.steps)
+        report(f"batch {batch:3d}", figures, list(timed))
     if args.prefill:
         def prefill_chunk():
             seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], block_size)
@@ -134,7 +148,7 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         for name, runner in runners.items():
-            chunks = decode_chunks(1, args.context, block_size)
+            chunks = decode_chunks(1, args.context[0], block_size)
             runner.forward(chunks)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 runner.forward(chunks)

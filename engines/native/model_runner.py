@@ -135,8 +135,12 @@ class PagedModelRunner:
                 head.forward = types.MethodType(_tall_head_forward, head)
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if on_cpu else None
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        if self.device.type == "cpu":  # in 2 MB pages where the kernel gives them (cpu_kernel.py)
+            self.k_cache = cpu_kernel.zeros_in_huge_pages(shape, dtype)
+            self.v_cache = cpu_kernel.zeros_in_huge_pages(shape, dtype)
+        else:
+            self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+            self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.static = None
         if static_decode:
             self.static = StaticDecode(self.k_cache, self.v_cache, block_size, max_num_seqs,

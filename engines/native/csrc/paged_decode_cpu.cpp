@@ -1,34 +1,249 @@
 // Decode attention that reads the paged KV cache in place, on a CPU (see engines/native/cpu_kernel.py).
 //
 // One query token per sequence. For each (sequence, KV head) pair, in parallel: the scores of the heads that
-// share the KV head against every visible position, read slot by slot from the sequence's blocks; a softmax;
+// share the KV head against every visible position, read row by row from the sequence's blocks; a softmax;
 // then the values, weighted, read the same way. Nothing is gathered into a copy, so a step reads each
 // sequence's context once, where gathering first read it, wrote it, and read it again.
+//
+// At 32 sequences of 512 tokens (gemma-3-270m: 4 heads on one KV head of 256) a layer's cache is 17 MB in bfloat16,
+// read from memory, and the step is bound by how fast those reads come, so the loops are built around them:
+// - each key row is read once for the 4 heads that share it, in 16-lane vectors (bfloat16 dot products where the
+//   CPU has them), each sum ended by a tree of halves;
+// - the values are summed a tile of rows at a time, 4 heads x 64 lanes of sums held in registers;
+// - rows are asked for ahead of their use (the blocks of a sequence are not adjacent, and the hardware's
+//   prefetcher stops at each block's end);
+// - the softmax's exponentials run 16 lanes at a time.
+// Measured against the kernel before (one row, one head and one scalar exp at a time): 2.4 -> 1.0 ms a layer in
+// bfloat16 (README: "Decode attention at long contexts").
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "ops_cpu.h"
 
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define OZWELL_BF16_DOT 1
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+// 64-byte vectors passed between inline functions: GCC warns that their ABI differs without AVX-512 (it does not
+// matter here: nothing crosses a library's boundary)
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace ozwell {
 
-template <typename T>
-inline float dot(const float* q, const T* k, int64_t dim) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t d = 0; d < dim; ++d) acc += q[d] * static_cast<float>(k[d]);
-  return acc;
+// 16 floats in the CPU's widest registers (one AVX-512 register, two AVX2 ones, four SSE ones): GCC's vector
+// extensions, so one source serves every x86 level the extension is built for.
+typedef float vfloat __attribute__((vector_size(64)));
+typedef uint16_t vhalf __attribute__((vector_size(32)));
+typedef uint32_t vword __attribute__((vector_size(64)));
+constexpr int64_t LANES = 16;
+
+inline vfloat load16(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vfloat load16(const at::BFloat16* p) {  // bfloat16 -> float is a shift of its bits
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<vfloat>(__builtin_convertvector(h, vword) << 16);
+}
+inline float scalar(float x) { return x; }
+inline float scalar(at::BFloat16 x) { return bf16_float(x.x); }
+
+// the sum of a vector's lanes, as a tree of halves (a reduction loop over them sums one lane after another)
+inline float lane_sum(vfloat v) {
+  typedef float half_t __attribute__((vector_size(32)));
+  typedef float quarter_t __attribute__((vector_size(16)));
+  half_t lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  const half_t h = lo + hi;
+  quarter_t a, b;
+  std::memcpy(&a, &h, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&h) + sizeof a, sizeof b);
+  const quarter_t q = a + b;
+  return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
+// e^x, 16 lanes at a time, for x <= 0 (a score less the row's greatest): e^x = 2^k e^r with k = x / ln 2 rounded
+// and |r| <= ln 2 / 2, e^r by a polynomial of degree 7 (as Cephes' expf), 2^k built in the float's exponent bits.
+// Within 2 ulp of std::exp; below -87 (e^x < 2^-125, nothing beside a sum of at least 1) it gives e^-87.
+inline vfloat exp16(vfloat x) {
+  typedef int32_t vint __attribute__((vector_size(64)));
+  x = x < -87.f ? vfloat{} - 87.f : x;
+  const vfloat round = vfloat{} + 12582912.f;  // 1.5 * 2^23: adding it rounds to a whole number
+  const vfloat k = (x * 1.44269504f + round) - round;
+  const vfloat r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+  vfloat p = vfloat{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vint bits = (__builtin_convertvector(k, vint) + 127) << 23;
+  return p * reinterpret_cast<vfloat>(bits);
+}
+
+// row[0 .. n) <- its softmax
+inline void softmax(float* row, int64_t n) {
+  const int64_t whole = n / LANES * LANES;
+  float top = -std::numeric_limits<float>::infinity();
+  if (whole > 0) {
+    vfloat m = load16(row);
+    for (int64_t p = LANES; p < whole; p += LANES) {
+      const vfloat v = load16(row + p);
+      m = v > m ? v : m;
+    }
+    for (int l = 0; l < LANES; ++l) top = std::max(top, m[l]);
+  }
+  for (int64_t p = whole; p < n; ++p) top = std::max(top, row[p]);
+  vfloat sums{};
+  for (int64_t p = 0; p < whole; p += LANES) {
+    const vfloat e = exp16(load16(row + p) - top);
+    std::memcpy(row + p, &e, sizeof e);
+    sums += e;
+  }
+  float sum = lane_sum(sums);
+  for (int64_t p = whole; p < n; ++p) {
+    row[p] = std::exp(row[p] - top);
+    sum += row[p];
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int64_t p = 0; p < n; ++p) row[p] *= inv;
+}
+
+// f(h, std::integral_constant<int, H>) for the heads h .. h + H - 1 of `heads`, 4 at a time: the kernels below keep
+// H heads' sums in registers.
+template <typename F>
+inline void four_at_a_time(int64_t heads, const F& f) {
+  for (int64_t h = 0; h < heads; h += 4) {
+    switch (std::min<int64_t>(4, heads - h)) {
+      case 4: f(h, std::integral_constant<int, 4>{}); break;
+      case 3: f(h, std::integral_constant<int, 3>{}); break;
+      case 2: f(h, std::integral_constant<int, 2>{}); break;
+      default: f(h, std::integral_constant<int, 1>{});
+    }
+  }
+}
+
+// The rows of the cache one task reads: the offsets of its visible positions' rows, in elements. A key row is asked
+// for `AHEAD` rows before it is scored: the rows of a block are adjacent, but a sequence's blocks are not.
 template <typename T>
-inline void axpy(float w, const T* v, float* out, int64_t dim) {
-#pragma omp simd
-  for (int64_t d = 0; d < dim; ++d) out[d] += w * static_cast<float>(v[d]);
+struct Rows {
+  const T* keys;
+  const T* values;
+  const int64_t* offsets;
+  int64_t n, dim;
+  static constexpr int64_t AHEAD = 4;
+
+  void before_scoring(int64_t i) const {
+    if (i + AHEAD >= n) return;
+    const char* p = reinterpret_cast<const char*>(keys + offsets[i + AHEAD]);
+    for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+  }
+};
+
+// scores[h * n + i] = q[h] . keys[i], for H heads (q [H, dim], float): each row's 16 lanes are read once for the H
+// heads.
+template <int H, typename T>
+void score_rows(const float* q, const Rows<T>& rows, float* scores) {
+  const int64_t n = rows.n, dim = rows.dim, whole = dim / LANES * LANES;
+  for (int64_t i = 0; i < n; ++i) {
+    rows.before_scoring(i);
+    const T* k = rows.keys + rows.offsets[i];
+    vfloat acc[H];
+    for (int h = 0; h < H; ++h) acc[h] = vfloat{};
+    for (int64_t d = 0; d < whole; d += LANES) {
+      const vfloat kd = load16(k + d);
+      for (int h = 0; h < H; ++h) acc[h] += load16(q + h * dim + d) * kd;
+    }
+    for (int h = 0; h < H; ++h) {
+      float sum = lane_sum(acc[h]);
+      for (int64_t d = whole; d < dim; ++d) sum += q[h * dim + d] * scalar(k[d]);
+      scores[h * n + i] = sum;
+    }
+  }
+}
+
+#ifdef OZWELL_BF16_DOT
+// score_rows for a bfloat16 query and cache, in bfloat16 dot products (32 products an instruction, each exact in
+// float32, summed in float32): q [H, dim] bfloat16 as the model gave it, the scale applied to each sum.
+template <int H>
+void score_rows_bf16(const at::BFloat16* q, float scale, const Rows<at::BFloat16>& rows, float* scores) {
+  const int64_t n = rows.n, dim = rows.dim, whole = dim / 32 * 32;
+  for (int64_t i = 0; i < n; ++i) {
+    rows.before_scoring(i);
+    const at::BFloat16* k = rows.keys + rows.offsets[i];
+    __m512 acc[H];
+    for (int h = 0; h < H; ++h) acc[h] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < whole; d += 32) {
+      const __m512bh kd = reinterpret_cast<__m512bh>(_mm512_loadu_si512(k + d));
+      for (int h = 0; h < H; ++h)
+        acc[h] = _mm512_dpbf16_ps(acc[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(q + h * dim + d)), kd);
+    }
+    for (int h = 0; h < H; ++h) {
+      float sum = _mm512_reduce_add_ps(acc[h]);
+      for (int64_t d = whole; d < dim; ++d) sum += bf16_float(q[h * dim + d].x) * bf16_float(k[d].x);
+      scores[h * n + i] = sum * scale;
+    }
+  }
+}
+#endif
+
+// out[h][d .. d + 16G) += sum over rows i0 .. i0 + in of weights[h * n + i] * values[i][d ..]: H x G vectors of sums
+// stay in registers across the rows, and the same lanes of the next tile's rows (`next`, `next_n`) are asked for.
+template <int H, int G, typename T>
+inline void weigh_lanes(const float* weights, const Rows<T>& rows, int64_t i0, int64_t in, int64_t d, float* out,
+                        const int64_t* next, int64_t next_n) {
+  const int64_t n = rows.n, dim = rows.dim;
+  vfloat acc[H][G];
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < G; ++j) acc[h][j] = load16(out + h * dim + d + j * LANES);
+  for (int64_t i = i0; i < i0 + in; ++i) {
+    if (i - i0 < next_n) {
+      const char* p = reinterpret_cast<const char*>(rows.values + next[i - i0] + d);
+      for (int64_t b = 0; b < G * LANES * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+    }
+    const T* v = rows.values + rows.offsets[i] + d;
+    vfloat vd[G];
+    for (int j = 0; j < G; ++j) vd[j] = load16(v + j * LANES);
+    for (int h = 0; h < H; ++h) {
+      const float w = weights[h * n + i];
+      for (int j = 0; j < G; ++j) acc[h][j] += w * vd[j];
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < G; ++j) std::memcpy(out + h * dim + d + j * LANES, &acc[h][j], sizeof(vfloat));
+}
+
+// out[h] += sum over i of weights[h * n + i] * values[i], for H heads (out [H, dim], float), a tile of rows at a
+// time: the tile stays in the L1 cache while 64 lanes at a time of each of its rows are summed, and the next tile's
+// rows are asked for meanwhile, a few lines a row (asked for all at once, they stalled the loop: 12-16% slower).
+template <int H, typename T>
+void weigh_rows(const float* weights, const Rows<T>& rows, float* out) {
+  constexpr int64_t TILE = 16;
+  const int64_t n = rows.n, dim = rows.dim;
+  const int64_t whole = dim / LANES * LANES, wide = dim / (4 * LANES) * (4 * LANES);
+  for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+    const int64_t in = std::min(TILE, n - i0);
+    const int64_t* next = rows.offsets + i0 + TILE;
+    const int64_t next_n = std::max<int64_t>(0, std::min(TILE, n - i0 - TILE));
+    for (int64_t d = 0; d < wide; d += 4 * LANES) weigh_lanes<H, 4>(weights, rows, i0, in, d, out, next, next_n);
+    for (int64_t d = wide; d < whole; d += LANES) weigh_lanes<H, 1>(weights, rows, i0, in, d, out, next, next_n);
+    for (int64_t d = whole; d < dim; ++d)
+      for (int64_t i = i0; i < i0 + in; ++i)
+        for (int h = 0; h < H; ++h) out[h * dim + d] += weights[h * n + i] * scalar(rows.values[rows.offsets[i] + d]);
+  }
 }
 
 template <typename T>
@@ -47,10 +262,12 @@ void run(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v
   // Fewer (sequence, KV head) pairs than threads (one sequence of a model with one KV head, as gemma-3-270m):
   // the heads that share a KV head are split among the threads too, each part reading the K/V it needs.
   const int64_t pairs = seqs * kv_heads;
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(group, at::get_num_threads() / std::max<int64_t>(pairs, 1)));
+  const int64_t wanted =
+      std::max<int64_t>(1, std::min<int64_t>(group, at::get_num_threads() / std::max<int64_t>(pairs, 1)));
   const int64_t part_heads = (group + wanted - 1) / wanted, parts = (group + part_heads - 1) / part_heads;
   parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(part_heads * dim), acc(part_heads * dim), scores;
+    std::vector<int64_t> offsets;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / parts / kv_heads, g = task / parts % kv_heads, part = task % parts;
       const int64_t h0 = g * group + part * part_heads;  // this part's first head, and how many
@@ -58,41 +275,36 @@ void run(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v
       const int64_t first = std::max<int64_t>(start_ptr[s], 0);
       const int64_t last = std::min<int64_t>(length_ptr[s], width * block_size);
       const int64_t n = std::max<int64_t>(last - first, 0);
-      for (int64_t h = 0; h < hn; ++h)
-        for (int64_t d = 0; d < dim; ++d)
-          q[h * dim + d] = static_cast<float>(q_ptr[(s * heads + h0 + h) * dim + d]) * static_cast<float>(scale);
-      scores.assign(hn * n, 0.f);
+      scores.resize(hn * n);
+      offsets.resize(n);
       const int64_t* table = table_ptr + s * width;
-      for (int64_t pos = first; pos < last;) {  // block by block: a block's slots are contiguous
+      for (int64_t pos = first, i = 0; pos < last;) {  // each visible position's row in the caches, block by block
         const int64_t offset = pos % block_size, run = std::min(block_size - offset, last - pos);
-        const T* k = k_ptr + (table[pos / block_size] * block_size + offset) * slot_stride + g * dim;
-        for (int64_t i = 0; i < run; ++i, k += slot_stride)
-          for (int64_t h = 0; h < hn; ++h) scores[h * n + pos - first + i] = dot(q.data() + h * dim, k, dim);
+        const int64_t row = (table[pos / block_size] * block_size + offset) * slot_stride + g * dim;
+        for (int64_t j = 0; j < run; ++j) offsets[i++] = row + j * slot_stride;
         pos += run;
       }
-      for (int64_t h = 0; h < hn; ++h) {
-        float* row = scores.data() + h * n;
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t p = 0; p < n; ++p) top = std::max(top, row[p]);
-        float sum = 0.f;
-        for (int64_t p = 0; p < n; ++p) {
-          row[p] = std::exp(row[p] - top);
-          sum += row[p];
-        }
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        for (int64_t p = 0; p < n; ++p) row[p] *= inv;
+      const Rows<T> rows{k_ptr, v_ptr, offsets.data(), n, dim};
+      const T* qs = q_ptr + (s * heads + h0) * dim;  // this part's heads' queries
+#ifdef OZWELL_BF16_DOT
+      if constexpr (std::is_same<T, at::BFloat16>::value) {
+        four_at_a_time(hn, [&](int64_t h, auto H) {
+          score_rows_bf16<decltype(H)::value>(qs + h * dim, static_cast<float>(scale), rows, scores.data() + h * n);
+        });
+      } else
+#endif
+      {
+        for (int64_t i = 0; i < hn * dim; ++i) q[i] = static_cast<float>(qs[i]) * static_cast<float>(scale);
+        four_at_a_time(hn, [&](int64_t h, auto H) {
+          score_rows<decltype(H)::value>(q.data() + h * dim, rows, scores.data() + h * n);
+        });
       }
+      for (int64_t h = 0; h < hn; ++h) softmax(scores.data() + h * n, n);
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t pos = first; pos < last;) {
-        const int64_t offset = pos % block_size, run = std::min(block_size - offset, last - pos);
-        const T* v = v_ptr + (table[pos / block_size] * block_size + offset) * slot_stride + g * dim;
-        for (int64_t i = 0; i < run; ++i, v += slot_stride)
-          for (int64_t h = 0; h < hn; ++h) axpy(scores[h * n + pos - first + i], v, acc.data() + h * dim, dim);
-        pos += run;
-      }
-      for (int64_t h = 0; h < hn; ++h)
-        for (int64_t d = 0; d < dim; ++d)
-          out_ptr[(s * heads + h0 + h) * dim + d] = static_cast<T>(acc[h * dim + d]);
+      four_at_a_time(hn, [&](int64_t h, auto H) {
+        weigh_rows<decltype(H)::value>(scores.data() + h * n, rows, acc.data() + h * dim);
+      });
+      for (int64_t i = 0; i < hn * dim; ++i) out_ptr[(s * heads + h0) * dim + i] = static_cast<T>(acc[i]);
     }
   });
 }

@@ -3,6 +3,8 @@ cache in place (cpu_kernel.py), and the plain torch path that gathers whole bloc
 random blocks, ragged lengths, GQA, sliding windows and tables with holes; bf16 too. Then the engine: its
 greedy outputs are the same with the kernel and without it (the fallback where it cannot be built)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,6 +67,49 @@ def test_kernel_in_bf16_and_with_nothing_to_attend():
 
 
 @needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,window", CASES + [(8, 2, 40, 16, None), (3, 3, 48, 8, 30)])
+def test_kernel_in_bf16_matches_sdpa_on_the_same_bf16_values(heads, kv_heads, dim, block_size, window):
+    """bfloat16 query and cache (bfloat16 dot products where the CPU has them, a tail of the head past the last 32
+    lanes, 1 to 4 heads at a time) against SDPA in float32 on the very same values."""
+    query, k_cache, v_cache, tables, lengths = make_case(heads, kv_heads, dim, block_size)
+    query, k_cache, v_cache = query.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16()
+    tables, lengths = tables.long(), lengths.long()
+    got = KERNEL(query, k_cache, v_cache, tables, _starts(lengths, window), lengths, block_size, dim ** -0.5)
+    want = reference(query.float(), k_cache.float(), v_cache.float(), tables, lengths, block_size, dim ** -0.5, window)
+    assert got.dtype == torch.bfloat16
+    # one rounding of the result to bfloat16 (2^-8 relative), and float32 sums in another order
+    assert torch.allclose(got.float(), want, atol=1e-2, rtol=1e-2), (got.float() - want).abs().max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_over_long_scattered_contexts(dtype):
+    """Contexts of hundreds of positions in blocks scattered over the cache, as a server's decodes leave them: many
+    tiles of values, a softmax over whole vectors and a tail, scores far below the greatest (whose exponentials
+    vanish), and a window that starts inside a block."""
+    generator = torch.Generator().manual_seed(7)
+    heads, kv_heads, dim, block_size = 8, 2, 64, 16
+    lengths = torch.tensor([1000, 517, 16, 333], dtype=torch.long)
+    blocks = -(-lengths // block_size)
+    k_cache = torch.randn(int(blocks.sum()) * block_size, kv_heads, dim, generator=generator) * 3
+    v_cache = torch.randn(k_cache.shape, generator=generator)
+    query = torch.randn(len(lengths), heads, dim, generator=generator) * 3
+    order = torch.randperm(int(blocks.sum()), generator=generator)
+    tables = torch.full((len(lengths), int(blocks.max())), 10**6, dtype=torch.long)
+    used = 0
+    for row, count in enumerate(blocks.tolist()):
+        tables[row, :count] = order[used:used + count]
+        used += count
+    query, k_cache, v_cache = query.to(dtype), k_cache.to(dtype), v_cache.to(dtype)
+    for window in (None, 300):
+        got = KERNEL(query, k_cache, v_cache, tables, _starts(lengths, window), lengths, block_size, dim ** -0.5)
+        want = reference(query.float(), k_cache.float(), v_cache.float(), tables, lengths, block_size, dim ** -0.5,
+                         window)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance), (window, (got.float() - want).abs().max())
+
+
+@needs_kernel
 def test_kernel_refuses_what_it_cannot_run():
     query, k_cache, v_cache, tables, lengths = make_case(4, 2, 16, 4)
     with pytest.raises(RuntimeError, match="int64"):
@@ -106,3 +151,30 @@ def test_engine_outputs_are_the_same_with_and_without_the_kernel(tiny_gemma_dir,
     without, fallback = _greedy_outputs(tiny_gemma_dir, tmp_path / "b")
     assert kernel is not None and fallback is None
     assert with_kernel == without and all(len(tokens) == 12 for tokens in with_kernel)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The flags of the mapping that holds `address`, from /proc/self/smaps."""
+    inside = False
+    for line in open("/proc/self/smaps").read().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+def test_the_cpu_cache_is_zeroed_and_asked_for_in_huge_pages():
+    shape = (2, 4096, 2, 128)  # 8 MB in bfloat16: whole 2 MB pages inside it
+    cache = cpu_kernel.zeros_in_huge_pages(shape, torch.bfloat16)
+    assert cache.shape == shape and cache.dtype == torch.bfloat16 and cache.is_contiguous()
+    assert torch.count_nonzero(cache) == 0
+    small = cpu_kernel.zeros_in_huge_pages((3, 5), torch.float32)  # under two huge pages: no advice, still zeros
+    assert small.shape == (3, 5) and torch.count_nonzero(small) == 0
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps here")
+    page = cpu_kernel.HUGE_PAGE
+    inside = -(-cache.data_ptr() // page) * page
+    assert "hg" in _vm_flags(inside)  # MADV_HUGEPAGE: the kernel backs it with 2 MB pages where it has them
