@@ -21,8 +21,10 @@
 
 #include "ops_cpu.h"
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#ifdef __AVX512F__
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define OZWELL_BF16_DOT 1
 #endif
 
@@ -52,9 +54,15 @@ inline vfloat load16(const float* p) {
   return v;
 }
 inline vfloat load16(const at::BFloat16* p) {  // bfloat16 -> float is a shift of its bits
+#ifdef __AVX512F__
+  // (GCC widens a 16-lane vector of halves through two 8-lane ones: 5 instructions where 2 do)
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return reinterpret_cast<vfloat>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#else
   vhalf h;
   std::memcpy(&h, p, sizeof h);
   return reinterpret_cast<vfloat>(__builtin_convertvector(h, vword) << 16);
+#endif
 }
 inline float scalar(float x) { return x; }
 inline float scalar(at::BFloat16 x) { return bf16_float(x.x); }
