@@ -34,7 +34,7 @@ log = logging.getLogger("ozwell.engines")
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / name for name in ("paged_decode_cpu.cpp", "fused_cpu.cpp", "lowbit_linear_cpu.cpp",
                                     "decode_layer_cpu.cpp", "thread_pool_cpu.cpp", "bf16_linear_cpu.cpp")]
-HEADERS = [CSRC / "ops_cpu.h"]
+HEADERS = [CSRC / "ops_cpu.h", CSRC / "vec_cpu.h"]
 # (-fno-trapping-math lets the compiler vectorise loops with a clamp in them; it changes no result)
 CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _lock = threading.Lock()
