@@ -178,3 +178,16 @@ def test_the_cpu_cache_is_zeroed_and_asked_for_in_huge_pages():
     page = cpu_kernel.HUGE_PAGE
     inside = -(-cache.data_ptr() // page) * page
     assert "hg" in _vm_flags(inside)  # MADV_HUGEPAGE: the kernel backs it with 2 MB pages where it has them
+
+
+def test_an_installed_package_carries_every_source_the_cpu_ops_build_from():
+    """The ops are compiled where they run, from the files cpu_kernel names; pyproject's package data must ship each
+    of them (a header left out makes every build fail, and the torch path serve, silently slower)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(cpu_kernel.__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["engines"]
+    for source in cpu_kernel.SOURCES + cpu_kernel.HEADERS:
+        name = source.relative_to(root / "engines").as_posix()
+        assert source.exists() and any(fnmatch.fnmatch(name, g) for g in globs), name
