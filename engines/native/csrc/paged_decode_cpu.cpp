@@ -7,12 +7,13 @@
 //
 // At 32 sequences of 512 tokens (gemma-3-270m: 4 heads on one KV head of 256) a layer's cache is 17 MB in bfloat16,
 // read from memory, and the step is bound by how fast those reads come, so the loops are built around them:
-// - each key row is read once for the 4 heads that share it, in 16-lane vectors (bfloat16 dot products where the
-//   CPU has them), each sum ended by a tree of halves;
-// - the values are summed a tile of rows at a time, 4 heads x 64 lanes of sums held in registers;
+// - each key row is read once for the 4 heads that share it, in vectors as wide as the registers (bfloat16 dot
+//   products where the CPU has them), each sum ended by a tree of halves;
+// - the values are summed a tile of rows at a time, 4 heads x 64 lanes (16 with AVX2) of sums held in
+//   registers;
 // - rows are asked for ahead of their use (the blocks of a sequence are not adjacent, and the hardware's
 //   prefetcher stops at each block's end);
-// - the softmax's exponentials run 16 lanes at a time.
+// - the softmax's exponentials run a vector at a time.
 // Measured against the kernel before (one row and one head at a time, a scalar exp): 2.3 -> 1.3 ms a layer in
 // bfloat16 (README: "Decode attention at long contexts").
 #include <ATen/ATen.h>
@@ -64,7 +65,7 @@ struct Rows {
   }
 };
 
-// scores[h * n + i] = q[h] . keys[i], for H heads (q [H, dim], float): each row's 16 lanes are read once for the H
+// scores[h * n + i] = q[h] . keys[i], for H heads (q [H, dim], float): each row's lanes are read once for the H
 // heads.
 template <int H, typename T>
 void score_rows(const float* q, const Rows<T>& rows, float* scores) {
@@ -75,8 +76,8 @@ void score_rows(const float* q, const Rows<T>& rows, float* scores) {
     vfloat acc[H];
     for (int h = 0; h < H; ++h) acc[h] = vfloat{};
     for (int64_t d = 0; d < whole; d += LANES) {
-      const vfloat kd = load16(k + d);
-      for (int h = 0; h < H; ++h) acc[h] += load16(q + h * dim + d) * kd;
+      const vfloat kd = vload(k + d);
+      for (int h = 0; h < H; ++h) acc[h] += vload(q + h * dim + d) * kd;
     }
     for (int h = 0; h < H; ++h) {
       float sum = lane_sum(acc[h]);
@@ -119,15 +120,15 @@ inline void weigh_lanes(const float* weights, const Rows<T>& rows, int64_t i0, i
   const int64_t n = rows.n, dim = rows.dim;
   vfloat acc[H][G];
   for (int h = 0; h < H; ++h)
-    for (int j = 0; j < G; ++j) acc[h][j] = load16(out + h * dim + d + j * LANES);
+    for (int j = 0; j < G; ++j) acc[h][j] = vload(out + h * dim + d + j * LANES);
   for (int64_t i = i0; i < i0 + in; ++i) {
     if (i - i0 < next_n) {
       const char* p = reinterpret_cast<const char*>(rows.values + next[i - i0] + d);
-      for (int64_t b = 0; b < G * LANES * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+      for (int64_t b = 0; b < G * LANES * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b, 0, 2);
     }
     const T* v = rows.values + rows.offsets[i] + d;
     vfloat vd[G];
-    for (int j = 0; j < G; ++j) vd[j] = load16(v + j * LANES);
+    for (int j = 0; j < G; ++j) vd[j] = vload(v + j * LANES);
     for (int h = 0; h < H; ++h) {
       const float w = weights[h * n + i];
       for (int j = 0; j < G; ++j) acc[h][j] += w * vd[j];
@@ -138,18 +139,20 @@ inline void weigh_lanes(const float* weights, const Rows<T>& rows, int64_t i0, i
 }
 
 // out[h] += sum over i of weights[h * n + i] * values[i], for H heads (out [H, dim], float), a tile of rows at a
-// time: the tile stays in the L1 cache while 64 lanes at a time of each of its rows are summed, and the next tile's
-// rows are asked for meanwhile, a few lines a row (asked for all at once, they stalled the loop: 12-16% slower).
+// time: the tile stays in the L1 cache while G vectors at a time of each of its rows are summed, and the next tile's
+// rows are asked into L2 meanwhile, a few lines a row (asked for all at once, they stalled the loop: 12-16% slower;
+// into L1, they pushed out the tile in use: 10-13% slower).
 template <int H, typename T>
 void weigh_rows(const float* weights, const Rows<T>& rows, float* out) {
   constexpr int64_t TILE = 16;
   const int64_t n = rows.n, dim = rows.dim;
-  const int64_t whole = dim / LANES * LANES, wide = dim / (4 * LANES) * (4 * LANES);
+  constexpr int G = LANES == 16 ? 4 : 2;  // vectors of lanes a row: 64 (AVX-512) or 16 (AVX2) lanes of sums a head
+  const int64_t whole = dim / LANES * LANES, wide = dim / (G * LANES) * (G * LANES);
   for (int64_t i0 = 0; i0 < n; i0 += TILE) {
     const int64_t in = std::min(TILE, n - i0);
     const int64_t next_n = std::max<int64_t>(0, std::min(TILE, n - i0 - TILE));
     const int64_t* next = next_n > 0 ? rows.offsets + i0 + TILE : nullptr;
-    for (int64_t d = 0; d < wide; d += 4 * LANES) weigh_lanes<H, 4>(weights, rows, i0, in, d, out, next, next_n);
+    for (int64_t d = 0; d < wide; d += G * LANES) weigh_lanes<H, G>(weights, rows, i0, in, d, out, next, next_n);
     for (int64_t d = wide; d < whole; d += LANES) weigh_lanes<H, 1>(weights, rows, i0, in, d, out, next, next_n);
     for (int64_t d = whole; d < dim; ++d)
       for (int64_t i = i0; i < i0 + in; ++i)

@@ -1,5 +1,5 @@
-// 16-float vectors for the CPU ops (paged_decode_cpu.cpp): loads from float32 and bfloat16, the sum of the lanes,
-// e^x and a softmax, 16 lanes at a time.
+// Float vectors for the CPU ops (paged_decode_cpu.cpp): loads from float32 and bfloat16, the sum of the lanes, e^x
+// and a softmax, a vector at a time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,19 +22,26 @@
 
 namespace ozwell {
 
-// 16 floats in the CPU's widest registers (one AVX-512 register, two AVX2 ones, four SSE ones): GCC's vector
-// extensions, so one source serves every x86 level the extension is built for.
-typedef float vfloat __attribute__((vector_size(64)));
-typedef uint16_t vhalf __attribute__((vector_size(32)));
-typedef uint32_t vword __attribute__((vector_size(64)));
-constexpr int64_t LANES = 16;
+// A vector of floats as wide as the CPU's registers: 16 with AVX-512, else 8 (AVX2's registers, or two SSE ones).
+// GCC's vector extensions, so one source serves every x86 level the extension is built for. (Vectors of 16 on AVX2,
+// two registers each, left the weighing's sums no registers: the kernel ran 3x slower than with 8.)
+#ifdef __AVX512F__
+#define OZWELL_LANES 16
+#else
+#define OZWELL_LANES 8
+#endif
+typedef float vfloat __attribute__((vector_size(OZWELL_LANES * 4)));
+typedef uint16_t vhalf __attribute__((vector_size(OZWELL_LANES * 2)));
+typedef uint32_t vword __attribute__((vector_size(OZWELL_LANES * 4)));
+typedef int32_t vint __attribute__((vector_size(OZWELL_LANES * 4)));
+constexpr int64_t LANES = OZWELL_LANES;
 
-inline vfloat load16(const float* p) {
+inline vfloat vload(const float* p) {
   vfloat v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline vfloat load16(const at::BFloat16* p) {  // bfloat16 -> float is a shift of its bits
+inline vfloat vload(const at::BFloat16* p) {  // bfloat16 -> float is a shift of its bits
 #ifdef __AVX512F__
   // (GCC widens a 16-lane vector of halves through two 8-lane ones: 5 instructions where 2 do)
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -50,12 +57,16 @@ inline float scalar(at::BFloat16 x) { return bf16_float(x.x); }
 
 // the sum of a vector's lanes, as a tree of halves (a reduction loop over them sums one lane after another)
 inline float lane_sum(vfloat v) {
-  typedef float half_t __attribute__((vector_size(32)));
   typedef float quarter_t __attribute__((vector_size(16)));
+#if OZWELL_LANES == 16
+  typedef float half_t __attribute__((vector_size(32)));
   half_t lo, hi;
   std::memcpy(&lo, &v, sizeof lo);
   std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
   const half_t h = lo + hi;
+#else
+  const vfloat h = v;
+#endif
   quarter_t a, b;
   std::memcpy(&a, &h, sizeof a);
   std::memcpy(&b, reinterpret_cast<const char*>(&h) + sizeof a, sizeof b);
@@ -63,12 +74,11 @@ inline float lane_sum(vfloat v) {
   return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
-// e^x, 16 lanes at a time, for x <= 0 (a score less the row's greatest): e^x = 2^k e^r with k = x / ln 2 rounded
+// e^x, a vector at a time, for x <= 0 (a score less the row's greatest): e^x = 2^k e^r with k = x / ln 2 rounded
 // and |r| <= ln 2 / 2, e^r by a polynomial of degree 7 (as Cephes' expf), 2^k built in the float's exponent bits.
 // Within 2 ulp of std::exp (1 ulp measured over [-87, 0]); below -87 (e^x < 2^-125, nothing beside a sum of at
 // least 1) it gives e^-87.
-inline vfloat exp16(vfloat x) {
-  typedef int32_t vint __attribute__((vector_size(64)));
+inline vfloat vexp(vfloat x) {
   x = x < -87.f ? vfloat{} - 87.f : x;
   const vfloat round = vfloat{} + 12582912.f;  // 1.5 * 2^23: adding it rounds to a whole number
   const vfloat k = (x * 1.44269504f + round) - round;
@@ -89,9 +99,9 @@ inline void softmax(float* row, int64_t n) {
   const int64_t whole = n / LANES * LANES;
   float top = -std::numeric_limits<float>::infinity();
   if (whole > 0) {
-    vfloat m = load16(row);
+    vfloat m = vload(row);
     for (int64_t p = LANES; p < whole; p += LANES) {
-      const vfloat v = load16(row + p);
+      const vfloat v = vload(row + p);
       m = v > m ? v : m;
     }
     for (int l = 0; l < LANES; ++l) top = std::max(top, m[l]);
@@ -99,7 +109,7 @@ inline void softmax(float* row, int64_t n) {
   for (int64_t p = whole; p < n; ++p) top = std::max(top, row[p]);
   vfloat sums{};
   for (int64_t p = 0; p < whole; p += LANES) {
-    const vfloat e = exp16(load16(row + p) - top);
+    const vfloat e = vexp(vload(row + p) - top);
     std::memcpy(row + p, &e, sizeof e);
     sums += e;
   }
