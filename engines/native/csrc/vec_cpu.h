@@ -16,8 +16,8 @@
 #include <cstring>
 #include <limits>
 
-// 64-byte vectors passed between inline functions: GCC warns that their ABI differs without AVX-512 (it does not
-// matter here: nothing crosses a library's boundary)
+// Vectors wider than the target's own registers passed between inline functions: GCC warns that their ABI differs
+// (it does not matter here: nothing crosses a library's boundary)
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace ozwell {
