@@ -106,7 +106,8 @@ def test_kernel_over_long_scattered_contexts(dtype):
         want = reference(query.float(), k_cache.float(), v_cache.float(), tables, lengths, block_size, dim ** -0.5,
                          window)
         tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-        assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance), (window, (got.float() - want).abs().max())
+        error = (got.float() - want).abs().max()
+        assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance), (window, error)
 
 
 @needs_kernel
