@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true",
                         help="the sequences' blocks interleaved, as a server's decodes leave them")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--block-size", type=int, nargs="+", default=[16],
+                        help="tokens a KV block (the config's block_size); with several, a runner each, their steps "
+                             "alternating too")
     parser.add_argument("--variants", nargs="+", default=["unfused", "fused"],
                         choices=["unfused", "fused", "int8", "int8-unfused", "int4", "int6"])
     parser.add_argument("--prefill", type=int, default=0, help="also time one prefill chunk of this many tokens")
@@ -122,33 +125,39 @@ def main() -> None:
     path = args.model or default_model()
     if path is None:
         raise SystemExit("no model: pass --model DIR")
-    block_size = 16
-    blocks = max(max(args.batches) * (-(-(max(args.context) + 64) // 16)), -(-args.prefill // 16)) + 1
-    runners = {v: load(path, v.split("-")[0] if v.startswith("int") else None, not v.endswith("unfused"), blocks,
-                       block_size, max(args.batches), getattr(torch, args.dtype)) for v in args.variants}
-    print(f"model {path.name}, {args.dtype}, threads {torch.get_num_threads()}, context {args.context}"
-          + (" (interleaved blocks), " if args.interleaved else ", ")
+    sizes = args.block_size
+    # a runner for each variant and block size, named "variant" or "variant/b<size>" where several sizes are compared
+    runners = {}
+    for v in args.variants:
+        for size in sizes:
+            blocks = max(max(args.batches) * (-(-(max(args.context) + 64) // size)), -(-args.prefill // size)) + 1
+            runners[v if len(sizes) == 1 else f"{v}/b{size}"] = load(
+                path, v.split("-")[0] if v.startswith("int") else None, not v.endswith("unfused"), blocks, size,
+                max(args.batches), getattr(torch, args.dtype))
+    print(f"model {path.name}, {args.dtype}, threads {torch.get_num_threads()}, context {args.context}, "
+          f"block size {sizes}" + (" (interleaved blocks), " if args.interleaved else ", ")
           + ", ".join(f"{v}: {r.fused_layers} fused layers" for v, r in runners.items()))
     for batch in args.batches:
-        # each (variant, context) a runner of its own to time: the contexts' steps alternate as the variants' do
-        timed = {f"{v}@{c}" if len(args.context) > 1 else v: runners[v] for v in args.variants for c in args.context}
-        chunks = {name: decode_chunks(batch, int(name.split("@")[1]) if "@" in name else args.context[0], block_size,
-                                      args.interleaved) for name in timed}
+        # each (runner, context) timed on its own: the contexts' steps alternate as the runners' do
+        timed = {f"{r}@{c}" if len(args.context) > 1 else r: runners[r] for r in runners for c in args.context}
+        chunks = {name: decode_chunks(batch, int(name.split("@")[1]) if "@" in name else args.context[0],
+                                      timed[name].block_size, args.interleaved) for name in timed}
         figures = time_steps(timed, chunks, args.steps)
         report(f"batch {batch:3d}", figures, list(timed))
     if args.prefill:
-        def prefill_chunk():
-            seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], block_size)
-            seq.block_table = list(range(-(-args.prefill // block_size)))
+        def prefill_chunk(size: int):
+            seq = Sequence("p", [(5 * j) % 1000 + 2 for j in range(args.prefill)], size)
+            seq.block_table = list(range(-(-args.prefill // size)))
             return [ScheduledChunk(seq, args.prefill)]
 
-        figures = time_steps(runners, {name: prefill_chunk() for name in runners}, max(3, args.steps // 3))
-        report(f"prefill {args.prefill}", figures, args.variants)
+        figures = time_steps(runners, {name: prefill_chunk(r.block_size) for name, r in runners.items()},
+                             max(3, args.steps // 3))
+        report(f"prefill {args.prefill}", figures, list(runners))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         for name, runner in runners.items():
-            chunks = decode_chunks(1, args.context[0], block_size)
+            chunks = decode_chunks(1, args.context[0], runner.block_size)
             runner.forward(chunks)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 runner.forward(chunks)

@@ -254,7 +254,7 @@ def ours_in_process(config_path: Path, data_dir: Path, streams_list: list[int], 
     engine.load()
     result: dict = {"load_s": round(time.perf_counter() - started, 1),
                     "graphs": bool(engine.runner.static and engine.runner.static.graphs),
-                    "kv_tokens": engine.stats()["kv_blocks_total"] * engine.config.block_size}
+                    "kv_tokens": engine.stats()["kv_blocks_total"] * engine.block_size}
 
     async def main(engine):
         await engine.start()

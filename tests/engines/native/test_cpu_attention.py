@@ -82,13 +82,14 @@ def test_kernel_in_bf16_matches_sdpa_on_the_same_bf16_values(heads, kv_heads, di
 
 
 @needs_kernel
+@pytest.mark.parametrize("block_size", [16, 64, 128])  # 64: a CPU's default (engines/native/loader.py)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernel_over_long_scattered_contexts(dtype):
+def test_kernel_over_long_scattered_contexts(dtype, block_size):
     """Contexts of hundreds of positions in blocks scattered over the cache, as a server's decodes leave them: many
     tiles of values, a softmax over whole vectors and a tail, scores far below the greatest (whose exponentials
     vanish), and a window that starts inside a block."""
     generator = torch.Generator().manual_seed(7)
-    heads, kv_heads, dim, block_size = 8, 2, 64, 16
+    heads, kv_heads, dim = 8, 2, 64
     lengths = torch.tensor([1000, 517, 16, 333], dtype=torch.long)
     blocks = -(-lengths // block_size)
     k_cache = torch.randn(int(blocks.sum()) * block_size, kv_heads, dim, generator=generator) * 3

@@ -38,8 +38,8 @@ def test_the_kv_cache_takes_what_gpu_memory_utilization_leaves(tiny_llama_dir, t
                         gpu_memory_utilization=0.1, cuda_graphs="false")
     per_token = small.runner.k_cache[0, 0].numel() * small.runner.k_cache.element_size() * 2 * \
         small.runner.k_cache.shape[0]
-    small_tokens = small.stats()["kv_blocks_total"] * small.config.block_size
-    large_tokens = large.stats()["kv_blocks_total"] * large.config.block_size
+    small_tokens = small.stats()["kv_blocks_total"] * small.block_size
+    large_tokens = large.stats()["kv_blocks_total"] * large.block_size
     assert small_tokens * per_token <= 0.05 * total
     assert large_tokens > small_tokens
     # doubling the share adds about that much memory's worth of tokens (weights and activations are tiny)

@@ -4,13 +4,13 @@ kv_cache_tokens is a config error naming the numbers), from kv_cache_tokens or m
 import pytest
 
 from engines.config import ConfigError, ModelConfig
-from engines.native.loader import MemoryBudget, kv_cache_blocks
+from engines.native.loader import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, MemoryBudget, kv_block_size, kv_cache_blocks
 
 GIB = 2**30
 
 
 def _config(**fields) -> ModelConfig:
-    return ModelConfig(id="m", task="chat", engine="transformers", source="/x", block_size=16, **fields)
+    return ModelConfig(id="m", task="chat", engine="transformers", source="/x", **({"block_size": 16} | fields))
 
 
 def test_the_budget_is_what_the_share_leaves_after_weights_activations_and_graphs():
@@ -46,3 +46,16 @@ def test_on_a_cpu_the_cache_holds_max_num_seqs_contexts_or_kv_cache_tokens():
     assert kv_cache_blocks(_config(max_num_seqs=4), 256, 1024) == 4 * 256 // 16
     assert kv_cache_blocks(_config(kv_cache_tokens=64), 256, 1024) == 256 // 16  # never below one context
     assert kv_cache_blocks(_config(kv_cache_tokens=8192), 256, 1024) == 512
+
+
+def test_an_unset_block_size_is_the_devices_default_and_a_set_one_is_kept():
+    unset = _config(block_size=None, max_num_seqs=4)
+    assert (GPU_BLOCK_SIZE, CPU_BLOCK_SIZE) == (16, 64)
+    assert kv_block_size(unset, on_gpu=True) == 16 and kv_block_size(unset, on_gpu=False) == 64
+    assert kv_block_size(_config(block_size=8), on_gpu=False) == kv_block_size(_config(block_size=8), on_gpu=True) == 8
+    # the cache is counted in the blocks the engine uses: on a CPU 4 contexts of 256 tokens are 16 blocks of 64,
+    # and one of 100 tokens takes two (never less than one whole context)
+    assert kv_cache_blocks(unset, 256, 1024) == 4 * 256 // 64
+    assert kv_cache_blocks(_config(block_size=None, kv_cache_tokens=16), 100, 1024) == 2
+    budget = MemoryBudget(total=80 * GIB, used=16 * GIB, activations=2 * GIB, utilization=0.9)
+    assert kv_cache_blocks(unset, 4096, 128 * 1024, budget) == (52 * GIB // (128 * 1024)) // 16
