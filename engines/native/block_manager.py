@@ -55,14 +55,19 @@ class KVBlockManager:
         return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
 
     # ---- lookups -------------------------------------------------------------------------------
+    def _hashes(self, seq: Sequence, count: int) -> list[int]:
+        """The chained hashes of `seq`'s first `count` full blocks, extending those it has."""
+        hashes = seq.block_hashes
+        for index in range(len(hashes), count):
+            hashes.append(chain_hash(seq.block_tokens(index), hashes[-1] if hashes else None))
+        return hashes if len(hashes) == count else hashes[:count]
+
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids holding the longest computed prefix of `seq` (full blocks only)."""
-        found, prefix = [], None
-        for index in range(seq.num_tokens // self.block_size):
-            tokens = seq.block_tokens(index)
-            prefix = chain_hash(tokens, prefix)
+        found = []
+        for index, prefix in enumerate(self._hashes(seq, seq.num_tokens // self.block_size)):
             block_id = self.cached.get(prefix)
-            if block_id is None or self.blocks[block_id].token_ids != tokens:
+            if block_id is None or self.blocks[block_id].token_ids != seq.block_tokens(index):
                 break
             found.append(block_id)
         return found
@@ -99,16 +104,14 @@ class KVBlockManager:
 
     def commit(self, seq: Sequence) -> None:
         """Register the full blocks whose KV is now computed, so later sequences can share them."""
-        prefix = None
-        for index in range(seq.num_computed_tokens // self.block_size):
+        hashes = self._hashes(seq, seq.num_computed_tokens // self.block_size)
+        for index, prefix in enumerate(hashes):
             block = self.blocks[seq.block_table[index]]
-            tokens = seq.block_tokens(index)
-            prefix = chain_hash(tokens, prefix)
             if block.hash == prefix:
                 continue
             if prefix in self.cached and self.cached[prefix] != block.block_id:
                 continue  # another block already holds this prefix; keep that one
-            block.hash, block.token_ids = prefix, tokens
+            block.hash, block.token_ids = prefix, seq.block_tokens(index)
             self.cached[prefix] = block.block_id
 
     def free_sequence(self, seq: Sequence) -> None:

@@ -22,6 +22,9 @@ class Sequence:
         self.num_prompt_tokens = len(token_ids)
         self.block_size = block_size
         self.block_table: list[int] = []
+        # The chained hashes of its first full blocks (block_manager.py), each computed once: a full block's tokens
+        # never change, so a step hashes only the block it fills, not the whole context again.
+        self.block_hashes: list[int] = []
         # Tokens whose KV is in the cache: taken from the prefix cache, or computed by a step.
         self.num_computed_tokens = 0
         # Of those, how many came from the prefix cache at the last admission.

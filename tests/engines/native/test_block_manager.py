@@ -116,3 +116,36 @@ def test_grow_adds_a_block_only_when_the_last_is_full():
     assert s.block_table == [0]
     manager.grow(s, 5)
     assert s.block_table == [0, 1]
+
+
+def test_a_chunked_prompt_registers_only_its_computed_blocks():
+    manager = KVBlockManager(num_blocks=8, block_size=4)
+    a = seq("a", list(range(12)))
+    manager.allocate(a)  # the lookup hashes all three full blocks
+    assert len(a.block_hashes) == 3
+    a.num_computed_tokens = 4  # the first chunk's KV only
+    manager.commit(a)
+    assert list(manager.cached.values()) == [a.block_table[0]]
+    assert manager._cached_prefix(seq("b", list(range(12)))) == [a.block_table[0]]
+    computed(manager, a)
+    assert sorted(manager.cached.values()) == sorted(a.block_table)
+
+
+def test_each_full_block_is_hashed_once_however_many_steps_commit(monkeypatch):
+    from engines.native import block_manager
+
+    calls = []
+    real = block_manager.chain_hash
+    monkeypatch.setattr(block_manager, "chain_hash", lambda tokens, prefix: calls.append(1) or real(tokens, prefix))
+    manager = KVBlockManager(num_blocks=16, block_size=4)
+    a = seq("a", list(range(6)))
+    manager.allocate(a)
+    computed(manager, a)
+    for token in range(40):  # decode steps: a token each, committed each step
+        a.append_token(token)
+        manager.grow(a, a.num_tokens)
+        computed(manager, a)
+    assert len(calls) == a.num_tokens // 4 == 11  # not one a block a step (251 from scratch)
+    # the same hashes as from scratch: a second sequence with these tokens finds every full block
+    b = seq("b", list(a.token_ids))
+    assert manager._cached_prefix(b) == a.block_table[:11]
