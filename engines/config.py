@@ -79,7 +79,7 @@ _VLLM_TOP_LEVEL = ("max_model_len", "max_num_seqs", "dtype", "max_num_batched_to
 class VllmOptions(BaseModel):
     """Settings passed through to vLLM's engine arguments (engine: vllm only).
 
-    max_model_len, max_num_seqs, max_num_batched_tokens and dtype are the config's top-level fields.
+    max_model_len, max_num_seqs, max_num_batched_tokens, dtype and block_size are the config's top-level fields.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
