@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--files-dir", type=Path, default=None,
                        help="where uploaded files' bytes live (default: <data-dir>/files); "
                             "replicas share one directory, e.g. a mounted volume")
+    serve.add_argument("--forwarded-allow-ips", default=None,
+                       help="comma-separated addresses or networks of the reverse proxies whose X-Forwarded-For and "
+                            "X-Forwarded-Proto are believed, or '*' (default: none; clients are who they connect as)")
     serve.add_argument("--instance-id", default=None,
                        help="this replica's name in /metrics and /ready (default: hostname:port)")
     models = sub.add_parser("models", help="list the models the configs define")
@@ -159,7 +162,7 @@ def _freeze_startup_heap() -> None:
 
 
 def _serve(settings: Settings, log_level: str, database_url: str | None, metrics_port: int | None = None,
-           metrics_host: str = "127.0.0.1") -> int:
+           metrics_host: str = "127.0.0.1", forwarded_allow_ips: str | None = None) -> int:
     import asyncio
     import signal
 
@@ -228,8 +231,12 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
 
     # The request line and the headers together: the header limit plus room for a long URL.
     http = GuardedHttpProtocol.with_limits(settings.max_headers_total_bytes + 16 * 1024, settings.header_timeout_s)
+    # Proxy headers only from the proxies named: uvicorn's own default believes X-Forwarded-For from 127.0.0.1
+    # (and $FORWARDED_ALLOW_IPS), so any local client could pick its address, e.g. to dodge the sign-in limit.
+    proxies = (forwarded_allow_ips or "").strip()
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            access_log=log_level == "debug", timeout_graceful_shutdown=5, http=http)
+                            access_log=log_level == "debug", timeout_graceful_shutdown=5, http=http,
+                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     _Server(config).run()
     return 0
 
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                             database_pool_size=args.db_pool_size, database_max_overflow=args.db_max_overflow,
                             redis_url=args.redis_url, files_dir=args.files_dir, instance_id=args.instance_id,
                             batch_concurrency=args.batch_concurrency, batch_lease_s=args.batch_lease, **extra)
-        return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host)
+        return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host,
+                      args.forwarded_allow_ips)
     except ConfigError as exc:
         print(f"ozwell: bad model config: {exc}", file=sys.stderr)
         return 2

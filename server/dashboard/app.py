@@ -173,6 +173,21 @@ def create_dashboard(services: AppServices) -> FastAPI:
             response.headers[name] = value
         return response
 
+    async def record_failed_signin(request: Request) -> Response | None:
+        """Count one failed sign-in against the client's address, atomically (the check and the record are one
+        limiter call, so concurrent attempts cannot all pass a stale check), or the 429 once it is over the
+        limit. Only failures count and only failures are refused: a valid admin key signs in from an address
+        that others locked out (a key is 256 random bits; the lockout slows guessing, it is not the defence)."""
+        window = f"dashboard-signin:{request.client.host if request.client else '-'}"
+        decision, reservation = await services.limiter.reserve_tokens(window, settings.dashboard_signin_attempts, 1)
+        if reservation is not None:
+            await services.limiter.reconcile(reservation, 1)
+        if decision.allowed:
+            return None
+        wait = max(int(decision.retry_after_s + 0.999), 1)
+        return signin_page(request, 429, f"Too many failed sign-ins. Try again in {wait} s.",
+                           {"Retry-After": str(wait)})
+
     @app.get("/signin")
     async def signin_form(request: Request) -> Response:
         return signin_page(request)
@@ -184,19 +199,12 @@ def create_dashboard(services: AppServices) -> FastAPI:
         if not same_origin(request) or not isinstance(token, str) or not expected or \
                 not hmac.compare_digest(token.encode(), expected.encode()):
             return signin_page(request, 403, "The sign-in form had expired. Please try again.")
-        window = f"dashboard-signin:{request.client.host if request.client else '-'}"
-        attempts = settings.dashboard_signin_attempts
-        state = await services.limiter.tokens_state(window, attempts)
-        if state.remaining <= 0:
-            wait = max(int(state.reset_s + 0.999), 1)
-            return signin_page(request, 429, f"Too many failed sign-ins. Try again in {wait} s.",
-                               {"Retry-After": str(wait)})
         key = form.get("api_key")
         result = await asyncio.to_thread(sessions.sign_in, key.strip()) if isinstance(key, str) else None
         if result is None:
-            _, reservation = await services.limiter.reserve_tokens(window, attempts, 1)
-            if reservation is not None:
-                await services.limiter.reconcile(reservation, 1)
+            refusal = await record_failed_signin(request)
+            if refusal is not None:
+                return refusal
             return signin_page(request, 401, "That is not an active API key with the admin scope.")
         session_id, user = result
         response = RedirectResponse(f"{PATH}/keys", status_code=303)

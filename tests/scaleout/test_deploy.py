@@ -29,6 +29,7 @@ def test_two_replicas_per_profile_sharing_one_store_and_one_files_volume():
             assert args.database_url.startswith("postgresql+psycopg://") and "@postgres:" in args.database_url
             assert args.redis_url == "redis://redis:6379/0" and str(args.files_dir) == "/files"
             assert "files:/files" in service["volumes"]
+            assert args.forwarded_allow_ips == "*"  # only nginx reaches them, and it sets X-Forwarded-For itself
             assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
             assert service["depends_on"]["redis"]["condition"] == "service_healthy"
             assert "/ready" in " ".join(service["healthcheck"]["test"])
@@ -54,7 +55,8 @@ def test_nginx_passes_streams_unbuffered_to_both_replicas():
     lines = [line.split("#", 1)[0].strip() for line in conf.splitlines()]
     directives = {line.rstrip(";") for line in lines if line.endswith(";")}
     for needed in ("proxy_buffering off", "proxy_request_buffering off", "proxy_http_version 1.1",
-                   'proxy_set_header Connection ""', "proxy_pass http://ozwell"):
+                   'proxy_set_header Connection ""', "proxy_pass http://ozwell",
+                   "proxy_set_header X-Forwarded-For $remote_addr", "proxy_set_header X-Forwarded-Proto $scheme"):
         assert needed in directives, needed
     assert re.findall(r"server (ozwell-\d):8000", conf) == ["ozwell-1", "ozwell-2"]
     published = _compose()["services"]["nginx"]["ports"]
