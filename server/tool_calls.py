@@ -125,15 +125,28 @@ def _split(inner: str) -> tuple[str, str] | None:
 
 
 def parse(text: str) -> tuple[str | None, list[dict]]:
-    """(content, tool calls) of a whole answer: the text outside call blocks, and each well-formed call."""
-    calls = []
-    for match in _CALL.finditer(text):
-        split = _split(match.group(1))
-        if split is not None:
-            calls.append({"id": call_id(), "type": "function", "function": {"name": split[0],
-                                                                            "arguments": split[1]}})
-    content = _CALL.sub("", text).strip() if calls else text
-    return (content or None) if calls else content, calls
+    """(content, tool calls) of a whole answer, read exactly as a stream of it is read (StreamParser), so a
+    reply gives the same calls streamed or not: a call cut short by the token limit is a call with the
+    arguments it got, and its markup never reaches the content."""
+    content, calls = "", []
+    for delta in StreamParser().feed(text, final=True):
+        if "content" in delta:
+            content += delta["content"]
+            continue
+        entry = delta["tool_calls"][0]
+        if "id" in entry:
+            calls.append({"id": entry["id"], "type": "function",
+                          "function": {"name": entry["function"]["name"], "arguments": ""}})
+        calls[-1]["function"]["arguments"] += entry["function"]["arguments"]
+    return (content.strip() or None) if calls else content, calls
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _held(text: str, marker: str) -> int:
@@ -170,9 +183,9 @@ class StreamParser:
             if not self._in_call:
                 start = self._buffer.find(OPEN)
                 if start < 0:
-                    keep = 0 if final else _held(self._buffer, OPEN)
-                    cut = len(self._buffer) - keep
-                    ready, self._buffer = self._buffer[:cut], self._buffer[cut:]
+                    # (at the end, a tag cut short is dropped: the reply stopped as a call began)
+                    cut = len(self._buffer) - _held(self._buffer, OPEN)
+                    ready, self._buffer = self._buffer[:cut], "" if final else self._buffer[cut:]
                     if ready:
                         out.append({"content": ready})
                     return out
@@ -182,13 +195,15 @@ class StreamParser:
             if not self._named:
                 match = _NAME.match(self._buffer)
                 if match is None:
-                    return out
+                    if not self._whole_block(out):
+                        return out  # (at the end: a call cut before its name is known is dropped, markup too)
+                    continue
                 self._named, self._prefix = True, match.end()
                 out.append(self._call({"index": self.calls, "id": call_id(), "type": "function",
                                        "function": {"name": json.loads(match.group(1)), "arguments": ""}}))
             end = self._buffer.find(CLOSE)
             if end < 0:
-                available = len(self._buffer) - (0 if final else _held(self._buffer, "}" + CLOSE))
+                available = len(self._buffer) - (self._cut_tail() if final else _held(self._buffer, "}" + CLOSE))
                 fragment = self._buffer[self._prefix + self._sent:available]
                 if fragment:
                     self._sent += len(fragment)
@@ -199,6 +214,30 @@ class StreamParser:
                 out.append(self._call({"index": self.calls, "function": {"arguments": fragment}}))
             self._buffer, self._in_call = self._buffer[end + len(CLOSE):], False
             self.calls += 1
+
+    def _cut_tail(self) -> int:
+        """At the end of a call cut short: how many characters at the end are the start of its closing
+        `}</tool_call>` (dropped), unless the arguments are whole JSON as they stand."""
+        if _is_json(self._buffer[self._prefix:]):
+            return 0
+        return _held(self._buffer, "}" + CLOSE)
+
+    def _whole_block(self, out: list[dict]) -> bool:
+        """A closed block not written compactly (no grammar held it): one call, its arguments whole, or the
+        block as text when it is not a call. False while the block is still open."""
+        end = self._buffer.find(CLOSE)
+        if end < 0:
+            return False
+        inner, self._buffer, self._in_call = self._buffer[:end], self._buffer[end + len(CLOSE):], False
+        split = _split(inner)
+        if split is None:
+            out.append({"content": OPEN + inner + CLOSE})
+            return True
+        out.append(self._call({"index": self.calls, "id": call_id(), "type": "function",
+                               "function": {"name": split[0], "arguments": ""}}))
+        out.append(self._call({"index": self.calls, "function": {"arguments": split[1]}}))
+        self.calls += 1
+        return True
 
     @staticmethod
     def _call(entry: dict) -> dict:

@@ -174,6 +174,45 @@ def test_the_stream_parser_splits_text_names_and_arguments():
     assert content == "Sure." and [c["function"]["arguments"] for c in whole] == list(by_index.values())
 
 
+@pytest.mark.parametrize("max_tokens", [3, 8, 40, 50, 62])
+def test_a_call_cut_by_max_tokens_is_a_call_streamed_or_not_and_never_markup(tools_client, max_tokens):
+    """Issue #39: a call cut by the token limit came back non-streamed as `<tool_call>{"name":"get_` text, while
+    the stream gave tool_calls deltas. Now both give the same call (arguments as far as they got), finish
+    `length`, and no markup in the content."""
+    fields = {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+              "max_tokens": max_tokens, "seed": 5}
+    whole = _chat(tools_client, **fields)["choices"][0]
+    assert whole["finish_reason"] == "length" and "<tool" not in (whole["message"]["content"] or "")
+    chunks = read_sse(tools_client, "/v1/chat/completions", {"model": "tiny-tools", "messages": ASK,
+                                                             "temperature": 1.0, "stream": True, **fields})
+    assert chunks.pop() == "[DONE]"
+    for chunk in chunks:
+        assert_valid(chunk, "CreateChatCompletionStreamResponse")
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    streamed_text = "".join(d.get("content") or "" for d in deltas)
+    streamed_args = "".join(t["function"]["arguments"] for d in deltas for t in d.get("tool_calls") or [])
+    names = [t["function"]["name"] for d in deltas for t in d.get("tool_calls") or [] if "name" in t["function"]]
+    assert "<tool" not in streamed_text and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    calls = whole["message"].get("tool_calls") or []
+    assert [c["function"]["name"] for c in calls] == names
+    assert "".join(c["function"]["arguments"] for c in calls) == streamed_args
+    if max_tokens >= 40:  # past the name (38 tokens of the tiny tokenizer): a call, with the arguments it got
+        assert names == ["get_weather"] and streamed_args.startswith("{")
+
+
+def test_parse_drops_the_cut_closing_tag_and_reads_loose_blocks():
+    cut = call_text("get_weather", '{"city":"Rome","unit":"c"}')
+    for end in range(len(cut) - len("}</tool_call>"), len(cut)):  # whole arguments, the closing tag cut anywhere
+        content, calls = parse_calls(cut[:end])
+        assert content is None and calls[0]["function"]["arguments"] == '{"city":"Rome","unit":"c"}', end
+    assert parse_calls('<tool_call>{"name":"get_') == ("", [])
+    loose = '<tool_call>{"name": "get_time", "arguments": {"zone": 2}}</tool_call> done'
+    content, calls = parse_calls(loose)
+    assert content == "done" and calls[0]["function"]["name"] == "get_time"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"zone": 2}
+    assert parse_calls("<tool_call>not a call</tool_call>") == ("<tool_call>not a call</tool_call>", [])
+
+
 RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
                    "parameters": WEATHER, "strict": True},
                   {"type": "function", "name": "get_time", "parameters": TIME, "strict": True}]
