@@ -53,6 +53,7 @@ class _Run:
     tools: bool = False  # tools may be called: the text is read for calls (server/tool_calls.py)
     content: str | None = None  # with tools: the text outside the calls
     calls: list[dict] = field(default_factory=list)  # with tools: the function_call output items
+    calls_read: bool = False  # content and calls already built (by a stream's events: the body repeats them)
 
     @property
     def status(self) -> str:
@@ -64,15 +65,19 @@ class _Run:
 
     def read_calls(self) -> None:
         """With tools, once the text is whole: its calls as function_call items, and the text around them."""
-        if self.tools:
+        if self.tools and not self.calls_read:
             self.content, calls = parse_tool_calls(self.text)
-            self.calls = [function_call_item(call["id"], call["function"]["name"], call["function"]["arguments"])
-                          for call in calls]
+            cut = len(calls) - 1 if self.status == "incomplete" else -1  # the call max_output_tokens cut
+            self.calls = [function_call_item(call["id"], call["function"]["name"], call["function"]["arguments"],
+                                             status="incomplete" if i == cut else "completed")
+                          for i, call in enumerate(calls)]
 
     def output(self) -> list[dict]:
         if not self.tools:
             return [self.message()]
-        return ([self.message()] if self.content else []) + self.calls
+        # text before calls was finished when the first call began: only a message that ends the output is cut
+        message = self.message(None if not self.calls else "completed")
+        return ([message] if self.content else []) + self.calls
 
     def message(self, status: str | None = None) -> dict:
         text = self.content or "" if self.tools else self.text
@@ -216,20 +221,25 @@ class ResponseService:
         index = -1  # the output index of the open item
         open_item: dict | None = None
 
-        def close() -> list[str]:
+        def close(last: bool = False) -> list[str]:
+            """The open item's done events; it is kept in `run` as sent, so the final body repeats the events.
+            The last item of a response cut by max_output_tokens is `incomplete`."""
             nonlocal open_item
             item, open_item = open_item, None
             if item is None:
                 return []
+            status = "incomplete" if last and run.status == "incomplete" else "completed"
             if item["type"] == "message":
                 where = {"item_id": item["id"], "output_index": index, "content_index": 0}
                 text = item["text"]
+                run.content = (run.content or "") + text
                 return [event("response.output_text.done", **where, text=text, logprobs=[]),
                         event("response.content_part.done", **where, part=output_text_part(text)),
                         event("response.output_item.done", output_index=index, item={
-                            "id": item["id"], "type": "message", "role": "assistant", "status": "completed",
+                            "id": item["id"], "type": "message", "role": "assistant", "status": status,
                             "content": [output_text_part(text)]})]
-            done = function_call_item(item["call_id"], item["name"], item["arguments"], item["id"])
+            done = function_call_item(item["call_id"], item["name"], item["arguments"], item["id"], status)
+            run.calls.append(done)
             return [event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                           name=item["name"], arguments=item["arguments"]),
                     event("response.output_item.done", output_index=index, item=done)]
@@ -281,8 +291,9 @@ class ResponseService:
         finally:
             await deltas.aclose()
         if run.error is None:
-            for line in close():
+            for line in close(last=True):
                 yield line
+            run.calls_read = True
         yield event.final(await self._finish(run, owner, prompt))
 
     # ---- stored ------------------------------------------------------------------------------

@@ -272,6 +272,36 @@ def test_responses_stream_function_call_events(tools_client):
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
+@pytest.mark.parametrize("max_output_tokens, choice", [(50, "required"), (50, "auto"), (30, "required")])
+def test_a_responses_call_cut_by_max_output_tokens_ends_as_its_events_built_it(tools_client, max_output_tokens,
+                                                                               choice):
+    """Issue #39: the stream announced a function_call item but `response.incomplete` held another, a message
+    with the markup, so get_final_response() and the Agents SDK saw other output than the events. Now the
+    final object's output is exactly the items the events finished, ids included; non-streamed, the same shape."""
+    fields = {"model": "tiny-tools", "input": "Weather in Paris?", "max_output_tokens": max_output_tokens,
+              "temperature": 0.0, "tools": RESPONSE_TOOLS, "tool_choice": choice}
+    events = []
+    with tools_client.stream("POST", "/v1/responses", json={**fields, "stream": True}) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    final = events[-1]
+    assert final["type"] == "response.incomplete", [e["type"] for e in events]
+    assert_valid(final["response"], "Response")
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert final["response"]["output"] == done and final["response"]["incomplete_details"] == {
+        "reason": "max_output_tokens"}
+    whole = _respond(tools_client, **{k: v for k, v in fields.items() if k != "model"})
+    assert whole["status"] == "incomplete"
+    for output in (final["response"]["output"], whole["output"]):
+        texts = [part["text"] for item in output if item["type"] == "message" for part in item["content"]]
+        assert not any("<tool" in text for text in texts), output
+    if choice == "required" and max_output_tokens >= 40:  # past the call's name (38 tokens): a cut call
+        for output in (final["response"]["output"], whole["output"]):
+            assert [(i["type"], i["name"], i["status"]) for i in output][-1][::2] == ("function_call", "incomplete")
+    assert [(i["type"], i.get("name"), i.get("arguments")) for i in whole["output"]] == [
+        (i["type"], i.get("name"), i.get("arguments")) for i in done]
+
+
 def test_a_template_that_takes_tools_renders_them_itself(tools_client):
     """The template shows the tools, the earlier call and its result (Hugging Face's shapes); the answer is still
     decoded and read in the same <tool_call> format."""
