@@ -34,7 +34,8 @@ class ChatService:
         prompt = ChatPrompt(req.messages, file_reader(self.files, context.owner), tools)
         generation = await self.pipeline.start(req, [prompt], context, new_id("chatcmpl"))
         if req.stream:
-            return sse_stream(self._chunks(generation, req.include_usage, tools is not None))
+            forced = tools is not None and tools.choice != "auto"  # the reply is calls from the first token
+            return sse_stream(self._chunks(generation, req.include_usage, tools is not None, forced))
         params = generation.params[0]
         collected = await generation.collect()
         choices = []
@@ -48,7 +49,8 @@ class ChatService:
                               choices=choices,
                               usage=Usage.of(collected.prompt_tokens, collected.completion_tokens)).dump()
 
-    async def _chunks(self, generation: Generation, include_usage: bool, tools: bool) -> AsyncIterator[str]:
+    async def _chunks(self, generation: Generation, include_usage: bool, tools: bool,
+                      forced: bool = False) -> AsyncIterator[str]:
         params = generation.params[0]
         parsers = {index: StreamParser() for index in range(params.n)} if tools else {}
 
@@ -59,8 +61,9 @@ class ChatService:
                 usage=usage).dump(include_usage))
 
         for index in range(params.n):
-            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
-                          "logprobs": None}])
+            # OpenAI opens a reply that can only be calls with content null (an empty string would be a text part)
+            yield chunk([{"index": index, "delta": {"role": "assistant", "content": None if forced else ""},
+                          "finish_reason": None, "logprobs": None}])
         async with generation.running() as events:
             async for index, event in events:
                 logprobs = _logprobs(generation, params, event.token_ids, event.logprobs) if event.logprobs else None

@@ -108,6 +108,8 @@ def test_streamed_calls_have_openais_delta_shape(tools_client):
     assert chunks.pop() == "[DONE]"
     for chunk in chunks:
         assert_valid(chunk, "CreateChatCompletionStreamResponse")
+    # a forced call opens with content null, as OpenAI's does (the Vercel AI SDK made a text part of "")
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
     deltas = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"][0]["delta"].get("tool_calls")]
     first = deltas[0]
     assert first["id"].startswith("call_") and first["type"] == "function" and first["function"]["arguments"] == ""
