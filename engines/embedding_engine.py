@@ -23,10 +23,19 @@ import torch
 
 from engines.config import EmbeddingOptions, ModelConfig
 from engines.devices import resolve_device
-from engines.protocol import INTERACTIVE, EmbeddingEngine, InvalidGenerationRequest
+from engines.protocol import (
+    INTERACTIVE,
+    EmbeddingEngine,
+    InvalidGenerationRequest,
+    check_encodable,
+)
 from engines.sources import locate
 
 log = logging.getLogger("ozwell.engines")
+
+# A text input longer than this many characters per token of the context is refused before it is tokenized.
+# Prose runs about 4 characters a token; the margin covers whitespace and long words, which tokenize to few.
+MAX_INPUT_CHARS_PER_TOKEN = 32
 
 
 @dataclass
@@ -73,9 +82,17 @@ class SentenceTransformersEngine(EmbeddingEngine):
         self._prefix, self._suffix = probe[:start], probe[start + len(inner):]
 
     # ---- tokenization (blocking: call off the event loop) ------------------------------------
+    @property
+    def max_input_chars(self) -> int:
+        """The most characters one text input may hold: refused above it without being tokenized."""
+        return (self.max_model_len + 1) * MAX_INPUT_CHARS_PER_TOKEN
+
     def tokenize(self, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:
-        """Each input as the token ids the model will see; raises naming the index of one too long."""
+        """Each input as the token ids the model will see; raises naming the index of one too long, or of
+        one the tokenizer cannot take (a lone surrogate), before any input is tokenized."""
         texts = [(i, s.strip()) for i, s in enumerate(inputs) if isinstance(s, str)]
+        for i, text in texts:
+            self._check_text(i, text)
         encoded: dict[int, list[int]] = {}
         if texts:
             ids = self.tokenizer([t for _, t in texts], add_special_tokens=True)["input_ids"]
@@ -83,8 +100,13 @@ class SentenceTransformersEngine(EmbeddingEngine):
         vocab = len(self.tokenizer)
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
+                if len(item) > self.max_model_len:  # refused without reading every id
+                    raise InvalidGenerationRequest(
+                        f"input[{i}] is {len(item)} tokens long; this model's maximum is {self.max_model_len} "
+                        "tokens", param=f"input[{i}]", code="context_length_exceeded")
                 if any(t < 0 or t >= vocab for t in item):
-                    raise InvalidGenerationRequest(f"input[{i}] has token ids outside 0..{vocab - 1}", param="input")
+                    raise InvalidGenerationRequest(f"input[{i}] has token ids outside 0..{vocab - 1}",
+                                                   param=f"input[{i}]", code="invalid_value")
                 encoded[i] = [*self._prefix, *item, *self._suffix]
         result = [encoded[i] for i in range(len(inputs))]
         for i, ids in enumerate(result):
@@ -93,6 +115,16 @@ class SentenceTransformersEngine(EmbeddingEngine):
                     f"input[{i}] is {len(ids)} tokens long; this model's maximum is {self.max_model_len} tokens",
                     param=f"input[{i}]", code="context_length_exceeded")
         return result
+
+    def _check_text(self, i: int, text: str) -> None:
+        # A 7 MB input took 2-100 s to tokenize whole before its length was checked (issue #35): decided
+        # on its characters first, its cost is bounded by the context.
+        if len(text) > self.max_input_chars:
+            raise InvalidGenerationRequest(
+                f"input[{i}] is {len(text)} characters long; this model takes at most {self.max_input_chars} "
+                f"characters an input (its maximum is {self.max_model_len} tokens)",
+                param=f"input[{i}]", code="context_length_exceeded")
+        check_encodable(text, f"input[{i}]")
 
     # ---- async front ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,7 +203,7 @@ class SentenceTransformersEngine(EmbeddingEngine):
             try:
                 vectors = await asyncio.get_running_loop().run_in_executor(
                     self._forward_thread, self._forward, [item.token_ids for item in batch])
-            except Exception as exc:  # noqa: BLE001 - the fault goes to every waiting request
+            except Exception as exc:
                 log.exception("%s: embedding forward pass failed", self.config.id)
                 for item in batch:
                     if not item.future.done():

@@ -8,6 +8,7 @@ aborted. Engines know nothing of HTTP, keys or plans.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,9 @@ class ContextLengthExceeded(InvalidGenerationRequest):
 MIN_TEMPERATURE = 1e-4
 # Bounds of fields that become int64 tensors or generator seeds (a larger Python int cannot be packed).
 MAX_TOP_K = 2**31 - 1
+# The smallest repetition_penalty. The sampler divides a seen token's positive logits by it: below ~1e-38 it
+# is 0 or subnormal in float32 and the logits became inf (a 500); at 0.01 they grow at most 100-fold.
+MIN_REPETITION_PENALTY = 0.01
 MAX_N = 128  # choices per request (OpenAI's cap)
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -97,9 +101,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise InvalidGenerationRequest(f"{name} must be between -2 and 2", param=name)
-        if not 0.0 < self.repetition_penalty <= 10.0:
-            raise InvalidGenerationRequest("repetition_penalty must be above 0 and at most 10",
-                                           param="repetition_penalty")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= 10.0:
+            raise InvalidGenerationRequest(f"repetition_penalty must be between {MIN_REPETITION_PENALTY} and 10 "
+                                           "(1: off)", param="repetition_penalty")
         if any(not -100 <= bias <= 100 for _, bias in self.logit_bias):
             raise InvalidGenerationRequest("logit_bias values must be between -100 and 100", param="logit_bias")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
@@ -180,6 +184,16 @@ class Engine(abc.ABC):
 # (see GenerationEngine.bounded_tokenize); the margin covers tokens merged across the cut.
 PROBE_CHARS_PER_TOKEN = 8
 _PROBE_CUT_MARGIN = 32
+# A code point no tokenizer can encode: JSON's "\ud800" escape decodes to one, and the tokenizer's own
+# refusal named its internal types (issue #35), so the text is checked first.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_encodable(text: str, param: str) -> None:
+    """Refuse text holding a lone UTF-16 surrogate, naming `param` (blocking on a long text)."""
+    if not text.isascii() and LONE_SURROGATE.search(text):
+        raise InvalidGenerationRequest(f"The text of '{param}' is not valid Unicode: it holds a lone UTF-16 "
+                                       "surrogate (such as \\ud800).", param=param, code="invalid_value")
 
 
 class GenerationEngine(Engine):
@@ -193,6 +207,7 @@ class GenerationEngine(Engine):
         work ran in a thread. So a long text is first tokenized by a prefix of 8 characters per token of
         context; if that prefix alone is over the context, the prompt is refused. Otherwise the whole text is
         tokenized, and the count stays exact."""
+        check_encodable(text, param)
         probe = (self.max_model_len + 1) * PROBE_CHARS_PER_TOKEN
         if len(text) > probe:
             head = len(tokenize(text[:probe]))
@@ -288,6 +303,7 @@ class EmbeddingEngine(Engine):
     """An engine that turns inputs into vectors (`/v1/embeddings`)."""
 
     dimensions: int
+    max_input_chars: int  # the longest text input, in characters: refused above it before it is tokenized
 
     @abc.abstractmethod
     def tokenize(self, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:

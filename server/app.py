@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
 
 from engines.registry import EngineRegistry
 from server import __version__
@@ -17,6 +19,7 @@ from server.auth.plans import Plans
 from server.db.database import Database
 from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
+from server.loop_watchdog import LoopWatchdog
 from server.metrics import Metrics
 from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
@@ -25,7 +28,8 @@ from server.routes import batches as batches_routes
 from server.routes import files as files_routes
 from server.routes import metrics as metrics_routes
 from server.routes import responses as responses_routes
-from server.services.batch_runner import BatchRunner, Endpoint
+from server.routing import ApiRoute
+from server.services.batch_runner import BatchRunner, Endpoint, Plan
 from server.services.batches import BatchService
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
@@ -54,8 +58,10 @@ def _batch_runner(app_services: AppServices, database: Database) -> BatchRunner:
         "/v1/embeddings": Endpoint(EmbeddingRequest, s.embeddings.create, EmbeddingEngine),
         "/v1/responses": Endpoint(ResponseRequest, s.responses.create, GenerationEngine),
     }
+    # A batch line runs under its key's plan, and the owner-level limits, as the same request over HTTP would.
+    plan = Plan(s.limiter, s.settings.owner_rpm, s.settings.owner_tpm, s.settings.completion_reserve_tokens)
     return BatchRunner(database, s.files, s.registry, s.keys, endpoints, s.settings.instance or "local",
-                       s.settings.batch_concurrency, s.settings.batch_lease_s, lambda: s.lifecycle.draining)
+                       s.settings.batch_concurrency, s.settings.batch_lease_s, lambda: s.lifecycle.draining, plan)
 
 
 async def _sweep_forever(files: FileService, responses: ResponseStore, interval_s: float) -> None:
@@ -82,11 +88,16 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         from server.ratelimit_redis import RedisRateLimiter
 
         limiter = RedisRateLimiter(settings.redis_url)
-    responses = ResponseStore(database, settings.response_retention_s) if database else None
+    responses = ResponseStore(database, settings.response_retention_s,
+                              settings.owner_quota_bytes) if database else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
+        # The models' half a million objects out of the collector's reach: a full collection walked them all,
+        # 0.6 s with the GIL held, and a few large request bodies were enough to set one off (issue #35).
+        gc.freeze()
+        watchdog = LoopWatchdog.from_env()  # diagnostics only: off unless OZWELL_LOOP_WATCHDOG_MS is set
         sweeper = batch_task = None
         if files is not None:
             await asyncio.to_thread(files.prepare)
@@ -102,6 +113,8 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await registry.stop()
+            if watchdog is not None:
+                watchdog.stop()
             close = getattr(app.state.services.limiter, "close", None)
             if close is not None:
                 await close()
@@ -141,4 +154,13 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         app.include_router(router)
     if database is not None:
         app.include_router(batches_routes.router)
+    _require_api_routes(app)
     return app
+
+
+def _require_api_routes(app: FastAPI) -> None:
+    """Every API route authenticates before its body is read (server/routing.py): a router made without
+    `route_class=ApiRoute` would read and decode bodies before the key is checked, so the app refuses it."""
+    stray = [route.path for route in app.routes if isinstance(route, APIRoute) and not isinstance(route, ApiRoute)]
+    if stray:
+        raise RuntimeError(f"API routes without route_class=ApiRoute: {stray}")

@@ -35,7 +35,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     owner_tpm: int | None = None  # the server's owner-level limit (--owner-tpm), across the owner's keys
     completion_reserve: int | None = None  # per choice, for a request without max_tokens (None: its whole room)
-    priority: int = INTERACTIVE  # BATCH for a line of a batch (server/services/batch_runner.py)
+    priority: int = INTERACTIVE  # BATCH for a line of a batch (server/services/batch_run.py)
     _reservations: dict[str, Reservation] = field(default_factory=dict)  # limiter key -> held tokens
 
     @property
@@ -83,7 +83,7 @@ class RequestContext:
                     message = (f"Rate limit reached on tokens per minute (TPM), {label}: limit {limit}, "
                                f"remaining {decision.state.remaining}, requested {amount}. "
                                f"Please try again in {decision.retry_after_s:.1f}s.")
-                raise RateLimitError(message, "tokens", self.headers)
+                raise RateLimitError(message, "tokens", self.headers, never=decision.never)
             self._reservations[name] = held
 
     async def release(self) -> None:

@@ -69,9 +69,10 @@ class ModelNotFoundError(NotFoundError, code="model_not_found"):
 
 
 class RateLimitError(OpenAIError, status=429, code="rate_limit_exceeded"):
-    def __init__(self, message: str, kind: str, headers: dict[str, str]):
+    def __init__(self, message: str, kind: str, headers: dict[str, str], never: bool = False):
         super().__init__(message, headers=headers)
         self.error_type = kind  # "requests" or "tokens", as OpenAI names the limit that was hit
+        self.never = never  # the ask is larger than the whole limit: waiting will not help (a batch line gives up)
 
 
 class EngineBusyError(OpenAIError, status=429, kind="server_overloaded", code="engine_overloaded"):

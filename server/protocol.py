@@ -43,6 +43,8 @@ class OpenAIBaseModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _hold_unhonoured(cls, data: Any, handler):
+        if isinstance(data, OpenAIBaseModel):  # validated already (server/routing.py): keep what it held
+            return handler(data)
         held = {}
         if isinstance(data, dict):
             held = {name: data[name] for name in cls.NEUTRAL if name in data and name not in cls.model_fields}
@@ -373,7 +375,9 @@ def _check_prompt(value):
     return value
 
 
-PromptField = Annotated[str | list[str] | list[int] | list[list[int]], AfterValidator(_check_prompt)]
+# (token ids before texts: pydantic tries each member, and a list of 500,000 ids tried as texts first made
+# 500,000 errors, 90 ms with the GIL held, issue #35)
+PromptField = Annotated[str | list[int] | list[str] | list[list[int]], AfterValidator(_check_prompt)]
 
 
 def as_prompt_list(value: PromptField) -> list[str | list[int]]:

@@ -89,7 +89,10 @@ def _grammar_done(sequence: Sequence, token_id: int) -> bool:
     if grammar is None:
         return False
     if not grammar.consume_token(token_id):  # cannot happen for a masked draw; end the choice, not the engine
-        log.error("grammar rejected token %d of %s: %s", token_id, sequence.seq_id, grammar.get_error())
+        # Only the error's kind: its text can hold the whole grammar (480 KB for a large schema, issue #35),
+        # and the grammar holds the client's schema.
+        kind = grammar.get_error().split(":", 1)[0][:40]
+        log.error("grammar rejected token %d of %s (%s); the choice ends here", token_id, sequence.seq_id, kind)
         return True
     return grammar.is_stopped()
 

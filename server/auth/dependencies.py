@@ -1,7 +1,10 @@
 """FastAPI dependencies: every route is authenticated unless it is listed in PUBLIC_PATHS.
 
-The app installs `authenticate` as a global dependency (deny by default); routers add
-`require_scope(...)`. Scopes are checked against the route as routed, never a Host-derived URL.
+Every API route is an `ApiRoute` (server/routing.py), which calls `authenticate_headers` from the headers
+alone, before the body is read (issue #35). The app also installs `authenticate` as a global dependency
+(deny by default), which finds the request authenticated already and does nothing, unless a route was
+added some other way. Routers add `require_scope(...)`. Scopes are checked against the route as routed,
+never a Host-derived URL.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from fastapi import Depends, Request
 from server.auth.keys import ADMIN_SCOPE, Caller
 from server.context import RequestContext, owner_window
 from server.errors import AuthenticationError, PermissionDeniedError, RateLimitError
-from server.executors import run_auth
+from server.executors import cpu_owner, run_auth
 from server.ratelimit import rate_limit_headers
 from server.state import services
 
@@ -25,8 +28,14 @@ def _route_path(request: Request) -> str:
 
 
 async def authenticate(request: Request) -> None:
-    if _route_path(request) in PUBLIC_PATHS:
-        return
+    if _route_path(request) in PUBLIC_PATHS or getattr(request.state, "ozwell_context", None) is not None:
+        return  # a probe, or authenticated already by its route (and its request counted once)
+    await authenticate_headers(request)
+
+
+async def authenticate_headers(request: Request) -> None:
+    """The caller from the Authorization header, its request counted against its RPM: the request's context,
+    or 401/429. Reads no body, so a request without a valid key costs a key lookup and nothing more."""
     state = services(request)
     if not state.auth_enabled:
         request.state.ozwell_context = RequestContext.unauthenticated()
@@ -51,6 +60,7 @@ async def authenticate(request: Request) -> None:
                              owner_tpm=settings.owner_tpm, completion_reserve=settings.completion_reserve_tokens)
     context.headers = rate_limit_headers(decision.state, tokens, None if decision.allowed else decision.retry_after_s)
     request.state.ozwell_context = context
+    cpu_owner.set(caller.owner)  # this request's CPU work runs within its owner's share (server/executors.py)
     if not decision.allowed:
         raise RateLimitError(
             f"Rate limit reached on requests per minute (RPM){whose}: limit {limit}. "

@@ -29,13 +29,15 @@ def default_url(data_dir: Path) -> str:
 class Database:
     def __init__(self, url: str, pool_size: int = 5, max_overflow: int = 10):
         self.url = url
+        # hide_parameters: a database error's message (logged with its traceback) leaves out the statement's
+        # parameters, which hold prompts, stored responses and file names.
         if url.startswith("sqlite"):
-            self.engine: Engine = create_engine(url, future=True)
+            self.engine: Engine = create_engine(url, future=True, hide_parameters=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             # pre_ping: a connection the server dropped (a restart) is replaced before a request uses it.
             self.engine = create_engine(url, future=True, pool_size=pool_size, max_overflow=max_overflow,
-                                        pool_pre_ping=True)
+                                        pool_pre_ping=True, hide_parameters=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
@@ -108,7 +110,7 @@ def _sqlite_pragmas(connection, _record) -> None:
 
 def _private_sqlite_file(data_dir: Path) -> None:
     """The default SQLite file is made 0600 before SQLite opens it (its -wal and -shm files take the same
-    mode from it): it holds key hashes and stored responses with inlined file text."""
+    mode from it): it holds key hashes and stored responses."""
     path = Path(data_dir) / "ozwell.db"
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     os.chmod(path, 0o600)

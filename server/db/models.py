@@ -67,17 +67,26 @@ class StoredResponse(Base):
     created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds
     # The Response object as returned to the client.
     body: Mapped[dict] = mapped_column(JSON)
-    # This turn's messages as the model saw them ({"role", "content"} with file text resolved) and
-    # the reply: what a later previous_response_id chain replays.
+    # This turn's messages and the reply: what a later previous_response_id chain replays. A message's
+    # content is its text, or (with file parts) a list of {"type": "text", "text"} and {"type": "file",
+    # "file_id", "chars"} segments, the file re-read when replayed (rows before 0007 hold the file text).
     conversation: Mapped[list] = mapped_column(JSON)
+    # What the row holds (body, conversation and input items, as stored JSON), counted in the owner's quota.
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The characters the conversation stands for when replayed, file text included: a chain skips, unread,
+    # the turns that surely cannot fit the context.
+    replay_chars: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class StoredInputItem(Base):
+    """A stored response's input item. The key is the item's place in its response: `id` is the client's
+    (any string, repeated across responses and owners) or one the server made."""
+
     __tablename__ = "response_input_items"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    response_id: Mapped[str] = mapped_column(String(64), index=True)
-    position: Mapped[int] = mapped_column(Integer)
+    response_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(64))
     item: Mapped[dict] = mapped_column(JSON)
 
 

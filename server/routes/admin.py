@@ -18,11 +18,12 @@ from server.auth.keys import ADMIN_SCOPE, MAX_LIMIT, GrantError, KeyAdminError
 from server.db.models import ApiKey
 from server.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from server.protocol import OpenAIBaseModel
+from server.routing import ApiRoute
 from server.state import services
 
 _LAST_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require_scope(ADMIN_SCOPE)])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[require_scope(ADMIN_SCOPE)], route_class=ApiRoute)
 
 
 class CreateKeyRequest(OpenAIBaseModel):

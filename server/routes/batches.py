@@ -4,11 +4,12 @@ from fastapi import APIRouter, Query, Request
 
 from server.auth.dependencies import Context, require_scope
 from server.protocol import CreateBatchRequest
+from server.routing import ApiRoute
 from server.services.batches import BatchService
 from server.state import services
 
 # A batch reads and writes files: the files scope; creating one also needs the scope of its endpoint.
-router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[require_scope("files")])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[require_scope("files")], route_class=ApiRoute)
 
 
 def _batches(request: Request) -> BatchService:

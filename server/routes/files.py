@@ -7,10 +7,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth.dependencies import Context, require_scope
+from server.routing import ApiRoute
 from server.services.files import FileService, content_disposition
 from server.state import services
 
-router = APIRouter(prefix="/v1/files", tags=["files"], dependencies=[require_scope("files")])
+router = APIRouter(prefix="/v1/files", tags=["files"], dependencies=[require_scope("files")], route_class=ApiRoute)
 _CHUNK = 1 << 20
 
 

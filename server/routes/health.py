@@ -5,9 +5,10 @@ from fastapi.responses import JSONResponse
 
 from server.auth.dependencies import optional_caller
 from server.auth.keys import OPERATOR_SCOPE
+from server.routing import ApiRoute
 from server.state import services
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=ApiRoute)
 
 
 @router.get("/health")

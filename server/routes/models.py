@@ -1,9 +1,10 @@
 from fastapi import APIRouter
 
 from server.auth.dependencies import Context, require_scope
+from server.routing import ApiRoute
 from server.state import Services
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require_scope("models")])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require_scope("models")], route_class=ApiRoute)
 
 
 @router.get("")

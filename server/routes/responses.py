@@ -6,9 +6,11 @@ from server.auth.dependencies import Context, require_scope
 from server.errors import UnsupportedParameterError
 from server.protocol import ResponseRequest
 from server.routes.sse import respond
+from server.routing import ApiRoute
 from server.state import Services
 
-router = APIRouter(prefix="/v1/responses", tags=["responses"], dependencies=[require_scope("responses")])
+router = APIRouter(prefix="/v1/responses", tags=["responses"],
+                   dependencies=[require_scope("responses")], route_class=ApiRoute)
 
 
 @router.post("")

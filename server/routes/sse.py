@@ -10,13 +10,14 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.context import RequestContext
+from server.executors import run_cpu
 
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left first (it reaches only the log)
 
 
-def json_or_sse(result: dict | AsyncIterator[str]):
-    if isinstance(result, dict):
-        return JSONResponse(result)
+async def json_or_sse(result: dict | AsyncIterator[str]):
+    if isinstance(result, dict):  # rendered on the CPU pool: 2,048 embeddings are 15 MB of JSON (issue #35)
+        return Response(await run_cpu(_render, result), media_type="application/json")
     # no-cache and no proxy buffering, so each chunk reaches the client as it is made
     return StreamingResponse(result, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -44,7 +45,11 @@ async def respond(request: Request, context: RequestContext, work: Awaitable[dic
     finally:
         watcher.cancel()
         task.cancel()  # a no-op once it is done; stops it if this handler itself was cancelled
-    return json_or_sse(result)
+    return await json_or_sse(result)
+
+
+def _render(content: dict) -> bytes:
+    return JSONResponse(content).body
 
 
 async def _client_gone(request: Request) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from engines.protocol import SamplingParams
@@ -18,7 +19,8 @@ from server.response_models import (
 )
 from server.services.formats import chat_logprobs, new_id, openai_finish_reason, sse, sse_stream
 from server.services.pipeline import GenerationPipeline, callable_tools
-from server.services.prompts import ChatPrompt, FileStore, file_reader
+from server.services.prompt_files import FileStore, PromptFiles, chat_file_parts
+from server.services.prompts import ChatPrompt
 from server.services.streaming import Generation, Observers
 from server.tool_calls import StreamParser
 from server.tool_calls import parse as parse_tool_calls
@@ -30,8 +32,10 @@ class ChatService:
         self.files = files
 
     async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        tools = await callable_tools(req.tool_plan())
-        prompt = ChatPrompt(req.messages, file_reader(self.files, context.owner), tools)
+        tools = await callable_tools(req)
+        files = PromptFiles(self.files, context.owner, lambda: chat_file_parts(req.messages))
+        await asyncio.to_thread(files.measure)  # their records' sizes, so that admission counts them
+        prompt = ChatPrompt(req.messages, files, tools)
         generation = await self.pipeline.start(req, [prompt], context, new_id("chatcmpl"))
         if req.stream:
             forced = tools is not None and tools.choice != "auto"  # the reply is calls from the first token

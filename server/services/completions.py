@@ -9,7 +9,7 @@ from server.context import RequestContext
 from server.protocol import CompletionRequest
 from server.response_models import Completion, CompletionChoice, Usage
 from server.services.formats import legacy_logprobs, new_id, openai_finish_reason, sse, sse_stream
-from server.services.pipeline import GenerationPipeline
+from server.services.pipeline import GenerationPipeline, off_loop
 from server.services.prompts import TextPrompt, TokenPrompt
 from server.services.streaming import Generation, Observers
 
@@ -19,8 +19,7 @@ class CompletionService:
         self.pipeline = GenerationPipeline(registry, "/v1/completions", "prompt", observers)
 
     async def create(self, req: CompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
-        prompts = [TextPrompt(p) if isinstance(p, str) else TokenPrompt(p, f"prompt[{i}]")
-                   for i, p in enumerate(req.prompts())]
+        prompts = await off_loop(_prompts, req)  # (100,000 prompts, or as many token ids, take tens of ms)
         generation = await self.pipeline.start(req, prompts, context, new_id("cmpl"))
         if req.stream:
             return sse_stream(self._chunks(generation, req))
@@ -55,3 +54,8 @@ class CompletionService:
                                   "logprobs": logprobs}])
         if req.include_usage:
             yield chunk([], usage=Usage.of(generation.prompt_tokens, generation.used_tokens))
+
+
+def _prompts(req: CompletionRequest) -> list[TextPrompt | TokenPrompt]:
+    return [TextPrompt(p) if isinstance(p, str) else TokenPrompt(p, f"prompt[{i}]")
+            for i, p in enumerate(req.prompts())]

@@ -28,20 +28,32 @@ def _tiktoken(name: str):
     return tiktoken.get_encoding(f"{name}_offline")
 
 
-def openai_ids_as_text(model_name: str, inputs: list[str | list[int]]) -> list[str | list[int]]:
-    """Under an OpenAI model name, token-id inputs decoded with that model's encoding (blocking)."""
+def openai_ids_as_text(model_name: str, inputs: list[str | list[int]], max_chars: int) -> list[str | list[int]]:
+    """Under an OpenAI model name, token-id inputs decoded with that model's encoding (blocking). Ids are
+    checked against the encoding first (its decoder overflowed on a negative one: a 500), and a list that
+    surely decodes to more than `max_chars` characters is refused undecoded: a token is at least one byte,
+    and a character at most four."""
     encoding = OPENAI_ENCODINGS.get(model_name)
     if encoding is None or all(isinstance(item, str) for item in inputs):
         return inputs
     tokenizer = _tiktoken(encoding)
     texts: list[str | list[int]] = []
     for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if len(item) > 4 * max_chars:
+            raise InvalidRequestError(f"input[{i}] is {len(item)} tokens long, over this model's maximum input.",
+                                      param=f"input[{i}]", code="context_length_exceeded")
         try:
-            texts.append(item if isinstance(item, str) else tokenizer.decode(item))
-        except (KeyError, ValueError):
+            if any(not 0 <= t < tokenizer.n_vocab for t in item):
+                raise ValueError
+            texts.append(tokenizer.decode(item))
+        except (KeyError, ValueError, OverflowError):
             raise InvalidRequestError(f"input[{i}] holds token ids outside {encoding}, the encoding of "
-                                      f"`{model_name}` (under this name token ids are {encoding} ids).",
-                                      param=f"input[{i}]", code="invalid_value") from None
+                                      f"`{model_name}` (under this name token ids are {encoding} ids, "
+                                      f"0..{tokenizer.n_vocab - 1}).", param=f"input[{i}]",
+                                      code="invalid_value") from None
     return texts
 
 
@@ -60,10 +72,10 @@ class EmbeddingService:
         engine = resolve_engine(self.registry, req.model, EmbeddingEngine,
                                 "cannot create embeddings; use an embedding model (see /v1/models).")
         context.check_model(req.model, engine.config.names)
-        inputs = req.inputs()
+        inputs = await off_loop(req.inputs)  # (a list of 500,000 token ids is checked item by item)
         # Admission before tokenizing: every input is at least one token.
         await context.reserve_tokens(len(inputs))
-        inputs = await off_loop(openai_ids_as_text, req.model, inputs)
+        inputs = await off_loop(openai_ids_as_text, req.model, inputs, engine.max_input_chars)
         token_ids = await off_loop(engine.tokenize, inputs)
         prompt_tokens = sum(len(ids) for ids in token_ids)
         try:
@@ -75,8 +87,13 @@ class EmbeddingService:
             vectors = await engine.embed(token_ids, req.dimensions, context.priority)
         finally:
             await context.settle(prompt_tokens, 0)
-        return EmbeddingList(
-            data=[Embedding.model_construct(object="embedding", index=i, embedding=_encode(v, req.encoding_format))
-                  for i, v in enumerate(vectors)],
-            model=engine.config.id, usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
-        ).model_dump()
+        return await off_loop(_body, vectors, req.encoding_format, engine.config.id, prompt_tokens)
+
+
+def _body(vectors, encoding_format: str, model: str, prompt_tokens: int) -> dict:
+    """The response (blocking: 2,048 vectors take tens of ms to turn into lists)."""
+    return EmbeddingList(
+        data=[Embedding.model_construct(object="embedding", index=i, embedding=_encode(v, encoding_format))
+              for i, v in enumerate(vectors)],
+        model=model, usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+    ).model_dump()

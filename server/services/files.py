@@ -17,15 +17,16 @@ import secrets
 import socket
 import time
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 
 from server.db.database import Database
 from server.db.models import StoredFile
 from server.errors import InvalidRequestError, NotFoundError, OpenAIError
+from server.services.storage_quota import used_bytes
 from server.uploads import MultipartFormReader, UploadError
 
 log = logging.getLogger("ozwell.server")
@@ -152,8 +153,7 @@ class FileService:
     # ---- upload ------------------------------------------------------------------------------
     def _used_bytes(self, owner: str) -> int:
         with self.database.session() as session:
-            return int(session.scalar(select(func.coalesce(func.sum(StoredFile.bytes), 0))
-                                      .where(StoredFile.owner == owner)))
+            return used_bytes(session, owner)  # its stored responses count too
 
     async def upload(self, owner: str, content_type: str, chunks: AsyncIterator[bytes]) -> dict:
         """Stream one multipart upload to disk, within the per-file cap and the owner's quota.
@@ -225,7 +225,8 @@ class FileService:
         left = max(self.owner_quota_bytes - stored - others_in_flight, 0)
         return PayloadTooLargeError(
             f"This upload would exceed your storage quota of {self.owner_quota_bytes} bytes ({left} bytes left, "
-            "counting uploads still in progress). Delete files to make room.", param="file", code="quota_exceeded")
+            "counting stored responses and uploads still in progress). Delete files or stored responses to make "
+            "room.", param="file", code="quota_exceeded")
 
     def _commit(self, temp: Path, record: StoredFile) -> None:
         os.replace(temp, self.dir / record.id)
@@ -241,12 +242,17 @@ class FileService:
             (self.dir / record.id).unlink(missing_ok=True)
             raise
 
-    def store_generated(self, owner: str, file_id: str, filename: str, purpose: str, lines: list[str],
-                        expires_after_s: int | None = None) -> StoredFile:
-        """Store a file the server wrote (a batch's output), as atomically as an upload. Idempotent: the id
-        is the caller's (derived from what it holds), and a file already stored under it is returned as is,
-        so a writer that crashed after storing it and runs again stores nothing twice. Not counted against
-        the owner's upload quota: the owner asked for the work that made it."""
+    def used_bytes(self, owner: str) -> int:
+        """What the owner holds against `owner_quota_bytes` (a running batch adds its results to it)."""
+        return self._used_bytes(owner)
+
+    def store_generated(self, owner: str, file_id: str, filename: str, purpose: str, lines: Iterable[str],
+                        expires_after_s: int | None = None) -> StoredFile | None:
+        """Store a file the server wrote (a batch's output), as atomically as an upload, streaming `lines` to
+        disk as they come; None (nothing stored) when there were none. Idempotent: the id is the caller's
+        (derived from what it holds), and a file already stored under it is returned as is, so a writer that
+        crashed after storing it and runs again stores nothing twice. Its bytes count in the owner's quota
+        like an upload's; the batch runner keeps its results within the quota as they are made."""
         with self.database.session() as session:
             existing = session.get(StoredFile, file_id)
         if existing is not None:
@@ -261,6 +267,8 @@ class FileService:
                     size += len(data)
                 sink.flush()
                 os.fsync(sink.fileno())
+            if size == 0:
+                return None
             created_at = int(time.time())
             record = StoredFile(id=file_id, owner=owner, filename=sanitise_filename(filename), purpose=purpose,
                                 bytes=size, created_at=created_at,
@@ -348,8 +356,21 @@ class FileService:
         self.path(record).unlink(missing_ok=True)
         return {"id": record.id, "object": "file", "deleted": True}
 
+    def text_size(self, owner: str, file_id: str, max_bytes: int) -> int:
+        """The size of a text file that may go in a prompt, from its record alone (a 400 as `read_text`'s)."""
+        return self._prompt_file(owner, file_id, max_bytes).bytes
+
     def read_text(self, owner: str, file_id: str, max_bytes: int) -> str:
         """A UTF-8 text file's content, for a prompt; anything else is a 400 saying what works."""
+        record = self._prompt_file(owner, file_id, max_bytes)
+        try:
+            return self.path(record).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"File {file_id} is not UTF-8 text; files in prompts must be UTF-8 text "
+                                      "such as .txt, .md, .json or .csv.", param="file_id",
+                                      code="unsupported_file") from None
+
+    def _prompt_file(self, owner: str, file_id: str, max_bytes: int) -> StoredFile:
         record = self.get(owner, file_id)
         if Path(record.filename).suffix.lower() not in TEXT_SUFFIXES:
             raise InvalidRequestError(
@@ -358,9 +379,4 @@ class FileService:
         if record.bytes > max_bytes:
             raise InvalidRequestError(f"File {file_id} is too large to put in a prompt ({record.bytes} bytes; "
                                       f"at most {max_bytes}).", param="file_id", code="unsupported_file")
-        try:
-            return self.path(record).read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequestError(f"File {file_id} is not UTF-8 text; files in prompts must be UTF-8 text "
-                                      "such as .txt, .md, .json or .csv.", param="file_id",
-                                      code="unsupported_file") from None
+        return record

@@ -2,16 +2,18 @@
 
 `GenerationPipeline.start` runs the sequence they share, once, and hands back a `Generation` ready to run:
 
-1. check the request (fields we cannot honour yet, and its sampling parameters, at the edge);
+1. check the request (fields we cannot honour yet, and its sampling parameters, at the edge), off the
+   event loop: a schema or a tool list makes this grow with the body;
 2. resolve the model to its engine, and check that the key may use it;
 3. admit it before any work: the engine's waiting queue, then a lower bound of its tokens against the
    key's tokens per minute (each prompt's `floor`, computed without templating or tokenizing);
 4. tokenize its prompts off the event loop (templates, files, truncation: server/services/prompts.py);
 5. its sampling parameters for each prompt, checked against the engine (context length, vocabulary, a
-   grammar it cannot enforce);
+   grammar it cannot enforce), off the event loop: checking a schema compiles it (issue #35);
 6. reserve its exact tokens (the same reservation, resized);
 7. let the engine prepare what the request needs before it queues (its grammar, compiled off the loop).
 
+Every CPU job here runs on the bounded CPU pool within its owner's share (server/executors.py).
 A service supplies its request and its prompts, calls `start`, and formats what the `Generation` yields
 (server/services/streaming.py), which settles the tokens used however it ends. The pipeline never calls
 back into a service: a request's path goes route -> service -> pipeline -> prompts, then service ->
@@ -19,6 +21,7 @@ generation -> engine."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from engines.protocol import (
@@ -87,16 +90,25 @@ async def off_loop(func: Callable, *args):
         raise InvalidRequestError(str(exc)) from None
 
 
-async def callable_tools(plan: ToolPlan | None) -> ToolPlan | None:
-    """The request's tools when they may be called, each tool's schema compiled alone first (off the loop) so
-    that a refusal names the tool; None when there are none to call."""
+async def callable_tools(req) -> ToolPlan | None:
+    """The request's tools when they may be called (checked: 400 naming what is wrong), each tool's schema
+    compiled alone first so that a refusal names the tool; None when there are none to call. Off the loop:
+    all of it grows with the tools' schemas."""
+    return await off_loop(_callable_tools, req)
+
+
+def _callable_tools(req) -> ToolPlan | None:
+    plan = req.tool_plan()
     if plan is None or not plan.active:
         return None
-    try:
-        await off_loop(check_tool_schemas, plan.tools)
-    except InvalidGenerationRequest as exc:
-        raise request_error(exc) from None
+    check_tool_schemas(plan.tools)
     return plan
+
+
+def _edge(req) -> SamplingParams:
+    """Fields we cannot honour, and every sampling bound (blocking: a schema is serialized here)."""
+    req.reject_unsupported()
+    return sampling(req, req.requested_max_tokens or 1)
 
 
 def sampling(req, max_tokens: int) -> SamplingParams:
@@ -115,18 +127,21 @@ class GenerationPipeline:
         self.observers = observers
 
     async def start(self, req, prompts: list[Prompt], context: RequestContext, request_id: str) -> Generation:
-        req.reject_unsupported()
-        requested = req.requested_max_tokens
-        choices = sampling(req, requested or 1).n  # every sampling bound, before any work
+        edge = await off_loop(_edge, req)  # every sampling bound, before any work
+        requested, choices = req.requested_max_tokens, edge.n
         engine = resolve_engine(self.registry, req.model, GenerationEngine,
                                 f"cannot serve {self.route}; use /v1/embeddings for it.")
         context.check_model(req.model, engine.config.names)
         sequences = len(prompts) * choices
         check_queue(engine, sequences)
-        await context.reserve_tokens(sum(p.floor(engine) for p in prompts) + sequences * (requested or 1))
+        try:  # a prompt whose floor is already over the context (its file parts) is refused here
+            floor = sum(p.floor(engine) for p in prompts)
+        except InvalidGenerationRequest as exc:
+            raise request_error(exc, self.prompt_param) from None
+        await context.reserve_tokens(floor + sequences * (requested or 1))
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
-        generation = Generation(engine, request_id, ids, [self._params(req, engine, p) for p in ids],
-                                context.settle, self.observers, context.priority)
+        params = await off_loop(self._params, edge, requested, engine, ids)
+        generation = Generation(engine, request_id, ids, params, context.settle, self.observers, context.priority)
         # Without max_tokens a choice may run to the end of the context, but it reserves only the server's
         # completion reserve (--completion-reserve) and is charged its real use when it ends.
         cap = context.completion_reserve if requested is None else None
@@ -138,12 +153,17 @@ class GenerationPipeline:
             raise request_error(exc) from None
         return generation
 
-    def _params(self, req, engine: GenerationEngine, prompt_ids: list[int]) -> SamplingParams:
-        """The request's sampling parameters for one prompt; no max_tokens means 'up to the context'."""
-        requested = req.requested_max_tokens
-        params = sampling(req, requested if requested is not None else max(engine.max_model_len - len(prompt_ids), 1))
-        try:
-            engine.check_request(len(prompt_ids), params)
-        except InvalidGenerationRequest as exc:
-            raise request_error(exc, self.prompt_param) from None
-        return params
+    def _params(self, edge: SamplingParams, requested: int | None, engine: GenerationEngine,
+                ids: list[list[int]]) -> list[SamplingParams]:
+        """The request's sampling parameters for each prompt, checked by the engine (blocking: the first check
+        of a schema compiles it); no max_tokens means 'up to the context'."""
+        every = []
+        for prompt_ids in ids:
+            params = dataclasses.replace(
+                edge, max_tokens=requested if requested is not None else max(engine.max_model_len - len(prompt_ids), 1))
+            try:
+                engine.check_request(len(prompt_ids), params)
+            except InvalidGenerationRequest as exc:
+                raise request_error(exc, self.prompt_param) from None
+            every.append(params)
+        return every

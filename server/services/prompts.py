@@ -12,28 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engines.protocol import GenerationEngine
+from engines.protocol import ContextLengthExceeded, GenerationEngine
 from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
 from server.protocol import ChatMessage
+from server.services.prompt_files import PromptFiles
 from server.tool_calls import ToolPlan, call_text
 
 # The chat templates we load know system, user and assistant; a developer message is the newer name for
 # a system message. Chat and Responses both map their roles through this.
 TEMPLATE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# A text file larger than this cannot fit any context we serve; refuse it before reading it.
-MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
 FileText = Callable[[str], str]  # file id -> its UTF-8 text (raises OpenAIError)
-
-
-class FileStore(Protocol):
-    def read_text(self, owner: str, file_id: str, max_bytes: int) -> str: ...
-
-
-def file_reader(files: FileStore | None, owner: str) -> FileText | None:
-    """What a prompt's file parts are read with: the owner's uploaded text files (None without a store)."""
-    if files is None:
-        return None
-    return lambda file_id: files.read_text(owner, file_id, MAX_PROMPT_FILE_BYTES)
 
 
 class Prompt(Protocol):
@@ -46,6 +34,24 @@ class Prompt(Protocol):
 
 def text_floor(engine: GenerationEngine, text: str) -> int:
     return min(engine.min_prompt_tokens(text), engine.max_model_len)
+
+
+def files_tokens(engine: GenerationEngine, text: str, files: PromptFiles) -> int:
+    """A lower bound on the tokens of inline text and file parts together, from their lengths alone."""
+    return max(1, -(-(len(text) + files.min_chars()) // engine.max_token_chars()))
+
+
+def files_floor(engine: GenerationEngine, text: str, files: PromptFiles, param: str, cap: int | None = None) -> int:
+    """`files_tokens`, for admission; over `cap` (the context unless given), the prompt cannot fit, and is
+    refused before any file is read or template rendered."""
+    tokens = files_tokens(engine, text, files)
+    cap = engine.max_model_len if cap is None else cap
+    if tokens > cap:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {engine.max_model_len} tokens. However, your {param} with "
+            f"their files ({files.bytes} bytes) take at least {tokens} tokens. Please reduce the files or the "
+            "text.", param=param)
+    return tokens
 
 
 @dataclass
@@ -78,11 +84,18 @@ class TokenPrompt:
 @dataclass
 class ChatPrompt:
     messages: list[ChatMessage]
-    file_text: FileText | None = None
+    files: PromptFiles | None = None  # measured (server/services/prompt_files.py) before the floor is read
     tools: ToolPlan | None = None  # shown in the built-in format (server/tool_calls.py) when they may be called
 
+    @property
+    def file_text(self) -> FileText | None:
+        return None if self.files is None else self.files.reader()
+
     def floor(self, engine: GenerationEngine) -> int:
-        return text_floor(engine, "".join(_plain_text(m) for m in self.messages))
+        text = "".join(_plain_text(m) for m in self.messages)
+        if self.files is None or not self.files.bytes:
+            return text_floor(engine, text)
+        return files_floor(engine, text, self.files, "messages")
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
         if self.tools is not None and self.tools.active and engine.template_tool_format() == "hermes":

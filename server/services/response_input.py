@@ -6,13 +6,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engines.protocol import ContextLengthExceeded, GenerationEngine
+from engines.protocol import (
+    ContextLengthExceeded,
+    GenerationEngine,
+    InvalidGenerationRequest,
+)
 from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.protocol import ResponseRequest
 from server.services.formats import new_id
-from server.services.prompts import TEMPLATE_ROLES, FileText, file_part_text, text_floor
-from server.services.response_store import not_found
+from server.services.prompt_files import PromptFiles
+from server.services.prompts import (
+    TEMPLATE_ROLES,
+    FileText,
+    file_part_text,
+    files_floor,
+    files_tokens,
+    text_floor,
+)
+from server.services.response_store import content_chars, not_found
 from server.tool_calls import ToolPlan, call_text
+
+MAX_ITEM_ID_CHARS = 64  # the stored column's width
 
 
 def item_id(prefix: str) -> str:
@@ -65,34 +79,98 @@ class ConversationPrompt:
     fit by `truncation`. Once tokenized it keeps the turns and input items that the stored response needs."""
 
     req: ResponseRequest
-    file_text: FileText | None
-    chain: Callable[[str], list[dict]] | None  # previous_response_id -> its conversation (None: no store)
+    files: PromptFiles | None  # measured (server/services/prompt_files.py) before the floor is read
+    # (previous_response_id, characters of context, drop the oldest?) -> its stored messages (None: no store)
+    chain: Callable[[str, int, bool], list[dict]] | None
     current: list[dict] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)
 
     def floor(self, engine: GenerationEngine) -> int:
         # A truncated prompt holds at most the context less the room for the output.
         cap = engine.max_model_len - (self.req.max_output_tokens or 1)
-        return max(min(text_floor(engine, "".join(input_texts(self.req))), cap), 1)
+        text = "".join(input_texts(self.req))
+        if self.files is None or not self.files.bytes:
+            return max(min(text_floor(engine, text), cap), 1)
+        if self.req.truncation == "auto":  # older turns, files and all, may be dropped to fit
+            return max(min(files_tokens(engine, text, self.files), cap), 1)
+        return files_floor(engine, text, self.files, "input", max(cap, 1))
 
     tools: ToolPlan | None = None  # shown in the built-in format when they may be called
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
         req = self.req
+        # text older than a context's worth of characters surely cannot fit: a chain leaves it unread
+        budget, auto = engine.max_model_len * engine.max_token_chars(), req.truncation == "auto"
         history: list[dict] = []
         if req.previous_response_id:
             if self.chain is None:
                 raise not_found(req.previous_response_id, "previous_response_id")
-            history = self.chain(req.previous_response_id)
+            history = self.chain(req.previous_response_id, budget, auto)
         known = {call_id for turn in history for call_id in turn.get("call_ids", ())}
-        history = [{"role": turn["role"], "content": turn["content"]} for turn in history]
-        self.current, self.items = parse_input(req.input, self.file_text, known)
+        file_text = self.files.reader() if self.files else None
+        self.current, self.items = parse_input(req.input, file_text, known)
+        newer = sum(len(message["content"]) for message in self.current)
+        history = replay_history(history, newer, budget, auto, file_text)
         instructions = [req.instructions] if req.instructions else []
         if self.tools is not None and self.tools.active:
             instructions.append(self.tools.system_prompt())
         system = [{"role": "system", "content": "\n\n".join(instructions)}] if instructions else []
-        return fit_prompt(engine, system, history, self.current, req.max_output_tokens,
-                          req.truncation or "disabled")[0]
+        current = [{"role": message["role"], "content": message["content"]} for message in self.current]
+        try:
+            return fit_prompt(engine, system, history, current, req.max_output_tokens,
+                              req.truncation or "disabled")[0]
+        except InvalidGenerationRequest as exc:  # text the tokenizer cannot take: blamed on this route's field
+            if exc.param == "messages":
+                exc.param = "input"
+            raise
+
+    def stored_turn(self) -> list[dict]:
+        """This turn's messages as a stored response keeps them: a file part by its id and length, not its text."""
+        return [{"role": message["role"], "content": message.get("segments", message["content"])}
+                for message in self.current]
+
+
+def _segment(part: dict, text: str) -> dict:
+    if part.get("type") == "input_file":
+        return {"type": "file", "file_id": part["file_id"], "chars": len(text)}
+    return {"type": "text", "text": text}
+
+
+def replay_history(turns: list[dict], newer_chars: int, budget: int, drop_oldest: bool,
+                   file_text: FileText | None) -> list[dict]:
+    """A stored chain's messages for the template, their files re-read. A message older than `budget`
+    characters of newer text surely cannot fit the context: it is dropped unread (truncation=auto would drop
+    it) or the prompt is refused, so a chain never reads more than about a context's worth of files."""
+    kept: list[dict] = []
+    for turn in reversed(turns):
+        if newer_chars > budget:
+            if not drop_oldest:
+                raise ContextLengthExceeded("The input and the previous responses' conversation are longer than "
+                                            "this model's context; set truncation='auto' to drop the oldest turns.",
+                                            param="input")
+            break
+        newer_chars += content_chars(turn["content"])
+        kept.append(turn)
+    return [{"role": turn["role"], "content": _replayed_text(turn["content"], file_text)} for turn in reversed(kept)]
+
+
+def _replayed_text(content: str | list[dict], file_text: FileText | None) -> str:
+    if isinstance(content, str):  # no file parts, or stored before files were kept by reference
+        return content
+    texts = []
+    for segment in content:
+        if segment.get("type") != "file":
+            texts.append(segment["text"])
+            continue
+        try:
+            texts.append(file_part_text(segment["file_id"], "previous_response_id", file_text))
+        except InvalidRequestError as exc:
+            if exc.code != "file_not_found":
+                raise
+            raise InvalidRequestError(f"File {segment['file_id']}, in the input of a previous response, no longer "
+                                      "exists; a chain re-reads its files, so start a new chain without it.",
+                                      param="previous_response_id", code="file_not_found") from None
+    return "".join(texts)
 
 
 def parse_input(value: str | list[dict], file_text: FileText | None,
@@ -141,8 +219,10 @@ def parse_input(value: str | list[dict], file_text: FileText | None,
         else:
             raise InvalidRequestError(f"input[{i}].content must be a string or a non-empty array of parts.",
                                       param=f"input[{i}].content")
-        text = "".join(_part_text(p, role, f"input[{i}].content[{j}]", file_text) for j, p in enumerate(parts))
-        messages.append({"role": TEMPLATE_ROLES[role], "content": text})
+        texts = [_part_text(p, role, f"input[{i}].content[{j}]", file_text) for j, p in enumerate(parts)]
+        messages.append({"role": TEMPLATE_ROLES[role], "content": "".join(texts)})
+        if any(p.get("type") == "input_file" for p in parts):  # stored with the files by reference
+            messages[-1]["segments"] = [_segment(p, text) for p, text in zip(parts, texts)]
         if role == "assistant":
             items.append({"id": item_id("msg"), "type": "message", "role": "assistant", "status": "completed",
                           "content": [output_text_part(p["text"]) for p in parts]})
@@ -152,11 +232,20 @@ def parse_input(value: str | list[dict], file_text: FileText | None,
     return messages, items
 
 
+def _client_id(raw: dict, i: int) -> str | None:
+    """An input item's own id, as the client chose it (kept as given: items are keyed by their place)."""
+    value = raw.get("id")
+    if value is not None and not (isinstance(value, str) and 0 < len(value) <= MAX_ITEM_ID_CHARS):
+        raise InvalidRequestError(f"input[{i}].id must be a string of 1 to {MAX_ITEM_ID_CHARS} characters.",
+                                  param=f"input[{i}].id", code="invalid_value")
+    return value
+
+
 def _function_call(raw: dict, i: int) -> dict:
     for name in ("call_id", "name", "arguments"):
         if not isinstance(raw.get(name), str):
             raise InvalidRequestError(f"input[{i}].{name} must be a string.", param=f"input[{i}].{name}")
-    return function_call_item(raw["call_id"], raw["name"], raw["arguments"], raw.get("id"))
+    return function_call_item(raw["call_id"], raw["name"], raw["arguments"], _client_id(raw, i))
 
 
 def _function_output(raw: dict, i: int, known: set[str]) -> dict:
@@ -166,7 +255,7 @@ def _function_output(raw: dict, i: int, known: set[str]) -> dict:
                                   code="invalid_value")
     if not isinstance(raw.get("output"), str):
         raise InvalidRequestError(f"input[{i}].output must be a string.", param=f"input[{i}].output")
-    return {"id": raw.get("id") or item_id("fco"), "type": "function_call_output", "call_id": raw["call_id"],
+    return {"id": _client_id(raw, i) or item_id("fco"), "type": "function_call_output", "call_id": raw["call_id"],
             "output": raw["output"], "status": "completed"}
 
 

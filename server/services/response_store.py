@@ -1,18 +1,32 @@
 """Stored responses: owner-scoped rows, chain replay for previous_response_id, paginated input
-items, and a retention sweep that keeps the store bounded."""
+items, and a retention sweep that keeps the store bounded.
+
+A stored response counts its bytes in its owner's storage quota, with the owner's files
+(server/services/storage_quota.py). Its conversation keeps file parts as references (the file id and
+its length), not their text: a chain re-reads them, within the request's own file bounds."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 
 from sqlalchemy import delete, select
 
 from server.db.database import Database
 from server.db.models import StoredInputItem, StoredResponse
-from server.errors import InvalidRequestError, NotFoundError
+from server.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestTooLargeError,
+)
+from server.services.storage_quota import used_bytes
 
 # A chain longer than this is refused rather than replayed without end.
 MAX_CHAIN = 1000
+# The most stored bytes one chain loads: beyond, its oldest turns are dropped (truncation=auto) or it is refused.
+MAX_CHAIN_BYTES = 32 * 1024 * 1024
 
 
 def not_found(response_id: str, param: str | None = None) -> NotFoundError:
@@ -21,17 +35,57 @@ def not_found(response_id: str, param: str | None = None) -> NotFoundError:
                          param=param, code="response_not_found")
 
 
+def quota_exceeded(message: str) -> RequestTooLargeError:
+    return RequestTooLargeError(message, param="store", code="quota_exceeded")
+
+
+def content_chars(content: str | list[dict]) -> int:
+    """The characters a stored message's content stands for: its text, or its segments' (a file's length)."""
+    if isinstance(content, str):
+        return len(content)
+    return sum(segment["chars"] if segment.get("type") == "file" else len(segment.get("text", ""))
+               for segment in content)
+
+
 class ResponseStore:
-    def __init__(self, database: Database, retention_s: float):
+    def __init__(self, database: Database, retention_s: float, quota_bytes: int | None = None):
         self.database = database
         self.retention_s = retention_s
+        self.quota_bytes = quota_bytes  # None: no quota
+        self._locks: dict[str, threading.Lock] = {}  # owner -> held while its check and insert run
+        self._locks_guard = threading.Lock()
 
-    def save(self, owner: str, body: dict, conversation: list[dict], input_items: list[dict]) -> None:
-        with self.database.session() as session, session.begin():
-            session.add(StoredResponse(id=body["id"], owner=owner, previous_response_id=body.get("previous_response_id"),
-                                       created_at=int(body["created_at"]), body=body, conversation=conversation))
+    def _lock(self, owner: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(owner, threading.Lock())
+
+    def check_room(self, owner: str) -> None:
+        """Before a request with store=true runs: refused (413) when the owner's storage is already full."""
+        if self.quota_bytes is None:
+            return
+        with self.database.session() as session:
+            used = used_bytes(session, owner)
+        if used >= self.quota_bytes:
+            raise quota_exceeded(f"Your storage quota of {self.quota_bytes} bytes is full (files and stored "
+                                 "responses count against it), so this response could not be stored. Delete "
+                                 "files or stored responses, or send store=false.")
+
+    def save(self, owner: str, body: dict, conversation: list[dict], input_items: list[dict]) -> bool:
+        """Store one response. False, and nothing stored, when it would take its owner past the quota.
+
+        The check and the insert run under the owner's lock, so this process's saves cannot both pass on the
+        same room; replicas sharing a database may each pass it by one response."""
+        size = sum(len(json.dumps(value)) for value in (body, conversation, *input_items))
+        replay = sum(content_chars(message.get("content") or "") for message in conversation)
+        with self._lock(owner), self.database.session() as session, session.begin():
+            if self.quota_bytes is not None and used_bytes(session, owner) + size > self.quota_bytes:
+                return False
+            session.add(StoredResponse(id=body["id"], owner=owner, created_at=int(body["created_at"]),
+                                       previous_response_id=body.get("previous_response_id"), body=body,
+                                       conversation=conversation, bytes=size, replay_chars=replay))
             for position, item in enumerate(input_items):
                 session.add(StoredInputItem(id=item["id"], response_id=body["id"], position=position, item=item))
+        return True
 
     def get(self, owner: str, response_id: str) -> dict:
         with self.database.session() as session:
@@ -54,21 +108,35 @@ class ResponseStore:
             session.execute(delete(StoredResponse).where(StoredResponse.id == response_id))
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
-    def chain(self, owner: str, response_id: str) -> list[dict]:
-        """The messages of every stored turn up to and including `response_id`, oldest first."""
-        turns: list[list[dict]] = []
+    def chain(self, owner: str, response_id: str, max_chars: int, drop_oldest: bool) -> list[dict]:
+        """The messages of the stored turns up to and including `response_id`, oldest first.
+
+        The chain is walked on its small columns first. Once the newer turns stand for more than `max_chars`
+        characters (a context's worth: older turns surely cannot fit), or hold MAX_CHAIN_BYTES, the older
+        turns are left unread: dropped when `drop_oldest` (truncation=auto would drop them), else refused."""
+        kept: list[str] = []
+        chars = loaded = 0
         with self.database.session() as session:
             current: str | None = response_id
             while current is not None:
-                row = session.get(StoredResponse, current)
+                row = session.execute(select(StoredResponse.owner, StoredResponse.previous_response_id,
+                                             StoredResponse.replay_chars, StoredResponse.bytes)
+                                      .where(StoredResponse.id == current)).one_or_none()
                 if row is None or row.owner != owner:
                     raise not_found(current, "previous_response_id")
-                turns.append(row.conversation)
+                if kept and (chars > max_chars or loaded + row.bytes > MAX_CHAIN_BYTES):
+                    if drop_oldest:
+                        break
+                    raise _chain_too_long(chars > max_chars)
+                kept.append(current)
+                chars, loaded = chars + row.replay_chars, loaded + row.bytes
                 current = row.previous_response_id
-                if len(turns) > MAX_CHAIN:
+                if len(kept) > MAX_CHAIN:
                     raise InvalidRequestError(f"The chain of previous responses is longer than {MAX_CHAIN}.",
                                               param="previous_response_id")
-        return [message for turn in reversed(turns) for message in turn]
+            turns = {row.id: row.conversation for row in session.execute(
+                select(StoredResponse.id, StoredResponse.conversation).where(StoredResponse.id.in_(kept)))}
+        return [message for turn in reversed(kept) for message in turns[turn]]
 
     def input_items(self, owner: str, response_id: str, limit: int, order: str, after: str | None) -> dict:
         self.get(owner, response_id)
@@ -95,3 +163,13 @@ class ResponseStore:
                 session.execute(delete(StoredInputItem).where(StoredInputItem.response_id.in_(old)))
                 session.execute(delete(StoredResponse).where(StoredResponse.id.in_(old)))
         return len(old)
+
+
+def _chain_too_long(over_context: bool) -> InvalidRequestError:
+    if over_context:
+        return ContextLengthExceededError("The previous responses' conversation is longer than this model's context; "
+                                          "set truncation='auto' to drop its oldest turns.",
+                                          param="previous_response_id")
+    return InvalidRequestError(f"The chain of previous responses holds more than {MAX_CHAIN_BYTES} bytes; set "
+                               "truncation='auto' to drop its oldest turns, or start a new chain.",
+                               param="previous_response_id", code="chain_too_large")

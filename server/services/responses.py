@@ -7,6 +7,8 @@ to first token, generation tokens/s, engine kind, model revision); the SDKs igno
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from server.protocol import ResponseRequest
 from server.response_models import ResponseObject, ResponseUsage
 from server.services.formats import sse_event
 from server.services.pipeline import GenerationPipeline, callable_tools, off_loop
-from server.services.prompts import FileStore, file_reader
+from server.services.prompt_files import FileStore, PromptFiles, response_file_parts
 from server.services.response_input import ConversationPrompt, function_call_item, item_id, output_text_part
 from server.services.response_store import ResponseStore
 from server.services.streaming import Generation, Observers
@@ -147,9 +149,13 @@ class ResponseService:
     # ---- create ------------------------------------------------------------------------------
     async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         owner = context.owner
-        chain = None if self.store is None else (lambda response_id: self.store.chain(owner, response_id))
-        tools = await callable_tools(req.tool_plan())
-        prompt = ConversationPrompt(req, file_reader(self.files, owner), chain, tools=tools)
+        chain = None if self.store is None else functools.partial(self.store.chain, owner)
+        if self.store is not None and req.store:
+            await off_loop(self.store.check_room, owner)  # a full quota refuses before any work
+        tools = await callable_tools(req)
+        files = PromptFiles(self.files, owner, lambda: response_file_parts(req.input))
+        await asyncio.to_thread(files.measure)  # their records' sizes, so that admission counts them
+        prompt = ConversationPrompt(req, files, chain, tools=tools)
         generation = await self.pipeline.start(req, [prompt], context, item_id("resp"))
         run = _Run(generation.request_id, req, generation.engine, generation.created, generation.prompts[0],
                    tools=tools is not None)
@@ -186,8 +192,12 @@ class ResponseService:
             answer = {"role": "assistant", "content": run.text}
             if run.calls:
                 answer["call_ids"] = [call["call_id"] for call in run.calls]
-            conversation = [*prompt.current, answer]
-            await off_loop(self.store.save, owner, body, conversation, prompt.items)
+            conversation = [*prompt.stored_turn(), answer]
+            if not await off_loop(self.store.save, owner, body, conversation, prompt.items):
+                # over the owner's quota: the answer is still the client's, but it is not kept
+                body = {**body, "store": False, "ozwell": {**body["ozwell"], "store_error": {
+                    "code": "quota_exceeded", "message": "This response was not stored: it would exceed your "
+                    "storage quota (files and stored responses count against it)."}}}
         return body
 
     async def _stream(self, run: _Run, generation: Generation, owner: str,

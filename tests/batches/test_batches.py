@@ -289,12 +289,12 @@ def test_one_replica_at_a_time_holds_a_batch_and_a_dead_ones_lease_passes_on(app
                                 output_tokens=0))
     try:
         first, second = runner("replica-a"), runner("replica-b")
-        assert first._claim() == batch_id
-        assert second._claim() is None  # held
-        assert runner("replica-a")._claim() == batch_id  # the same replica, restarted
+        assert first.leases.claim() == batch_id
+        assert second.leases.claim() is None  # held
+        assert runner("replica-a").leases.claim() == batch_id  # the same replica, restarted
         time.sleep(2.2)
-        assert second._claim() == batch_id  # replica-a's lease ran out
-        assert first._renew(batch_id) == "lost"
+        assert second.leases.claim() == batch_id  # replica-a's lease ran out
+        assert first.leases.renew(batch_id, None) == "lost"
     finally:
         database.close()
 

@@ -49,13 +49,15 @@ PROMPTS = ["Hello", "Once upon a time there was a small model that wrote stories
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma"])
-def test_staggered_requests_with_preemption_and_chunking_equal_generate(tight_engines, name):
+def test_concurrent_requests_with_preemption_and_chunking_equal_generate(tight_engines, name):
     engine = tight_engines[name]
     prompts = [engine.encode_text(text) for text in PROMPTS]
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
     before = engine.stats()["preemptions"]
-    results = _run(engine, lambda: [_generate(engine, f"{name}-{i}", p, params, delay=0.01 * i)
-                                    for i, p in enumerate(prompts)])
+    # All four at once: staggered by 10 ms, the first could finish before the last came (a fast engine, or the
+    # engine thread scheduled early after the batch tier), and then nothing was preempted (CI flake, issue #35's
+    # session). Staggered arrivals are the prefix-cache test's below.
+    results = _run(engine, lambda: [_generate(engine, f"{name}-{i}", p, params) for i, p in enumerate(prompts)])
     for prompt, (tokens, _) in zip(prompts, results):
         assert tokens == greedy_ids(engine, prompt, 20, exact_length=True)
     assert engine.stats()["preemptions"] > before  # 4 x ~40 tokens cannot share 64
