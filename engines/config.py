@@ -124,6 +124,9 @@ class ModelConfig(BaseModel):
     device: Device = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=8, ge=1, le=4096)
+    # The completion length of a request that sets none (Ollama's num_predict); unset: up to the context. A small
+    # model sampled at temperature 1 can run on for thousands of tokens (issue #39: 949 tokens, 398 s, on a CPU).
+    default_max_tokens: int | None = Field(default=None, ge=1)
     # Continuous batching: tokens per step (prefill chunks + decodes), KV block size and cache size
     # (default: max_num_seqs x max_model_len, at most 131072 tokens), and the waiting-queue bound.
     max_num_batched_tokens: int = Field(default=512, ge=1)
@@ -187,6 +190,12 @@ class ModelConfig(BaseModel):
             raise ValueError("'vllm' options are only for engine: vllm")
         if self.quantization != "none" and (self.engine is not EngineKind.transformers or self.task is not Task.chat):
             raise ValueError("'quantization' is for the native chat engine (engine: transformers, task: chat)")
+        if self.default_max_tokens is not None and self.task is not Task.chat:
+            raise ValueError("'default_max_tokens' is for chat models (task: chat)")
+        if self.default_max_tokens is not None and self.max_model_len is not None and \
+                self.default_max_tokens >= self.max_model_len:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) leaves no room for a prompt within "
+                             f"max_model_len ({self.max_model_len})")
         if self.quantization != "none" and self.device.startswith("cuda"):
             raise ValueError(f"quantization: {self.quantization} runs on a CPU only; on a GPU use engine: vllm")
         return self

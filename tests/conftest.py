@@ -84,6 +84,16 @@ dtype: float32
 device: cpu
 max_model_len: 128
 """)
+    write_config(config_dir, "tiny-short", f"""
+id: tiny-short
+task: chat
+engine: transformers
+source: {tiny_llama_dir}
+dtype: float32
+device: cpu
+max_model_len: 128
+default_max_tokens: 6
+""")
     write_config(config_dir, "all-minilm-l6-v2", """
 id: all-minilm-l6-v2
 aliases: [text-embedding-3-small]

@@ -28,6 +28,8 @@ class ModelService:
         max_model_len = getattr(engine, "max_model_len", None)
         if isinstance(max_model_len, int):
             details["max_model_len"] = max_model_len
+        if config.default_max_tokens is not None:  # what a request that sets no max_tokens gets
+            details["default_max_tokens"] = config.default_max_tokens
         return details
 
     def overview(self) -> list[dict]:

@@ -132,6 +132,7 @@ class GenerationPipeline:
         engine = resolve_engine(self.registry, req.model, GenerationEngine,
                                 f"cannot serve {self.route}; use /v1/embeddings for it.")
         context.check_model(req.model, engine.config.names)
+        default = engine.config.default_max_tokens if requested is None else None
         sequences = len(prompts) * choices
         check_queue(engine, sequences)
         try:  # a prompt whose floor is already over the context (its file parts) is refused here
@@ -140,7 +141,7 @@ class GenerationPipeline:
             raise request_error(exc, self.prompt_param) from None
         await context.reserve_tokens(floor + sequences * (requested or 1))
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
-        params = await off_loop(self._params, edge, requested, engine, ids)
+        params = await off_loop(self._params, edge, requested, engine, ids, default)
         generation = Generation(engine, request_id, ids, params, context.settle, self.observers, context.priority)
         # Without max_tokens a choice may run to the end of the context, but it reserves only the server's
         # completion reserve (--completion-reserve) and is charged its real use when it ends.
@@ -154,13 +155,15 @@ class GenerationPipeline:
         return generation
 
     def _params(self, edge: SamplingParams, requested: int | None, engine: GenerationEngine,
-                ids: list[list[int]]) -> list[SamplingParams]:
+                ids: list[list[int]], default: int | None = None) -> list[SamplingParams]:
         """The request's sampling parameters for each prompt, checked by the engine (blocking: the first check
-        of a schema compiles it); no max_tokens means 'up to the context'."""
+        of a schema compiles it); no max_tokens means the model's `default_max_tokens`, within the context
+        the prompt leaves, or without one, 'up to the context'."""
         every = []
         for prompt_ids in ids:
+            room = max(engine.max_model_len - len(prompt_ids), 1)
             params = dataclasses.replace(
-                edge, max_tokens=requested if requested is not None else max(engine.max_model_len - len(prompt_ids), 1))
+                edge, max_tokens=requested if requested is not None else min(default or room, room))
             try:
                 engine.check_request(len(prompt_ids), params)
             except InvalidGenerationRequest as exc:

@@ -233,3 +233,17 @@ def test_a_streamed_tool_call_and_its_round_trip_on_the_default(sdk):
                                          temperature=0)
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
+
+
+def test_the_readmes_first_request_without_max_tokens_answers_within_a_minute(sdk):
+    """Issue #39: the README's first request set no max_tokens and, sampled at temperature 1, ran 949 tokens for
+    398 s. The chat default's `default_max_tokens` (256) bounds it; /v1/models says so."""
+    assert sdk.models.retrieve("gpt-4").model_extra["ozwell"]["default_max_tokens"] == 256
+    for seed in range(3):
+        begun = time.perf_counter()
+        reply = sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hello!"}], seed=seed)
+        assert reply.usage.completion_tokens <= 256 and time.perf_counter() - begun < 60
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    greedy = sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hello!"}],
+                                         temperature=0)
+    assert greedy.choices[0].finish_reason == "stop"  # int8 greedy ends its turn (33 tokens on 2026-12-07)

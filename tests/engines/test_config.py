@@ -33,6 +33,8 @@ def test_good_config_loads_with_defaults(tmp_path):
         ({"dtype": "int3"}, "dtype", "'auto', 'float32', 'bfloat16' or 'float16'"),
         ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
         ({"id": None}, "id", "Field required"),
+        ({"default_max_tokens": "0"}, "default_max_tokens", "greater than or equal to 1"),
+        ({"default_max_tokens": "512"}, "(top level)", "leaves no room for a prompt within max_model_len (512)"),
     ],
 )
 def test_bad_config_names_file_field_and_problem(tmp_path, change, field, words):

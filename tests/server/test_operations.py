@@ -90,7 +90,7 @@ def test_ready_lists_every_model_and_needs_no_key(client):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready"
-    assert set(body["models"]) == {"tiny-llama", "tiny-llama-256", "tiny-gemma", "all-minilm-l6-v2",
+    assert set(body["models"]) == {"tiny-llama", "tiny-llama-256", "tiny-short", "tiny-gemma", "all-minilm-l6-v2",
                                    "minilm-matryoshka"}
     assert all(m == {"status": "ok"} for m in body["models"].values())
 
