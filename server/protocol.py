@@ -264,10 +264,11 @@ class NamedToolChoice(OpenAIBaseModel):
 MAX_TOOLS_BYTES = 1 << 20
 
 
-def tool_plan(tools: list[Tool], choice: str | None, parallel: bool | None, formatted: bool,
-              format_param: str) -> ToolPlan | None:
+def tool_plan(tools: list[Tool], choice: str | None, parallel: bool | None,
+              answer: StructuredOutput | None) -> ToolPlan | None:
     """Chat's and the Responses API's tools and tool_choice (a keyword, or the named function), checked: 400
-    naming what is wrong. `formatted`: the request also asks for a JSON response format (not combinable yet)."""
+    naming what is wrong. `answer`: the request's JSON response format, which holds an answer that is not a
+    call (engines/structured.py; server/tool_calls.py)."""
     if not tools:
         if choice not in (None, "none"):
             raise InvalidRequestError("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice",
@@ -282,11 +283,7 @@ def tool_plan(tools: list[Tool], choice: str | None, parallel: bool | None, form
     if choice not in (None, "none", "auto", "required") and choice not in names:
         raise InvalidRequestError(f"tool_choice names the function '{choice}', which is not in 'tools'.",
                                   param="tool_choice", code="invalid_value")
-    plan = ToolPlan(tools, choice or "auto", parallel is not False)
-    if plan.active and formatted:
-        raise UnsupportedParameterError(format_param, "cannot be combined with tools that may be called yet (use "
-                                        "tool_choice 'none', or leave it out)")
-    return plan
+    return ToolPlan(tools, choice or "auto", parallel is not False, answer)
 
 
 class ChatMessage(OpenAIBaseModel):
@@ -321,8 +318,8 @@ class ChatCompletionRequest(SamplingFields):
     def _build_tool_plan(self) -> ToolPlan | None:
         choice = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
         return tool_plan([t.function.tool(f"tools[{i}].function.parameters") for i, t in enumerate(self.tools or [])],
-                         choice, self.parallel_tool_calls, self.response_format is not None
-                         and self.response_format.type != "text", "response_format")
+                         choice, self.parallel_tool_calls,
+                         self.response_format.structured() if self.response_format else None)
 
     def structured_output(self) -> StructuredOutput | None:
         plan = self.tool_plan()
@@ -514,8 +511,7 @@ class ResponseRequest(GenerationFields):
         choice = self.tool_choice.name if isinstance(self.tool_choice, ResponseNamedChoice) else self.tool_choice
         text_format = self.text.format if self.text else None
         return tool_plan([t.tool(f"tools[{i}].parameters") for i, t in enumerate(self.tools or [])], choice,
-                         self.parallel_tool_calls,
-                         text_format is not None and text_format.type != "text", "text.format")
+                         self.parallel_tool_calls, text_format.structured() if text_format else None)
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
         plan = self.tool_plan()

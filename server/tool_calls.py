@@ -15,7 +15,10 @@ How each `tool_choice` decodes (the grammar is llguidance's Lark, with each call
 tools' own schemas, compact, name first):
 - `none`: plain text, tools not shown;
 - `auto`: text with no <tool_call> in it, or text then calls; once a call starts the grammar holds it;
-- `required`: one or more calls (just one with parallel_tool_calls false), from the first token;
+  with a JSON response format (`response_format`, `text.format`), the answer in that format or calls, the
+  model choosing at its first token (as OpenAI allows the pair; agent frameworks send both every turn);
+- `required`: one or more calls (just one with parallel_tool_calls false), from the first token; a response
+  format does not constrain such a turn;
 - a named function: exactly one call of it.
 """
 
@@ -57,6 +60,7 @@ class ToolPlan:
     tools: list[Tool]
     choice: str
     parallel: bool = True
+    answer: StructuredOutput | None = None  # the response format an answer that is not a call is held to
 
     @property
     def active(self) -> bool:
@@ -68,7 +72,9 @@ class ToolPlan:
         named = [t for t in self.tools if t.name == self.choice]
         one_call = _call_rule(named or self.tools)
         calls = "call" if (named or not self.parallel) else f"call{{1,{MAX_PARALLEL_CALLS}}}"
-        if self.choice == "auto":
+        if self.choice == "auto" and self.answer is not None:
+            start = f"start: answer | calls\nanswer: {_answer_rule(self.answer)}\n"
+        elif self.choice == "auto":
             start = ("start: TEXT | TEXT? calls\n"
                      f"TEXT: /(?s:.+)/ & ~/(?s:.*{re.escape(OPEN)}.*)/\n")
         else:
@@ -86,7 +92,8 @@ class ToolPlan:
                                        "parameters": t.parameters}, ensure_ascii=False) for t in self.tools)
         return ("You can call these functions (JSON schemas of their arguments):\n<tools>\n" + listed + "\n</tools>\n"
                 f"To call one, reply with {OPEN}{{\"name\": <function name>, \"arguments\": <arguments as a JSON "
-                f"object>}}{CLOSE}, one block per call. Otherwise reply in plain text.")
+                f"object>}}{CLOSE}, one block per call. Otherwise reply "
+                + ("with your answer as JSON in the format asked for." if self.answer else "in plain text."))
 
 
 def _call_rule(tools: list[Tool]) -> str:
@@ -96,6 +103,13 @@ def _call_rule(tools: list[Tool]) -> str:
     schema = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     schema = {**schema, "x-guidance": {"whitespace_flexible": False, "lenient": lenient}}
     return f'"{OPEN}" %json {json.dumps(schema, separators=(",", ":"))} "{CLOSE}"'
+
+
+def _answer_rule(answer: StructuredOutput) -> str:
+    """The response format as a Lark rule: its JSON schema (any object for json_object), compact as a call's."""
+    schema = {"type": "object"} if answer.kind == "json_object" else json.loads(answer.spec)
+    schema = {**schema, "x-guidance": {"whitespace_flexible": False, "lenient": not answer.strict}}
+    return f"%json {json.dumps(schema, separators=(',', ':'))}"
 
 
 def check_tool_schemas(tools: list[Tool]) -> None:

@@ -102,6 +102,8 @@ def _callable_tools(req) -> ToolPlan | None:
     if plan is None or not plan.active:
         return None
     check_tool_schemas(plan.tools)
+    if plan.answer is not None:
+        plan.answer.check()  # alone too, so that a refusal names the response format, not the tools
     return plan
 
 

@@ -149,7 +149,8 @@ def test_a_tool_round_trip(sdk):
     ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
         "type": "object", "properties": {"a": {"not": {}}}}}}], "tool_choice": "required"},
      "tools[0].function.parameters"),
-    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {"name": "r", "strict": True,
+      "schema": {"type": "object", "properties": {"a": {"not": {}}}}}}}, "response_format.json_schema.schema"),
     ({"tools": TOOLS, "messages": [*ASK, {"role": "tool", "tool_call_id": "call_nope", "content": "x"}]},
      "messages[1].tool_call_id"),
 ])
@@ -213,6 +214,82 @@ def test_parse_drops_the_cut_closing_tag_and_reads_loose_blocks():
     assert content == "done" and calls[0]["function"]["name"] == "get_time"
     assert json.loads(calls[0]["function"]["arguments"]) == {"zone": 2}
     assert parse_calls("<tool_call>not a call</tool_call>") == ("<tool_call>not a call</tool_call>", [])
+
+
+REPORT = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}, "degrees": {"type": "integer"}},
+          "required": ["city", "degrees"], "additionalProperties": False}
+REPORT_FORMAT = {"type": "json_schema", "json_schema": {"name": "report", "schema": REPORT, "strict": True}}
+
+
+def test_tools_with_a_response_format_give_calls_or_the_answer_in_that_format(tools_client):
+    """Issue #39: response_format with callable tools was 400 unsupported_parameter; OpenAI accepts the pair, and
+    pydantic-ai, the Agents SDK, the Vercel AI SDK, instructor and LangChain send it every turn. The model now
+    calls tools or answers in the format, its choice; every choice that ends is one or the other, whole."""
+    seen = set()
+    for seed in range(8):
+        for choice in _chat(tools_client, tools=TOOLS, response_format=REPORT_FORMAT, seed=seed, n=2,
+                            max_tokens=200)["choices"]:
+            calls = choice["message"].get("tool_calls")
+            if calls:
+                _check_calls(calls)
+                seen.add("call")
+            else:
+                content = choice["message"]["content"]
+                assert "<tool_call>" not in content
+                if choice["finish_reason"] == "stop":
+                    jsonschema.validate(json.loads(content), REPORT)
+                    seen.add("answer")
+    assert seen == {"call", "answer"}, seen
+    # `required` (or a named function): calls from the first token, the format aside
+    for choice in _chat(tools_client, tools=TOOLS, response_format=REPORT_FORMAT, tool_choice="required",
+                        parallel_tool_calls=False, seed=3, n=2)["choices"]:
+        assert choice["finish_reason"] == "tool_calls"
+        _check_calls(choice["message"]["tool_calls"])
+
+
+def test_the_sdk_parse_helper_with_tools_and_a_pydantic_format(sdk):
+    import openai
+    import pydantic
+
+    class Report(pydantic.BaseModel):
+        city: str
+        degrees: int
+
+    class GetTime(pydantic.BaseModel):
+        zone: int
+
+    kinds = set()
+    for seed in range(6):
+        try:
+            completion = sdk.chat.completions.parse(model="tiny-tools", messages=ASK, response_format=Report,
+                                                    tools=[openai.pydantic_function_tool(GetTime)], max_tokens=150,
+                                                    temperature=1.0, seed=seed)
+        except openai.LengthFinishReasonError:  # the helper refuses a reply cut by max_tokens (random weights)
+            continue
+        message = completion.choices[0].message
+        if message.tool_calls:
+            assert isinstance(message.tool_calls[0].function.parsed_arguments, GetTime)
+            kinds.add("call")
+        elif completion.choices[0].finish_reason == "stop":
+            assert isinstance(message.parsed, Report)
+            kinds.add("answer")
+    assert kinds, "no choice ended within 150 tokens"
+
+
+def test_responses_with_function_tools_and_a_text_format(tools_client):
+    fmt = {"format": {"type": "json_schema", "name": "report", "schema": REPORT, "strict": True}}
+    shapes = set()
+    for seed_text in ("Weather in Paris?", "Weather in Rome?", "Time in Oslo?", "Weather?", "Time?", "Now?"):
+        body = _respond(tools_client, input=seed_text, tools=RESPONSE_TOOLS, text=fmt, max_output_tokens=200)
+        assert body["text"]["format"]["type"] == "json_schema"
+        for item in body["output"]:
+            if item["type"] == "function_call":
+                jsonschema.validate(json.loads(item["arguments"]), SCHEMAS[item["name"]])
+                shapes.add("call")
+            elif body["status"] == "completed":
+                jsonschema.validate(json.loads(item["content"][0]["text"]), REPORT)
+                shapes.add("answer")
+    assert shapes, shapes
 
 
 RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
