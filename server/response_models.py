@@ -1,4 +1,4 @@
-"""Response bodies of the OpenAI routes, as pydantic models beside the request models (server/protocol.py).
+"""Response bodies of the OpenAI routes, as pydantic models beside the request models (server/protocol/).
 
 The services build these and send `model_dump()`; the tests validate what goes out against OpenAI's
 schemas. Stream chunks are built with `model_construct` (no validation: the services fill them from
