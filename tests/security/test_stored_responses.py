@@ -17,10 +17,14 @@ import pytest
 from sqlalchemy import text
 
 from server.db.database import Database
-from tests.conftest import CHATML_TEMPLATE
 from tests.process import ServerProcess
-from tests.security.conftest import MODEL, assert_error, cli_key, client
-from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer, native_chat_config
+from tests.security.conftest import (
+    MODEL,
+    assert_error,
+    cli_key,
+    client,
+    long_context_configs,
+)
 
 pytestmark = pytest.mark.security
 
@@ -31,11 +35,7 @@ CANARY = f"canary-{uuid.uuid4().hex}"
 @pytest.fixture(scope="module")
 def store_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("stored-responses")
-    tokenizer = build_tiny_tokenizer(root / "tokenizer", CHATML_TEMPLATE)
-    llama = build_tiny_llama(root / "llama", tokenizer, max_position_embeddings=2048)
-    config_dir = root / "configs"
-    config_dir.mkdir()
-    (config_dir / f"{MODEL}.yaml").write_text(native_chat_config(MODEL, llama, max_model_len=2048, max_num_seqs=8))
+    config_dir = long_context_configs(root, MODEL, max_num_seqs=8)
     server = ServerProcess(config_dir, root / "data", "--owner-quota-mb", str(QUOTA // 2**20),
                            "--log-level", "debug").start()
     try:
