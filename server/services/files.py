@@ -151,9 +151,11 @@ class FileService:
         return len(expired)
 
     # ---- upload ------------------------------------------------------------------------------
-    def _used_bytes(self, owner: str) -> int:
+    def used_bytes(self, owner: str) -> int:
+        """What the owner holds against `owner_quota_bytes`: its files and stored responses (a running batch adds
+        its results to it)."""
         with self.database.session() as session:
-            return used_bytes(session, owner)  # its stored responses count too
+            return used_bytes(session, owner)
 
     async def upload(self, owner: str, content_type: str, chunks: AsyncIterator[bytes]) -> dict:
         """Stream one multipart upload to disk, within the per-file cap and the owner's quota.
@@ -162,7 +164,7 @@ class FileService:
         (`_inflight`, changed only on the event loop, so each check-and-add is atomic), and the final check
         (stored bytes + bytes in flight) and the row's insert run under the owner's lock, so two uploads
         cannot both pass on the same room. Bytes in flight count until the row that holds them exists."""
-        used = await asyncio.to_thread(self._used_bytes, owner)
+        used = await asyncio.to_thread(self.used_bytes, owner)
         counted = 0
 
         def account(total: int) -> None:
@@ -202,7 +204,7 @@ class FileService:
                                 expires_at=expires_at)
             lock = self._locks.setdefault(owner, asyncio.Lock())
             async with lock:
-                stored = await asyncio.to_thread(self._used_bytes, owner)
+                stored = await asyncio.to_thread(self.used_bytes, owner)
                 in_flight = self._inflight.get(owner, 0)
                 if stored + in_flight > self.owner_quota_bytes:
                     raise self._quota_error(stored, in_flight - counted)
@@ -241,10 +243,6 @@ class FileService:
         except Exception:
             (self.dir / record.id).unlink(missing_ok=True)
             raise
-
-    def used_bytes(self, owner: str) -> int:
-        """What the owner holds against `owner_quota_bytes` (a running batch adds its results to it)."""
-        return self._used_bytes(owner)
 
     def store_generated(self, owner: str, file_id: str, filename: str, purpose: str, lines: Iterable[str],
                         expires_after_s: int | None = None) -> StoredFile | None:
