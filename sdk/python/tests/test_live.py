@@ -233,6 +233,11 @@ def test_admin_keys_usage_and_a_revoked_key(client: Ozwell, chat_model: str) -> 
     with Ozwell(api_key=created.key) as user:
         user.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=2)
     usage = client.admin.usage(key_id=created.id, since=int(time.time()) - 600)
+    for _ in range(50):  # the usage record is written once the response is done, just after the client has it
+        if usage.data:
+            break
+        time.sleep(0.1)
+        usage = client.admin.usage(key_id=created.id, since=int(time.time()) - 600)
     assert [(r.endpoint, r.status) for r in usage.data] == [("/v1/chat/completions", 200)]
     assert usage.data[0].prompt_tokens > 0 and usage.data[0].key_id == created.id
     revoked = client.admin.keys.revoke(created.id)

@@ -229,7 +229,12 @@ test('admin: keys, usage, and a revoked key', { skip }, async () => {
   assert.ok((await ozwell.admin.keys.list()).data.some((k) => k.id === created.id));
   const user = new OzwellClient({ apiKey: created.key });
   await user.chat.completions.create({ model: CHAT, messages: MESSAGES, max_tokens: 2 });
-  const usage = await ozwell.admin.usage({ key_id: created.id, since: new Date(Date.now() - 600_000) });
+  // The usage record is written once the response is done, just after the client has it: wait for it briefly.
+  let usage = await ozwell.admin.usage({ key_id: created.id, since: new Date(Date.now() - 600_000) });
+  for (let tries = 0; usage.data.length === 0 && tries < 50; tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    usage = await ozwell.admin.usage({ key_id: created.id, since: new Date(Date.now() - 600_000) });
+  }
   assert.deepEqual(usage.data.map((r) => [r.endpoint, r.status]), [['/v1/chat/completions', 200]]);
   assert.ok((usage.data[0]?.prompt_tokens ?? 0) > 0);
   const revoked = await ozwell.admin.keys.revoke(created.id);
