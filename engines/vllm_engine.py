@@ -336,6 +336,8 @@ class VllmEngine(HFGenerationEngine):
         return int(blocks or 0)
 
     def stats(self) -> dict:
+        """No `weights_bytes` or `kv_cache_bytes`: vLLM's weights and KV cache live in its engine-core process, and
+        this process learns only the block count, not their bytes (a hybrid model's page spans several layers)."""
         recorder, total = self._stats, self._kv_blocks_total()
         used = round(recorder.kv_cache_usage * total) if recorder else 0
         queries = recorder.prefix_queries if recorder else 0

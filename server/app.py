@@ -23,7 +23,7 @@ from server.loop_watchdog import LoopWatchdog
 from server.metrics import Metrics
 from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, health, models
+from server.routes import admin, chat, completions, embeddings, health, models, models_admin
 from server.routes import batches as batches_routes
 from server.routes import files as files_routes
 from server.routes import metrics as metrics_routes
@@ -35,6 +35,7 @@ from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.files import FileService
+from server.services.model_admin import ModelAdminService
 from server.services.models import ModelService
 from server.services.response_store import ResponseStore
 from server.services.responses import ResponseService
@@ -133,6 +134,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
         chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
         embeddings=EmbeddingService(registry), responses=ResponseService(registry, responses, files, observers))
+    app.state.services.model_admin = ModelAdminService(registry, settings)
     if database is not None:
         app.state.services.batches = BatchService(database, files)
         app.state.services.batches.runner = _batch_runner(app.state.services, database)
@@ -150,7 +152,8 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         app.add_route("/dashboard", dashboard_root, methods=["GET"], include_in_schema=False)
         app.mount("/dashboard", create_dashboard(app.state.services))
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   files_routes.router, responses_routes.router, admin.router, metrics_routes.router):
+                   files_routes.router, responses_routes.router, models_admin.router, admin.router,
+                   metrics_routes.router):
         app.include_router(router)
     if database is not None:
         app.include_router(batches_routes.router)

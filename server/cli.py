@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from server.cli_models import add_models_parser, models_command
 from server.settings import Settings
 
 
@@ -69,8 +70,15 @@ def _parser() -> argparse.ArgumentParser:
                             "X-Forwarded-Proto are believed, or '*' (default: none; clients are who they connect as)")
     serve.add_argument("--instance-id", default=None,
                        help="this replica's name in /metrics and /ready (default: hostname:port)")
-    models = sub.add_parser("models", help="list the models the configs define")
-    models.add_argument("--config-dir", type=Path, default=Path("model_configs"))
+    serve.add_argument("--lazy", action="store_true",
+                       help="load each model on its first request, not at start (a config's `load` overrides it)")
+    serve.add_argument("--kv-cache-gib", type=float, default=None,
+                       help="GiB of host memory for the KV caches of all models together, split between them "
+                            "(default: 10%% of this host's memory, at most 4)")
+    serve.add_argument("--memory-gib", type=float, default=None,
+                       help="GiB of host memory the loaded models may hold in all, weights and KV caches; a load "
+                            "that would pass it unloads the least recently used idle model first (default: no bound)")
+    add_models_parser(sub)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys (works on the database directly)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -115,15 +123,6 @@ def _add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".ozwell"))
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL: sqlite:///... or, for several replicas, "
                         "postgresql+psycopg://user:password@host/db (default: SQLite in the data dir)")
-
-
-def _list_models(config_dir: Path) -> int:
-    from engines.config import load_model_configs
-
-    for config in load_model_configs(config_dir):
-        aliases = ", ".join(config.aliases) or "-"
-        print(f"{config.id}\t{config.task.value}\t{config.engine.value}\taliases: {aliases}\tsource: {config.source}")
-    return 0
 
 
 def _key_service(args):
@@ -184,7 +183,9 @@ def _serve(settings: Settings, log_level: str, database_url: str | None, metrics
             _first_run_admin_key(KeyService(database, Plans.from_file(settings.plans_file)), settings.data_dir)
     else:
         print("WARNING: serving WITHOUT authentication (--no-auth, loopback only)", flush=True)
-    registry = EngineRegistry.from_configs(configs, settings.data_dir, progress=lambda m: print(m, flush=True))
+    registry = EngineRegistry.from_configs(configs, settings.data_dir, progress=lambda m: print(m, flush=True),
+                                           lazy=settings.lazy, kv_cache_gib=settings.kv_cache_gib,
+                                           memory_gib=settings.memory_gib)
     app = create_app(settings, registry, database=database)
 
     if metrics_port is not None:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "models":
-            return _list_models(args.config_dir)
+            return models_command(args)
         if args.command == "keys":
             return _keys_command(args)
         if args.command == "usage":
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                             dashboard_signin_attempts=args.dashboard_signin_attempts,
                             database_pool_size=args.db_pool_size, database_max_overflow=args.db_max_overflow,
                             redis_url=args.redis_url, files_dir=args.files_dir, instance_id=args.instance_id,
-                            batch_concurrency=args.batch_concurrency, batch_lease_s=args.batch_lease, **extra)
+                            batch_concurrency=args.batch_concurrency, batch_lease_s=args.batch_lease,
+                            kv_cache_gib=args.kv_cache_gib, memory_gib=args.memory_gib, lazy=args.lazy, **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host,
                       args.forwarded_allow_ips)
     except ConfigError as exc:

@@ -4,8 +4,8 @@ Every metric is `ozwell:<vLLM's name>` where vLLM has one (`vllm:num_requests_ru
 `ozwell:num_requests_running`), with vLLM's `model_name` label; the HTTP and rate-limit metrics are
 Ozwell's own. The README lists them all.
 
-Engine gauges (waiting, running, KV blocks, prefix-cache hit rate) are read from each engine's
-`stats()` at scrape time, so nothing polls in the background. Each app gets its own
+Engine gauges (waiting, running, KV blocks, prefix-cache hit rate, weight and KV-cache bytes) are read from each
+engine's `stats()` at scrape time, and the process's RSS from /proc, so nothing polls in the background. Each app gets its own
 CollectorRegistry: no process-global state, so tests can build many apps.
 """
 
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from engines.memory import resident_bytes
 from engines.protocol import GenerationEngine
 from engines.registry import EngineRegistry
 
@@ -57,13 +58,25 @@ class _EngineCollector(Collector):
                                        labels=["model_name"])
         healthy = GaugeMetricFamily("ozwell:engine_healthy", "1 while the engine's loop is alive, else 0.",
                                     labels=["model_name"])
+        weights = GaugeMetricFamily("ozwell:weights_bytes", "Bytes of the model's loaded weights, after "
+                                    "quantisation (parameters, buffers and packed copies).", labels=["model_name"])
+        kv_bytes = GaugeMetricFamily("ozwell:kv_cache_bytes", "Bytes of the KV-cache tensors as allocated "
+                                     "(untouched pages of a lazily mapped cache count, though they take no RSS).",
+                                     labels=["model_name"])
+        resident = GaugeMetricFamily("ozwell:process_resident_memory_bytes",
+                                     "Resident memory of this server process (VmRSS; not its child processes).")
+        rss = resident_bytes()
+        if rss is not None:
+            resident.add_metric([], rss)
         for engine in self._registry.engines:
             name = [engine.config.id]
             healthy.add_metric(name, 0.0 if engine.health() else 1.0)
-            if not isinstance(engine, GenerationEngine):
-                continue
-            stats = engine.stats()
-            if not stats:
+            stats = engine.stats() if callable(getattr(engine, "stats", None)) else {}
+            if "weights_bytes" in stats:
+                weights.add_metric(name, stats["weights_bytes"])
+            if "kv_cache_bytes" in stats:
+                kv_bytes.add_metric(name, stats["kv_cache_bytes"])
+            if not isinstance(engine, GenerationEngine) or not stats:
                 continue
             running.add_metric(name, stats.get("running", 0))
             waiting.add_metric(name, stats.get("waiting", 0))
@@ -78,7 +91,8 @@ class _EngineCollector(Collector):
                 preemptions.add_metric(name, stats["preemptions"])
             if "generation_tokens_per_s" in stats:
                 throughput.add_metric(name, stats["generation_tokens_per_s"])
-        yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, throughput, healthy)
+        yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, throughput, healthy, weights,
+                    kv_bytes, resident)
 
 
 class _Labelled:
@@ -127,6 +141,9 @@ class Metrics:
         self.engine_faults = Counter("ozwell:engine_faults", "Generation requests failed by an engine fault.",
                                      ["model_name"], registry=r)
         r.register(_EngineCollector(registry))
+        # prometheus_client's process_* metrics (resident and virtual memory, CPU seconds, open fds), which its
+        # default registry has but a registry of our own does not.
+        ProcessCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

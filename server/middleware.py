@@ -15,6 +15,7 @@ import uuid
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engines.registry import EngineRegistry
 from server.errors import (
     HeadersTooLargeError,
     OpenAIError,
@@ -91,7 +92,7 @@ class RateLimitHeadersAndUsage(HTTPMiddleware):
                 endpoint=getattr(route, "path", scope.get("path", "")), prompt_tokens=context.prompt_tokens,
                 completion_tokens=context.completion_tokens, status=status,
                 latency_ms=int((time.perf_counter() - started) * 1000))
-        except Exception:  # noqa: BLE001 - metering must not break a response that was already sent
+        except Exception:
             log.exception("could not write the usage record")
 
 
@@ -144,7 +145,8 @@ class RequestGuard(HTTPMiddleware):
             if not probe:
                 self.lifecycle.request_started()
             try:
-                await self.app(scope, self._limited(scope, receive), send_with_id)
+                async with EngineRegistry.leases():  # the models a request uses stay loaded until it is answered
+                    await self.app(scope, self._limited(scope, receive), send_with_id)
             except BodyTooLarge as exc:  # a chunked body passed the limit outside FastAPI's body parsing
                 if outcome["status"] == 0:
                     await _send_error(send_with_id, RequestTooLargeError(exc.detail))

@@ -64,6 +64,12 @@ class Settings(BaseModel):
     # claim on a batch lasts without renewal (another replica takes over a dead one's batch after it).
     batch_concurrency: int = Field(default=16, ge=1, le=1024)
     batch_lease_s: float = Field(default=30.0, ge=1)
+    # Memory as a budget (README: memory): the KV caches in host memory in all (default: 10% of the host's memory,
+    # at most 4 GiB), what loaded models may hold in host memory in all (default: no bound), and whether models
+    # load on their first request rather than at start (a config's `load` overrides it).
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+    memory_gib: float | None = Field(default=None, gt=0)
+    lazy: bool = False
 
     @property
     def scaled_out(self) -> bool:

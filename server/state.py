@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from server.services.completions import CompletionService
     from server.services.embeddings import EmbeddingService
     from server.services.files import FileService
+    from server.services.model_admin import ModelAdminService
     from server.services.models import ModelService
     from server.services.responses import ResponseService
     from server.services.usage import UsageService
@@ -43,6 +44,7 @@ class AppServices:
     responses: ResponseService
     database: Database | None = None
     batches: BatchService | None = None  # None without a database
+    model_admin: ModelAdminService | None = None
 
     @property
     def auth_enabled(self) -> bool:

@@ -63,6 +63,7 @@ task: chat
 engine: transformers
 source: {tiny_llama_dir}
 dtype: float32
+kv_cache_dtype: model  # float32 K/V: logprobs equal transformers' to 1e-4 (auto keeps bfloat16 on a CPU)
 device: cpu
 max_model_len: 128
 """)

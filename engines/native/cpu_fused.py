@@ -283,7 +283,7 @@ def install(model: torch.nn.Module, attention: Callable, decode_state: Callable 
     attention-interface function) for attention; returns how many layers were switched (0: none could be).
     `decode_state(attn)` gives, during a step of decodes only that the attention kernel serves, what `decode_layer`
     takes after the layer's index (the k and v caches, slots, block tables, starts for the module's window, lengths,
-    block size), else None."""
+    block size, and an int8 cache's k and v scales: kv_cache.py), else None."""
     ops = cpu_kernel.fused_ops()
     if ops is None or next(model.parameters()).device.type != "cpu":
         return 0

@@ -23,12 +23,13 @@ import torch
 
 from engines.config import ModelConfig
 from engines.hf_generation import HFGenerationEngine
+from engines.memory import kv_cache_bytes, module_bytes
 from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
 from engines.native.cpu_quant import quantize_model
 from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_block_size, kv_bytes_per_token, kv_cache_blocks, load_model
-from engines.native.model_runner import PagedModelRunner, profile_activations
+from engines.native.model_runner import PagedModelRunner, profile_activations, resolve_kv_dtype
 from engines.native.scheduler import Scheduler, SchedulerConfig
 from engines.native.static_decode import Capturer, cuda_graph_capturer
 from engines.protocol import (
@@ -87,8 +88,13 @@ class NativeEngine(HFGenerationEngine):
             budget = MemoryBudget(torch.cuda.get_device_properties(self.device).total_memory,
                                   torch.cuda.memory_allocated(self.device), activations,
                                   self.config.gpu_memory_utilization)
-        self._num_blocks = kv_cache_blocks(self.config, self._max_model_len, kv_bytes_per_token(self.model, dtype),
-                                           budget)
+        self.kv_dtype = resolve_kv_dtype(self.config.kv_cache_dtype, dtype, self.device)  # kv_cache.py
+        self._num_blocks = kv_cache_blocks(self.config, self._max_model_len,
+                                           kv_bytes_per_token(self.model, self.kv_dtype), budget)
+        if self._num_blocks * size < self._max_model_len:  # a KV share smaller than one context (loader.py)
+            log.warning("%s: its KV cache (%d tokens) holds less than its context of %d tokens; longer requests are "
+                        "refused", self.config.id, self._num_blocks * size, self._max_model_len)
+            self._max_model_len = self._num_blocks * size
         graphs = self.config.cuda_graphs if self.config.cuda_graphs is not None else (cuda or bool(self._capturer))
         capturer = self._capturer or (cuda_graph_capturer() if cuda else None)
         if graphs and capturer is None:
@@ -96,7 +102,8 @@ class NativeEngine(HFGenerationEngine):
         static = graphs and capturer is not None
         self.runner = PagedModelRunner(self.model, self._num_blocks, size, max_num_seqs=self.config.max_num_seqs,
                                        max_model_len=self._max_model_len, static_decode=static,
-                                       kernel=cuda and importlib.util.find_spec("triton") is not None)
+                                       kernel=cuda and importlib.util.find_spec("triton") is not None,
+                                       kv_dtype=self.kv_dtype)
         if static:
             before = torch.cuda.memory_allocated(self.device) if cuda else 0
             self.runner.capture_graphs(capturer)
@@ -112,8 +119,8 @@ class NativeEngine(HFGenerationEngine):
         self.grammars = GrammarCache(self.tokenizer, self.vocab_size(), sorted(self._stop_token_ids))
         self._core = EngineCore(self.config.id, self._scheduler, self.runner, self.tokenizer, self._stop_token_ids,
                                 self.device, size)
-        log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d%s", self.config.id,
-                 self.device, dtype, self._max_model_len, self._num_blocks * size, size,
+        log.info("%s: loaded on %s as %s, context %d, KV cache %d tokens in blocks of %d, in %s%s", self.config.id,
+                 self.device, dtype, self._max_model_len, self._num_blocks * size, size, self.kv_dtype,
                  f" (gpu_memory_utilization {budget.utilization})" if budget else "")
 
     def _quantize(self) -> None:
@@ -130,6 +137,11 @@ class NativeEngine(HFGenerationEngine):
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """The tokens its paged KV cache holds (its share of the KV budget on a CPU)."""
+        return self._num_blocks * self.block_size
 
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
@@ -212,7 +224,17 @@ class NativeEngine(HFGenerationEngine):
                 "kv_blocks_total": len(blocks.blocks), "prefix_cache_hit_rate": blocks.prefix_hit_rate,
                 "preemptions": scheduler.num_preemptions, "loop_alive": bool(self._worker and self._worker.is_alive()),
                 "generation_tokens_total": self._core.generated.total,
-                "generation_tokens_per_s": self._core.generated.per_second()}
+                "generation_tokens_per_s": self._core.generated.per_second(),
+                **self._memory_stats()}
+
+    def _memory_stats(self) -> dict:
+        """The weights' and the KV cache's bytes (engines/memory.py): counted at the first scrape after load, then
+        kept (neither changes while the engine serves)."""
+        memory = getattr(self, "_memory", None)
+        if memory is None:
+            memory = self._memory = {"weights_bytes": module_bytes(self.model),
+                                     "kv_cache_bytes": kv_cache_bytes(self.runner)}
+        return memory
 
     # ---- step loop (worker thread) -----------------------------------------------------------
     def _run_worker(self) -> None:

@@ -43,10 +43,12 @@ def load_model(config: ModelConfig, data_dir: Path) -> LoadedModel:
 
 
 def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """K and V of one token, over every layer."""
+    """K and V of one token, over every layer, in the KV cache's dtype (`kv_cache.resolve_kv_dtype`): int8 holds a
+    byte an element and a float32 scale per KV head, for K and for V."""
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+    per_head = head_dim + 4 if dtype == torch.int8 else head_dim * dtype.itemsize
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * per_head
 
 
 @dataclass
@@ -80,6 +82,25 @@ def kv_block_size(config: ModelConfig, on_gpu: bool) -> int:
     return GPU_BLOCK_SIZE if on_gpu else CPU_BLOCK_SIZE
 
 
+def _blocks_in_gib(config: ModelConfig, max_model_len: int, bytes_per_token: int, size: int) -> int:
+    """A CPU cache inside its share of the KV budget (`kv_cache_gib`, set by the registry from --kv-cache-gib):
+    what the config wants (kv_cache_tokens, or max_num_seqs whole contexts up to 131,072 tokens), cut to the share.
+    A share smaller than one context is allowed: the engine's context shrinks to it, and a longer request is
+    refused at admission (context_length_exceeded)."""
+    fits = int(config.kv_cache_gib * 2**30) // max(bytes_per_token * size, 1)
+    need = -(-config.kv_cache_tokens // size) if config.kv_cache_tokens is not None else None
+    if need is not None and need > fits:
+        raise ConfigError(f"{config.config_path or config.id}: field 'kv_cache_tokens': {config.kv_cache_tokens} "
+                          f"tokens need {need * size * bytes_per_token / 2**30:.2f} GiB of KV cache, more than this "
+                          f"model's {config.kv_cache_gib:.2f} GiB share of the KV budget; lower it, or raise "
+                          "kv_cache_gib (or the server's --kv-cache-gib)")
+    if fits < 1:
+        raise ConfigError(f"{config.config_path or config.id}: field 'kv_cache_gib': {config.kv_cache_gib:.4f} GiB "
+                          f"holds no KV block of {size} tokens ({size * bytes_per_token} bytes); raise it")
+    wanted = need if need is not None else -(-min(config.max_num_seqs * max_model_len, 1 << 17) // size)
+    return min(max(wanted, -(-max_model_len // size)), fits)  # one whole context where the share holds it
+
+
 def kv_cache_blocks(config: ModelConfig, max_model_len: int, bytes_per_token: int = 0,
                     budget: MemoryBudget | None = None) -> int:
     """The KV cache's size in blocks.
@@ -90,6 +111,8 @@ def kv_cache_blocks(config: ModelConfig, max_model_len: int, bytes_per_token: in
     one whole context, so any request that passes the context check can run alone."""
     size = kv_block_size(config, on_gpu=budget is not None)
     context_blocks = -(-max_model_len // size)
+    if budget is None and config.kv_cache_gib is not None:
+        return _blocks_in_gib(config, max_model_len, bytes_per_token, size)
     if budget is None:
         tokens = config.kv_cache_tokens or min(config.max_num_seqs * max_model_len, 1 << 17)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engines.native import cpu_fused, cpu_kernel, step_layout
+from engines.native import cpu_fused, cpu_kernel, kv_cache, step_layout
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
+from engines.native.kv_cache import resolve_kv_dtype  # noqa: F401 - the engine's import
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
@@ -109,10 +110,10 @@ class PagedModelRunner:
     """`num_blocks` blocks for the block manager, plus one scratch block past them that no sequence owns
     (the padding rows of a static decode step write there). With `static_decode`, decode-only steps run on
     persistent buffers (static_decode.py), through the Triton kernel when `kernel`; `capture_graphs` then
-    captures them."""
+    captures them. The cache holds K/V in `kv_dtype` (default: the model's; kv_cache.py), int8 with per-token scales."""
 
     def __init__(self, model, num_blocks: int, block_size: int, *, max_num_seqs: int = 1, max_model_len: int = 0,
-                 static_decode: bool = False, kernel: bool = False):
+                 static_decode: bool = False, kernel: bool = False, kv_dtype: torch.dtype | None = None):
         _register()
         model.set_attn_implementation(ATTENTION_NAME)
         config = model.config.get_text_config()
@@ -141,16 +142,17 @@ class PagedModelRunner:
                 head.forward = types.MethodType(_tall_head_forward, head)
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if on_cpu else None
-        if self.device.type == "cpu":  # in 2 MB pages where the kernel gives them (cpu_kernel.py)
-            self.k_cache = cpu_kernel.zeros_in_huge_pages(shape, dtype)
-            self.v_cache = cpu_kernel.zeros_in_huge_pages(shape, dtype)
-        else:
-            self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-            self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.kv_dtype = kv_dtype or dtype
+        # in 2 MB pages on a CPU, where the kernel gives them (cpu_kernel.py); int8 with its scales beside
+        self.k_cache, self.v_cache, self.k_scales, self.v_scales = kv_cache.allocate(
+            shape, self.kv_dtype, self.device, cpu_kernel.zeros_in_huge_pages if self.device.type == "cpu" else None)
         self.static = None
-        if static_decode:
+        if static_decode and self.k_scales is not None:  # (CPU tests only: int8 is refused on a GPU)
+            log.info("an int8 KV cache serves eager decode steps (the static ones read no scales)")
+        elif static_decode:  # the Triton kernel reads K/V in the query's dtype; else the torch path widens them
             self.static = StaticDecode(self.k_cache, self.v_cache, block_size, max_num_seqs,
-                                       -(-max_model_len // block_size), num_blocks, kernel, self._static_forward)
+                                       -(-max_model_len // block_size), num_blocks, kernel and self.kv_dtype == dtype,
+                                       self._static_forward)
 
     def capture_graphs(self, capturer: Capturer) -> None:
         if self.static is not None:
@@ -213,7 +215,8 @@ class PagedModelRunner:
                                              torch.arange(end, device=self.device)))
             query_positions.append(torch.arange(start, end, device=self.device))
         positions = torch.tensor(positions, device=self.device)
-        layout = StepLayout(self.k_cache, self.v_cache, torch.empty(0), ranges, context_slots, query_positions)
+        layout = StepLayout(self.k_cache, self.v_cache, torch.empty(0), ranges, context_slots, query_positions,
+                            k_scales=self.k_scales, v_scales=self.v_scales)
         if decode_rows:
             self._decode_layout(layout, decode_rows, decode_tables, decode_lengths)
         if not ranges:  # decodes only (the rows are 0..n-1, in order)

@@ -52,17 +52,33 @@ def decode_blocks(tables: torch.Tensor, lengths: torch.Tensor, block_size: int, 
     return DecodeBlocks(blocks.reshape(-1), bias[:, None, None, :], (seqs, visible))
 
 
-def attend_blocks(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, view: DecodeBlocks,
-                  block_size: int, scale: float) -> torch.Tensor:
-    """query [seqs, heads, dim] against k/v_cache [slots, kv_heads, dim] -> [seqs, heads, dim]."""
+def _gather_blocks(cache: torch.Tensor, scales: torch.Tensor | None, view: DecodeBlocks, block_size: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The visible blocks' rows [seqs, context, kv_heads, dim], in `dtype` where the cache holds another (a bfloat16
+    or int8 cache, its scales [slots, kv_heads] applied), else as stored."""
     seqs, visible = view.shape
+    slots, kv_heads, dim = cache.shape
+    context = (seqs, visible * block_size, kv_heads, dim)
+    rows = cache.view(slots // block_size, -1).index_select(0, view.blocks).view(context)
+    if scales is not None:
+        rows = rows.float() * scales.view(slots // block_size, -1).index_select(0, view.blocks).view(context[:3])[
+            ..., None]
+    return rows.to(dtype)
+
+
+def attend_blocks(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, view: DecodeBlocks,
+                  block_size: int, scale: float, k_scales: torch.Tensor | None = None,
+                  v_scales: torch.Tensor | None = None) -> torch.Tensor:
+    """query [seqs, heads, dim] against k/v_cache [slots, kv_heads, dim] -> [seqs, heads, dim]. A cache in another
+    dtype than the query's (bfloat16 under a float32 model; int8 with its scales [slots, kv_heads]) is widened after
+    the gather, and the attention computed in float32 (kv_cache.py)."""
+    seqs = view.shape[0]
     kv_heads, dim = k_cache.shape[1:]
     heads = query.shape[1]
-    by_block = (k_cache.shape[0] // block_size, block_size * kv_heads * dim)
-    context = (seqs, visible * block_size, kv_heads, dim)
-    keys = k_cache.view(by_block).index_select(0, view.blocks).view(context)
-    values = v_cache.view(by_block).index_select(0, view.blocks).view(context)
-    grouped = query.reshape(seqs, kv_heads, heads // kv_heads, dim).to(k_cache.dtype)
+    dtype = k_cache.dtype if k_cache.dtype == query.dtype else torch.float32
+    keys = _gather_blocks(k_cache, k_scales, view, block_size, dtype)
+    values = _gather_blocks(v_cache, v_scales, view, block_size, dtype)
+    grouped = query.reshape(seqs, kv_heads, heads // kv_heads, dim).to(dtype)
     scores = torch.matmul(grouped, keys.permute(0, 2, 3, 1)).float() * scale  # [seqs, kv_heads, group, context]
     weights = (scores + view.bias).softmax(-1).to(values.dtype)
     out = torch.matmul(weights, values.transpose(1, 2))  # [seqs, kv_heads, group, dim]
@@ -71,9 +87,10 @@ def attend_blocks(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
 
 def paged_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
                  lengths: torch.Tensor, block_size: int, scale: float | None,
-                 sliding_window: int | None) -> torch.Tensor:
+                 sliding_window: int | None, k_scales: torch.Tensor | None = None,
+                 v_scales: torch.Tensor | None = None) -> torch.Tensor:
     """query [seqs, heads, dim]; each row attends to the first lengths[i] positions of its table (and to the
     last `sliding_window` of them on a windowed layer)."""
     view = decode_blocks(tables, lengths, block_size, sliding_window, torch.float32, narrow=False)
     return attend_blocks(query, k_cache, v_cache, view, block_size,
-                         scale if scale is not None else query.shape[-1] ** -0.5)
+                         scale if scale is not None else query.shape[-1] ** -0.5, k_scales, v_scales)

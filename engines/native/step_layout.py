@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from engines.native import kv_cache
 from engines.native.paged_attention import DecodeBlocks, attend_blocks, decode_blocks
 
 active = threading.local()  # .layout: the layout of the forward pass running on this thread
@@ -26,7 +27,7 @@ class StepLayout:
     block from the paged cache (paged_attention.py); a sequence that prefills a chunk is attended on
     its own."""
 
-    k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim]
+    k_cache: torch.Tensor  # [layers, slots, kv_heads, head_dim], in the model's dtype, bfloat16 or int8 (kv_cache.py)
     v_cache: torch.Tensor
     slot_mapping: torch.Tensor  # [tokens]: where each packed token's K/V goes
     query_ranges: list[tuple[int, int]]  # per prefilling sequence: its tokens in the packed row
@@ -38,6 +39,8 @@ class StepLayout:
     block_size: int = 0
     kernel: object = None  # the CPU decode-attention kernel (cpu_kernel.py), when it serves this step
     all_decode: bool = False  # every packed token is a decode (decode_rows is 0..n-1): the step's common case
+    k_scales: torch.Tensor | None = None  # an int8 cache's scales [layers, slots, kv_heads] (float32), else None
+    v_scales: torch.Tensor | None = None
     _masks: dict = field(default_factory=dict)
 
     def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
@@ -78,30 +81,33 @@ class StepLayout:
     def decode_state(self, sliding_window: int | None) -> tuple | None:
         """What the whole-layer decode op takes after the layer's index (cpu_fused.py), for layers with this window:
         in a step of decodes only that the attention kernel serves, the caches, the slots, block tables, starts,
-        lengths and block size; else None."""
+        lengths and block size (and an int8 cache's scales); else None."""
         if not self.whole_layers:
             return None
         key = ("state", sliding_window)
         if key not in self._masks:
+            scales = (self.k_scales, self.v_scales) if self.k_scales is not None else ()
             self._masks[key] = (self.k_cache, self.v_cache, self.slot_mapping, self.decode_tables,
-                                self.decode_starts(sliding_window), self.decode_lengths, self.block_size)
+                                self.decode_starts(sliding_window), self.decode_lengths, self.block_size, *scales)
         return self._masks[key]
 
     def attend(self, module, query, key, value, scaling, sliding_window):
         layer = module.layer_idx
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
-        # index_copy_/index_select rather than indexing with a tensor: the same slots, 6x faster on a CPU
-        k_cache.index_copy_(0, self.slot_mapping, key[0].transpose(0, 1).to(k_cache.dtype))
-        v_cache.index_copy_(0, self.slot_mapping, value[0].transpose(0, 1).to(v_cache.dtype))
+        k_scales, v_scales = (None, None) if self.k_scales is None else (self.k_scales[layer], self.v_scales[layer])
+        kv_cache.write(k_cache, k_scales, self.slot_mapping, key[0].transpose(0, 1))
+        kv_cache.write(v_cache, v_scales, self.slot_mapping, value[0].transpose(0, 1))
+        scales = (k_scales, v_scales)
         if self.all_decode:  # every token is a decode, in order: no gather of the queries, no scatter of the output
             queries = query[0].transpose(0, 1)  # [decoding, heads, dim]
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             if self.kernel is not None:
                 out = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
-                                  self.decode_starts(sliding_window), self.decode_lengths, self.block_size, scale)
+                                  self.decode_starts(sliding_window), self.decode_lengths, self.block_size, scale,
+                                  *scales)
             else:
                 out = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window), self.block_size,
-                                    scale)
+                                    scale, *scales)
             return out[None], None
         out = torch.empty(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
         if self.decode_rows is not None:
@@ -111,13 +117,14 @@ class StepLayout:
             if self.kernel is not None:
                 out[rows] = self.kernel(queries.contiguous(), k_cache, v_cache, self.decode_tables,
                                         self.decode_starts(sliding_window), self.decode_lengths, self.block_size,
-                                        scale)
+                                        scale, *scales)
             else:
                 out[rows] = attend_blocks(queries, k_cache, v_cache, self.decode_view(sliding_window),
-                                          self.block_size, scale)
+                                          self.block_size, scale, *scales)
         for index, ((start, end), slots) in enumerate(zip(self.query_ranges, self.context_slots)):
-            keys = k_cache.index_select(0, slots).transpose(0, 1)  # [kv_heads, context, dim]
-            values = v_cache.index_select(0, slots).transpose(0, 1)
+            # the context gathered (and widened, or dequantised, to the query's dtype): [kv_heads, context, dim]
+            keys = kv_cache.gather(k_cache, k_scales, slots, query.dtype).transpose(0, 1)
+            values = kv_cache.gather(v_cache, v_scales, slots, query.dtype).transpose(0, 1)
             result = F.scaled_dot_product_attention(query[:, :, start:end], keys[None], values[None],
                                                     attn_mask=self.mask(index, sliding_window), scale=scaling,
                                                     enable_gqa=True)

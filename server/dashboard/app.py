@@ -101,11 +101,18 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _memory(n: int) -> str:
+    """Bytes of memory in binary units: 490 KiB, 257 MiB, 1.50 GiB."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 def create_dashboard(services: AppServices) -> FastAPI:
     settings = services.settings
     sessions = SessionService(services.keys.database, services.keys, settings.dashboard_session_ttl_s)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters.update(when=_when, size=_size)
+    templates.env.filters.update(when=_when, size=_size, memory=_memory)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.services, app.state.sessions = services, sessions
     app.add_middleware(SecurityHeaders)
@@ -321,7 +328,7 @@ def create_dashboard(services: AppServices) -> FastAPI:
     async def models(request: Request) -> Response:
         user = await signed_in(request)
         return page(request, "models.html", user=user, section="models", models=services.models.overview(),
-                    draining=services.lifecycle.draining)
+                    resident_bytes=services.models.resident_bytes(), draining=services.lifecycle.draining)
 
     # ---- Files and stored responses -------------------------------------------------------
     @app.get("/files")

@@ -19,8 +19,9 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Every configured model is loaded and each engine's loop is alive, and the shared stores (PostgreSQL,
-    Redis) answer when the server uses them; 503 otherwise, and while draining.
+    """Each loaded model's engine loop is alive (a model not loaded now reports its state: unloaded, loading,
+    draining), and the shared stores (PostgreSQL, Redis) answer when the server uses them; 503 otherwise, and
+    while draining.
 
     Probes need no key, so a down engine is only "down" here; why (an exception's text) is logged, and
     shown to a caller whose key has the operator scope."""
@@ -38,6 +39,8 @@ async def ready(request: Request) -> JSONResponse:
             operator = not state.auth_enabled or (caller is not None and OPERATOR_SCOPE in caller.scopes)
         if operator:
             models[engine.config.id]["reason"] = problem
+    for slot in state.registry.slots:  # a model not loaded now (on demand, or unloaded) does not make it unready
+        models.setdefault(slot.config.id, {"status": slot.state.value})
     stores = {}
     if state.database is not None and state.settings.scaled_out:  # shared stores: say how they are
         stores["database"] = await asyncio.to_thread(state.database.ping)
@@ -48,7 +51,7 @@ async def ready(request: Request) -> JSONResponse:
         caller = await optional_caller(request)
         operator = not state.auth_enabled or (caller is not None and OPERATOR_SCOPE in caller.scopes)
     draining = state.lifecycle.draining
-    ok = not draining and all(m["status"] == "ok" for m in models.values()) and \
+    ok = not draining and all(m["status"] != "down" for m in models.values()) and \
         all(problem is None for problem in stores.values())
     body = {"status": "ready" if ok else "draining" if draining else "not_ready", "models": models}
     for name, problem in stores.items():

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from engines.registry import EngineRegistry, UnknownModel
+from engines.registry import EngineRegistry, UnknownModel, engine_kind
 from server.services.batches import MAX_LINES
 
 MAX_REPORTED_ERRORS = 100
@@ -92,11 +92,11 @@ class LineCheck:
         if not isinstance(name, str) or not name:
             return "missing_model", "the body has no model."
         try:
-            engine = self.registry.resolve(name)
+            config = self.registry.config_of(name)  # loaded or not
         except UnknownModel:
             return "model_not_found", f"the model {name!r} is not served here."
-        if not isinstance(engine, self.engine_kind):
+        if not issubclass(engine_kind(config), self.engine_kind):
             return "model_not_supported", f"the model {name!r} cannot serve this endpoint."
-        if self.caller is not None and not self.caller.may_use_model(engine.config.names):
+        if self.caller is not None and not self.caller.may_use_model(config.names):
             return "model_not_allowed", f"this batch's API key may not use the model {name!r}."
         return None

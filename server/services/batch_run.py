@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.db.database import Database
 from server.db.models import BatchResult, StoredBatch, UsageRecord
@@ -137,7 +138,7 @@ class LineRunner:
         while not run.stop.is_set():
             context = self.plan.context(caller, requests_state)
             started = time.perf_counter()
-            async with self.slots.slot(run.owner):
+            async with self.slots.slot(run.owner), EngineRegistry.leases():  # the model stays loaded for the call
                 status, body, wait_s = await self._call(batch.endpoint, line.body, context)
             if wait_s is not None:  # the key's tokens per minute: wait for room, holding no slot
                 await stopped_within(run.stop, wait_s)

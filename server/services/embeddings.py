@@ -69,9 +69,8 @@ class EmbeddingService:
         self.registry = registry
 
     async def create(self, req: EmbeddingRequest, context: RequestContext) -> dict:
-        engine = resolve_engine(self.registry, req.model, EmbeddingEngine,
-                                "cannot create embeddings; use an embedding model (see /v1/models).")
-        context.check_model(req.model, engine.config.names)
+        engine = await resolve_engine(self.registry, req.model, EmbeddingEngine,
+                                      "cannot create embeddings; use an embedding model (see /v1/models).", context)
         inputs = await off_loop(req.inputs)  # (a list of 500,000 token ids is checked item by item)
         # Admission before tokenizing: every input is at least one token.
         await context.reserve_tokens(len(inputs))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engines.protocol import GenerationEngine
-from engines.registry import EngineRegistry, UnknownModel
+from engines.memory import resident_bytes
+from engines.registry import EngineRegistry, ModelState, UnknownModel
 from server.context import RequestContext
 from server.errors import ModelNotFoundError, PermissionDeniedError
 from server.response_models import ModelCard, ModelList
@@ -17,44 +17,63 @@ class ModelService:
         return ModelCard(id=name, created=self.registry.created, ozwell=details)
 
     def _details(self, name: str) -> dict:
-        """The `ozwell` extension of a retrieved model: where and how it runs. OpenAI's Model schema
-        allows more properties, and the SDKs keep them (`model.model_extra["ozwell"]`)."""
-        engine = self.registry.resolve(name)
-        config = engine.config
+        """The `ozwell` extension of a model: where and how it runs, and its state (loaded, loading, unloaded,
+        draining). OpenAI's Model schema allows more properties, and the SDKs keep them
+        (`model.model_extra["ozwell"]`)."""
+        slot = self.registry.slot(name)
+        config, engine = slot.config, slot.engine if slot.state is ModelState.loaded else None
         details = {"model": config.id, "task": config.task.value, "engine": config.engine.value,
-                   "device": config.device,
-                   "requested_device": self.registry.requested_devices.get(config.id, config.device),
-                   "revision": engine.revision}
-        max_model_len = getattr(engine, "max_model_len", None)
+                   "device": config.device, "requested_device": slot.requested_device, "state": slot.state.value,
+                   "load": "on_demand" if slot.on_demand else "startup"}
+        if engine is not None:
+            details["revision"] = engine.revision
+        max_model_len = getattr(engine, "max_model_len", None) if engine is not None else config.max_model_len
         if isinstance(max_model_len, int):
             details["max_model_len"] = max_model_len
+        kv_tokens = getattr(engine, "kv_cache_tokens", None)
+        if isinstance(kv_tokens, int):  # what its share of the KV budget holds
+            details["kv_cache_tokens"] = kv_tokens
+        if config.kv_cache_gib is not None:
+            details["kv_cache_gib"] = round(config.kv_cache_gib, 3)
+        if config.keep_alive is not None:
+            details["keep_alive_s"] = config.keep_alive
         if config.default_max_tokens is not None:  # what a request that sets no max_tokens gets
             details["default_max_tokens"] = config.default_max_tokens
+        if slot.error is not None and slot.state is ModelState.unloaded:
+            details["load_error"] = slot.error
         return details
 
     def overview(self) -> list[dict]:
         """Each served model as the dashboard shows it: /v1/models/{id}'s details, the engine's dtype, and the
-        same live numbers /metrics reads (running and waiting sequences, KV-cache use) and /ready's health."""
+        same live numbers /metrics reads (running and waiting sequences, KV-cache use, the weights' and the KV
+        cache's bytes) and /ready's health."""
         rows = []
-        for engine in self.registry.engines:
-            config = engine.config
+        for slot in self.registry.slots:
+            config, engine = slot.config, slot.engine if slot.state is ModelState.loaded else None
             details = self._details(config.id)
-            stats = engine.stats() if isinstance(engine, GenerationEngine) else {}
+            stats = engine.stats() if callable(getattr(engine, "stats", None)) else {}
             dtype = getattr(engine, "torch_dtype", None)
             total = stats.get("kv_blocks_total")
-            rows.append({**details, "aliases": list(config.aliases), "problem": engine.health(),
+            rows.append({**details, "aliases": list(config.aliases), "problem": engine.health() if engine is not None else None,
                          "dtype": str(dtype).removeprefix("torch.") if dtype is not None else config.dtype,
                          "running": stats.get("running"), "waiting": stats.get("waiting"),
                          "kv_blocks_used": stats.get("kv_blocks_used"), "kv_blocks_total": total,
-                         "kv_cache_usage": stats["kv_blocks_used"] / max(total, 1) if total else None})
+                         "kv_cache_usage": stats["kv_blocks_used"] / max(total, 1) if total else None,
+                         "weights_bytes": stats.get("weights_bytes"), "kv_cache_bytes": stats.get("kv_cache_bytes")})
         return rows
 
+    @staticmethod
+    def resident_bytes() -> int | None:
+        """This server process's resident memory (VmRSS), as /metrics reports it; None where there is no /proc."""
+        return resident_bytes()
+
     def _allowed(self, context: RequestContext, name: str) -> bool:
-        return context.caller is None or context.caller.may_use_model(self.registry.resolve(name).config.names)
+        return context.caller is None or context.caller.may_use_model(self.registry.config_of(name).names)
 
     def list(self, context: RequestContext) -> dict:
         names = [n for n in self.registry.names() if self._allowed(context, n)]
-        return ModelList(data=[self._card(name) for name in names]).dump()
+        return ModelList(data=[self._card(name, {"state": self.registry.slot(name).state.value})
+                               for name in names]).dump()
 
     def retrieve(self, model_id: str, context: RequestContext) -> dict:
         try:

@@ -31,13 +31,20 @@ from engines.protocol import (
     InvalidGenerationRequest,
     SamplingParams,
 )
-from engines.registry import EngineRegistry, UnknownModel
+from engines.registry import (
+    EngineRegistry,
+    ModelCapacityError,
+    ModelLoadFailed,
+    UnknownModel,
+    engine_kind,
+)
 from server.context import RequestContext
 from server.errors import (
     ContextLengthExceededError,
     EngineBusyError,
     InvalidRequestError,
     ModelNotFoundError,
+    ServiceUnavailableError,
 )
 from server.executors import run_cpu
 from server.services.prompts import Prompt
@@ -45,18 +52,30 @@ from server.services.streaming import Generation, Observers
 from server.tool_calls import ToolPlan, check_tool_schemas
 
 
-def resolve_engine(registry: EngineRegistry, model: str, kind: type, refusal: str):
-    """The engine behind a model name or alias: 404 if none, 400 if it is not of the kind the route needs."""
+async def resolve_engine(registry: EngineRegistry, model: str, kind: type, refusal: str, context: RequestContext):
+    """The engine behind a model name or alias, loaded if it was not (the request waits for the load) and leased
+    to the request until its response is done: 404 if none, 400 if it is not of the kind the route needs, 403 if
+    the key may not use it (all before any load), 503 with Retry-After when the memory budget has no room for it
+    now or it failed to load."""
     try:
-        engine = registry.resolve(model)
+        config = registry.config_of(model)
     except UnknownModel:
         raise ModelNotFoundError(model) from None
-    if not isinstance(engine, kind):
-        task = engine.config.task.value
+    if not issubclass(engine_kind(config), kind):
+        task = config.task.value
         article = "an" if task[0] in "aeiou" else "a"
         raise InvalidRequestError(f"The model `{model}` is {article} {task} model and {refusal}",
                                   param="model", code="model_not_supported")
-    return engine
+    context.check_model(model, config.names)
+    try:
+        return await registry.acquire(model)
+    except ModelCapacityError as exc:
+        raise ServiceUnavailableError(f"The model `{config.id}` is not loaded and there is no room to load it now "
+                                      f"({exc}). Please retry shortly.", code="model_capacity",
+                                      retry_after_s=exc.retry_after_s) from None
+    except ModelLoadFailed as exc:
+        raise ServiceUnavailableError(f"The model `{config.id}` failed to load ({exc}).", code="model_load_failed",
+                                      retry_after_s=30) from None
 
 
 def check_queue(engine: GenerationEngine, num_sequences: int) -> None:
@@ -131,9 +150,8 @@ class GenerationPipeline:
     async def start(self, req, prompts: list[Prompt], context: RequestContext, request_id: str) -> Generation:
         edge = await off_loop(_edge, req)  # every sampling bound, before any work
         requested, choices = req.requested_max_tokens, edge.n
-        engine = resolve_engine(self.registry, req.model, GenerationEngine,
-                                f"cannot serve {self.route}; use /v1/embeddings for it.")
-        context.check_model(req.model, engine.config.names)
+        engine = await resolve_engine(self.registry, req.model, GenerationEngine,
+                                      f"cannot serve {self.route}; use /v1/embeddings for it.", context)
         default = engine.config.default_max_tokens if requested is None else None
         sequences = len(prompts) * choices
         check_queue(engine, sequences)

@@ -189,7 +189,7 @@ def test_a_cross_site_form_post_without_the_csrf_token_is_refused(page, server, 
     assert admin.get("/v1/models", headers={"Authorization": f"Bearer {victim['key']}"}).status_code == 200
 
 
-def test_the_models_page_shows_the_loaded_models_and_their_devices(page, server):
+def test_the_models_page_shows_the_loaded_models_their_devices_and_memory(page, server):
     page.goto(server.url + "/dashboard/models")
     model = page.locator(f"table.models tr[data-model='{MODEL}']")
     cells = model.locator("td").all_inner_texts()
@@ -197,8 +197,27 @@ def test_the_models_page_shows_the_loaded_models_and_their_devices(page, server)
     assert cells[:5] == ["chat", card["engine"], card["device"], "float32", str(card["max_model_len"])]
     assert cells[1:3] == ["transformers", "cpu"]
     assert re.fullmatch(r"\d+% \(\d+ / \d+ blocks\)", cells[5])
-    assert cells[6:] == ["0", "0", "ready"]
+    assert cells[8:] == ["0", "0", "ready"]
     assert f"also {MODEL}-alias" in model.locator("th").inner_text()
+    # Memory: the weights' and the KV cache's bytes as /metrics reports them, and the process's resident set.
+    metrics = httpx.get(f"{server.url}/metrics", headers=server.headers).text
+
+    def gauge(name: str) -> float:
+        return float(re.search(rf'^ozwell:{name}(?:{{model_name="{MODEL}"}})? (\S+)$', metrics, re.MULTILINE).group(1))
+
+    assert cells[6:8] == [_in_binary_units(gauge("weights_bytes")), _in_binary_units(gauge("kv_cache_bytes"))]
+    resident = re.fullmatch(r"This server process holds ([\d.]+) (MiB|GiB) of memory \(resident set\)\.",
+                            page.locator("p.memory").inner_text())
+    assert resident, page.locator("p.memory").inner_text()
+    shown = float(resident.group(1)) * 2 ** (20 if resident.group(2) == "MiB" else 30)
+    assert shown == pytest.approx(gauge("process_resident_memory_bytes"), rel=0.2)
+    assert shown > gauge("weights_bytes") + 50 * 2**20  # a Python process with torch holds far more than its weights
+
+
+def _in_binary_units(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def test_files_and_stored_responses_are_listed_and_deleted(page, server, admin):

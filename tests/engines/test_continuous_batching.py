@@ -14,7 +14,8 @@ from tests.reference import greedy_ids
 
 # 4-token blocks, 16 tokens a step, a 64-token KV cache: long prompts are chunked and four
 # concurrent sequences do not fit, so the scheduler must preempt.
-TIGHT = "block_size: 4\nmax_num_batched_tokens: 16\nkv_cache_tokens: 64\nmax_num_seqs: 4\n"
+# (kv_cache_dtype: model: the float32 KV that makes the tokens equal transformers' own; auto would keep bfloat16)
+TIGHT = "block_size: 4\nmax_num_batched_tokens: 16\nkv_cache_tokens: 64\nmax_num_seqs: 4\nkv_cache_dtype: model\n"
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import re
 import threading
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.openapi_schemas import assert_valid
@@ -65,6 +66,34 @@ def test_metrics_count_a_chat_and_read_the_engine(client):
     assert 0 <= _metric(after, "ozwell:prefix_cache_hit_rate", model_name="tiny-llama") <= 1
     assert _metric(after, "ozwell:engine_healthy", model_name="all-minilm-l6-v2") == 1
     assert _metric(after, "ozwell:avg_generation_throughput_toks_per_s", model_name="tiny-llama") > 0
+
+
+def test_metrics_report_weight_and_kv_cache_bytes_and_the_process_rss(app, client, registry, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    text = client.get("/metrics").text
+    # The weights: the float32 checkpoint's parameters, packed for the CPU (a tied head may keep its own copy).
+    checkpoint = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    float_bytes = sum(p.numel() for p in checkpoint.parameters()) * 4
+    weights = _metric(text, "ozwell:weights_bytes", model_name="tiny-llama")
+    assert float_bytes / 2 <= weights <= float_bytes * 2, (weights, float_bytes)
+    assert _metric(text, "ozwell:weights_bytes", model_name="all-minilm-l6-v2") > 40 * 2**20  # 22.7M float32 params
+    # The KV cache: exactly the runner's tensors (the k and v caches, and scales where the cache keeps them).
+    runner = registry.resolve("tiny-llama").runner
+    cache = [getattr(runner, name, None) for name in ("k_cache", "v_cache", "k_scales", "v_scales")]
+    allocated = sum(t.numel() * t.element_size() for t in cache if t is not None)
+    assert allocated > 0
+    assert _metric(text, "ozwell:kv_cache_bytes", model_name="tiny-llama") == allocated
+    assert 'ozwell:kv_cache_bytes{model_name="all-minilm-l6-v2"}' not in text  # an embedding model keeps none
+    # The process: its RSS holds at least every model's weights; prometheus_client's process metrics are there too.
+    every_weight = sum(_metric(text, "ozwell:weights_bytes", model_name=e.config.id) for e in registry.engines)
+    rss = _metric(text, "ozwell:process_resident_memory_bytes")
+    assert rss > every_weight
+    assert _metric(text, "process_resident_memory_bytes") > every_weight
+    # The dashboard's Models page reads the same figures.
+    rows = {row["model"]: row for row in app.state.services.models.overview()}
+    assert rows["tiny-llama"]["weights_bytes"] == weights and rows["tiny-llama"]["kv_cache_bytes"] == allocated
+    assert rows["all-minilm-l6-v2"]["kv_cache_bytes"] is None
 
 
 def test_metrics_need_an_admin_key(app, client):

@@ -5,10 +5,13 @@
 // the same ops, in the same order, from C++: the input norm, the joined q/k/v linear, the q/k norm and rotary
 // embedding, the new keys and values written to the paged cache, the decode attention read from it in place, the
 // output linear, the residual add with the norms around it, the joined gate/up linear, the activation, the down
-// linear and the last residual add. So its result is the fused Python layer's, to the bit.
+// linear and the last residual add. So its result is the fused Python layer's, to the bit (an int8 KV cache's rows
+// too: quantised as engines/native/kv_cache.py quantises them).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "ops_cpu.h"
@@ -65,15 +68,46 @@ void write_slots(at::Tensor& cache, const at::Tensor& rows_in, const at::Tensor&
   }
 }
 
+// An int8 cache [slots, kv_heads, dim] and its scales [slots, kv_heads] <- rows [tokens, kv_heads, dim] at slots:
+// each row rounded to round(x * (127 / absmax)) in float32 with scale absmax / 127, as kv_cache.quantize does.
+void write_slots_int8(at::Tensor& cache, at::Tensor& scales, const at::Tensor& rows_in, const at::Tensor& slots_in) {
+  TORCH_CHECK(cache.is_contiguous() && cache.dim() == 3 && rows_in.dim() == 3 && rows_in.size(1) == cache.size(1) &&
+                  rows_in.size(2) == cache.size(2) && scales.is_contiguous() && scales.scalar_type() == at::kFloat &&
+                  scales.dim() == 2 && scales.size(0) == cache.size(0) && scales.size(1) == cache.size(1),
+              "decode_layer: the int8 cache, its scales and the new keys/values do not match");
+  const int64_t heads = cache.size(1), dim = cache.size(2), capacity = cache.size(0);
+  const auto rows = as_rows(rows_in.to(at::kFloat), heads * dim);
+  const auto slots = slots_in.to(at::kLong).contiguous();
+  TORCH_CHECK(slots.numel() == rows.size(0), "decode_layer: a slot for each token");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  int8_t* dst = cache.data_ptr<int8_t>();
+  float* scale = scales.data_ptr<float>();
+  for (int64_t t = 0; t < slots.numel(); ++t) {
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "decode_layer: slot ", slot[t], " is outside the cache");
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* x = rows.data_ptr<float>() + t * rows.stride(0) + h * dim;
+      float amax = 0.f;
+      for (int64_t d = 0; d < dim; ++d) amax = std::max(amax, std::fabs(x[d]));
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int8_t* q = dst + (slot[t] * heads + h) * dim;
+      for (int64_t d = 0; d < dim; ++d)
+        q[d] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[d] * inv))));
+      scale[slot[t] * heads + h] = amax / 127.f;
+    }
+  }
+}
+
 }  // namespace
 
 // hidden [..., tokens, hidden]: one decoding token per sequence, in order; cos/sin [..., tokens, head_dim];
 // k/v_cache: [layers, slots, kv_heads, head_dim], of which this is layer `layer`; slots [tokens]: where each token's
-// K/V goes; tables, starts, lengths: as paged_decode takes them.
+// K/V goes; tables, starts, lengths: as paged_decode takes them; k/v_scales: an int8 cache's, [layers, slots,
+// kv_heads] float32 (written with it), else None.
 at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef<double> f, at::IntArrayRef i,
                         const at::Tensor& cos, const at::Tensor& sin, int64_t layer, const at::Tensor& k_caches,
                         const at::Tensor& v_caches, const at::Tensor& slots, const at::Tensor& tables,
-                        const at::Tensor& starts, const at::Tensor& lengths, int64_t block_size) {
+                        const at::Tensor& starts, const at::Tensor& lengths, int64_t block_size,
+                        const c10::optional<at::Tensor>& k_scales_in, const c10::optional<at::Tensor>& v_scales_in) {
   TORCH_CHECK(static_cast<int64_t>(w.size()) == WEIGHTS && f.size() == 3 && static_cast<int64_t>(i.size()) == INTS,
               "decode_layer: ", WEIGHTS, " weights, 3 floats and ", INTS, " ints");
   const bool gemma = i[GEMMA] != 0;
@@ -83,15 +117,27 @@ at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef
   TORCH_CHECK(k_caches.dim() == 4 && layer >= 0 && layer < k_caches.size(0) && v_caches.sizes() == k_caches.sizes(),
               "decode_layer: caches [layers, slots, kv_heads, head_dim] and a layer among them");
   at::Tensor k_cache = k_caches.select(0, layer), v_cache = v_caches.select(0, layer);  // written in place
+  const bool int8 = k_caches.scalar_type() == at::kChar;
+  TORCH_CHECK(int8 == (k_scales_in.has_value() && k_scales_in->defined()) &&
+                  int8 == (v_scales_in.has_value() && v_scales_in->defined()),
+              "decode_layer: an int8 cache takes k and v scales, another none");
+  c10::optional<at::Tensor> k_scales, v_scales;  // this layer's
+  if (int8) k_scales = k_scales_in->select(0, layer), v_scales = v_scales_in->select(0, layer);
 
   const auto x = rms_norm(hidden, *get(w, IN_NORM), eps, gemma);
   const auto qkv = linear(x, w, QKV);
   auto [q, k] = qk_norm_rope(qkv.narrow(-1, 0, q_size), qkv.narrow(-1, q_size, k_size), cos, sin, get(w, Q_NORM),
                              get(w, K_NORM), qk_eps, gemma, dim);
   const auto v = qkv.narrow(-1, q_size + k_size, v_size).reshape({tokens, v_size / dim, dim});
-  write_slots(k_cache, k, slots);
-  write_slots(v_cache, v, slots);
-  const auto attended = paged_decode(q, k_cache, v_cache, tables, starts, lengths, block_size, scale);
+  if (int8) {
+    write_slots_int8(k_cache, *k_scales, k, slots);
+    write_slots_int8(v_cache, *v_scales, v, slots);
+  } else {
+    write_slots(k_cache, k, slots);
+    write_slots(v_cache, v, slots);
+  }
+  const auto attended = paged_decode(q, k_cache, v_cache, tables, starts, lengths, block_size, scale, k_scales,
+                                     v_scales);
 
   auto sizes = hidden.sizes().vec();
   sizes.back() = -1;
@@ -109,6 +155,6 @@ at::Tensor decode_layer(const at::Tensor& hidden, const Weights& w, at::ArrayRef
 TORCH_LIBRARY_FRAGMENT(ozwell_cpu, m) {
   m.def("decode_layer(Tensor hidden, Tensor?[] weights, float[] floats, int[] ints, Tensor cos, Tensor sin, "
         "int layer, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor tables, Tensor starts, "
-        "Tensor lengths, int block_size) -> Tensor");
+        "Tensor lengths, int block_size, Tensor(c!)? k_scales=None, Tensor(d!)? v_scales=None) -> Tensor");
   m.impl("decode_layer", c10::DispatchKey::CPU, &ozwell::decode_layer);
 }

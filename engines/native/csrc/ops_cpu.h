@@ -107,8 +107,10 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& blocked, const 
 bool int8_bf16_linear(const at::Tensor& x, const int8_t* w, int64_t panels, const float* bias, const float* scale,
                       at::BFloat16* out);
 at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& records, const c10::optional<at::Tensor>& bias);
+// (k/v_scales: an int8 cache's [slots, kv_heads] float32, else none)
 at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& tables, const at::Tensor& starts, const at::Tensor& lengths,
-                        int64_t block_size, double scale);
+                        int64_t block_size, double scale, const c10::optional<at::Tensor>& k_scales = c10::nullopt,
+                        const c10::optional<at::Tensor>& v_scales = c10::nullopt);
 
 }  // namespace ozwell

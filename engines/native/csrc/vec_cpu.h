@@ -1,5 +1,5 @@
-// Float vectors for the CPU ops (paged_decode_cpu.cpp): loads from float32 and bfloat16, the sum of the lanes, e^x
-// and a softmax, a vector at a time.
+// Float vectors for the CPU ops (paged_decode_cpu.cpp): loads from float32, bfloat16 and int8, the sum of the lanes,
+// e^x and a softmax, a vector at a time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,6 +34,7 @@ typedef float vfloat __attribute__((vector_size(OZWELL_LANES * 4)));
 typedef uint16_t vhalf __attribute__((vector_size(OZWELL_LANES * 2)));
 typedef uint32_t vword __attribute__((vector_size(OZWELL_LANES * 4)));
 typedef int32_t vint __attribute__((vector_size(OZWELL_LANES * 4)));
+typedef int8_t vbyte __attribute__((vector_size(OZWELL_LANES)));
 constexpr int64_t LANES = OZWELL_LANES;
 
 inline vfloat vload(const float* p) {
@@ -52,8 +53,19 @@ inline vfloat vload(const at::BFloat16* p) {  // bfloat16 -> float is a shift of
   return reinterpret_cast<vfloat>(__builtin_convertvector(h, vword) << 16);
 #endif
 }
+inline vfloat vload(const int8_t* p) {  // an int8 KV cache's row: whole numbers in [-127, 127], exact as floats
+#ifdef __AVX512F__
+  return reinterpret_cast<vfloat>(
+      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+#else
+  vbyte b;
+  std::memcpy(&b, p, sizeof b);
+  return __builtin_convertvector(b, vfloat);
+#endif
+}
 inline float scalar(float x) { return x; }
 inline float scalar(at::BFloat16 x) { return bf16_float(x.x); }
+inline float scalar(int8_t x) { return static_cast<float>(x); }
 
 // the sum of a vector's lanes, as a tree of halves (a reduction loop over them sums one lane after another)
 inline float lane_sum(vfloat v) {
