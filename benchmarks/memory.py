@@ -47,6 +47,25 @@ def tree_resident_bytes(pid: int) -> int:
     return read(pid)
 
 
+def processes(pid: int) -> dict:
+    """The process tree's proportional set (PSS: a page shared by n processes counts 1/n in each, so the sum is what
+    the tree holds, where summed RSS counts shared libraries once per process) and each process's RSS and PSS."""
+    from engines.memory import descendants, resident_bytes
+
+    found = []
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as rollup:
+                pss = next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+            with open(f"/proc/{p}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, StopIteration):
+            continue
+        found.append({"pid": p, "command": command[:80], "rss_mib": round((resident_bytes(p) or 0) / MIB),
+                      "pss_mib": round(pss / MIB)})
+    return {"pss_mib": sum(f["pss_mib"] for f in found), "by_process": found}
+
+
 class PeakSampler:
     """The largest RSS of a process tree, and the most KV blocks a poll of /metrics saw in use, while it runs."""
 
@@ -101,6 +120,7 @@ def drive(url: str, key: str, pid: int, streams: list[int], max_tokens: int, pol
         after = tree_resident_bytes(pid)
         rows.append({"streams": n, "tok_per_s": round(measured["tok_per_s"], 1),
                      "peak_rss_mib": round(max(sampler.peak_rss, after) / MIB), "after_rss_mib": round(after / MIB),
+                     "after_pss_mib": processes(pid)["pss_mib"],
                      **({"peak_kv_blocks_used": sampler.peak_blocks} if poll_blocks is not None else {})})
         print(f"  {rows[-1]}", flush=True)
     return rows
@@ -162,7 +182,7 @@ def ours(name: str, config_dir: Path, data_dir: Path, streams: list[int], max_to
         time.sleep(2)
         key = (data_dir / "admin_key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
-        at_start = tree_resident_bytes(process.pid)
+        at_start, start_tree = tree_resident_bytes(process.pid), processes(process.pid)
         weights = {dict(k)["model_name"]: v for k, v in metric_values(url, headers, "ozwell:weights_bytes").items()}
         kv = {dict(k)["model_name"]: v for k, v in metric_values(url, headers, "ozwell:kv_cache_bytes").items()}
         blocks = metric_values(url, headers, "ozwell:kv_cache_blocks_free")
@@ -178,17 +198,26 @@ def ours(name: str, config_dir: Path, data_dir: Path, streams: list[int], max_to
         for row in rows:  # the KV bytes the peak's blocks hold, of the gemma cache
             row["peak_kv_used_mib"] = round(row.pop("peak_kv_blocks_used") / total_blocks * kv[MODEL] / MIB)
         return {"server": f"ozwell ({name})", "load_s": round(load_s, 1), "start_rss_mib": round(at_start / MIB),
+                "start": start_tree,
                 "weights_mib": {m: round(v / MIB) for m, v in weights.items()},
                 "kv_cache_mib": {m: round(v / MIB) for m, v in kv.items()}, "rows": rows}
     finally:
         stop(process)
 
 
-def gemma_only(workdir: Path) -> Path:
-    configs = workdir / "gemma-only"
+def config_dir(workdir: Path, name: str, dtype: str | None) -> Path:
+    """The shipped configs (`default`) or gemma-3-270m's alone (`gemma`), with every `dtype:` set to `dtype` where
+    given (float32: what an AVX2-only CPU runs, where `auto` picks it)."""
+    if name == "default" and dtype is None:
+        return CONFIGS
+    configs = workdir / f"{name}-{dtype}"
     configs.mkdir()
-    for name in (f"{MODEL}.yaml", f"{MODEL}.jinja"):
-        shutil.copy(CONFIGS / name, configs / name)
+    for source in CONFIGS.iterdir():
+        if name == "default" or source.stem == MODEL:
+            text = source.read_text()
+            if dtype is not None and source.suffix == ".yaml":
+                text = "\n".join(f"dtype: {dtype}" if line.startswith("dtype:") else line for line in text.splitlines())
+            (configs / source.name).write_text(text)
     return configs
 
 
@@ -209,7 +238,7 @@ def vllm(python: Path, model_dir: Path, dtype: str, kv_bytes: int, streams: list
     try:
         load_s = time.perf_counter() - started
         time.sleep(2)
-        at_start = tree_resident_bytes(process.pid)
+        at_start, start_tree = tree_resident_bytes(process.pid), processes(process.pid)
         info = next(iter(metric_values(url, {}, "vllm:cache_config_info")), ())
         print(f"vLLM-cpu: RSS at start {at_start / MIB:.0f} MiB; cache {dict(info)}", flush=True)
 
@@ -220,6 +249,7 @@ def vllm(python: Path, model_dir: Path, dtype: str, kv_bytes: int, streams: list
         for row in rows:
             row["peak_kv_used_mib"] = round(row.pop("peak_kv_blocks_used") / 10**6 * kv_bytes / MIB)
         return {"server": "vLLM-cpu OpenAI server", "load_s": round(load_s, 1), "start_rss_mib": round(at_start / MIB),
+                "start": start_tree,
                 "kv_cache_mib": {MODEL: round(kv_bytes / MIB)},
                 "cache_config": {k: v for k, v in dict(info).items() if k in ("num_gpu_blocks", "block_size",
                                                                              "cache_dtype")},
@@ -241,34 +271,38 @@ def llama(gguf: Path, streams: list[int], max_tokens: int) -> dict:
     try:
         load_s = time.perf_counter() - started
         time.sleep(2)
-        at_start = tree_resident_bytes(process.pid)
+        at_start, start_tree = tree_resident_bytes(process.pid), processes(process.pid)
         print(f"llama.cpp: RSS at start {at_start / MIB:.0f} MiB", flush=True)
         rows = drive(url, "none", process.pid, streams, max_tokens)
         return {"server": "llama.cpp (llama-cpp-python server, one request at a time)", "load_s": round(load_s, 1),
-                "start_rss_mib": round(at_start / MIB), "rows": rows}
+                "start_rss_mib": round(at_start / MIB),
+                "start": start_tree, "rows": rows}
     finally:
         stop(process)
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Memory: {result['model']}, {result['max_tokens']} new tokens a stream",
+    lines = [(f"# Memory: {result['model']} in {result['dtype']} (ours with quantization {result['quantization']}), "
+              f"{result['max_tokens']} new tokens a stream"),
              "",
              (f"Measured {result['when']} on {result['cpus']} CPUs ({result['machine']}), by `benchmarks/memory.py`. "
               "RSS is the server's whole process tree (MiB), read from /proc: at start, the peak while N concurrent "
-              "streams ran, and after them. KV: the cache each server holds (allocated), and the part in use at the "
-              "peak."),
+              "streams ran, and after them; in brackets the tree's PSS, which counts a page shared between its "
+              "processes once. KV: the cache each server holds (allocated), and the part in use at the peak. tok/s "
+              "only shows that the load ran: the machine is shared, and chat_throughput.py measures throughput."),
              "",
-             ("| server | RSS at start | weights | KV cache (allocated) | streams | tok/s | peak RSS | RSS after | "
-              "KV in use at peak |"),
+             ("| server | RSS (PSS) at start | weights | KV cache (allocated) | streams | tok/s | peak RSS | "
+              "RSS (PSS) after | KV in use at peak |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         weights = ", ".join(f"{m} {v}" for m, v in run.get("weights_mib", {}).items()) or "–"
         kv = ", ".join(f"{m} {v}" for m, v in run.get("kv_cache_mib", {}).items()) or "–"
         for index, row in enumerate(run["rows"]):
-            head = [run["server"], str(run["start_rss_mib"]), weights, kv] if index == 0 else ["", "", "", ""]
+            start = f"{run['start_rss_mib']} ({run['start']['pss_mib']})"
+            head = [run["server"], start, weights, kv] if index == 0 else ["", "", "", ""]
+            after = f"{row['after_rss_mib']} ({row['after_pss_mib']})"
             lines.append("| " + " | ".join(head + [str(row["streams"]), str(row["tok_per_s"]), str(row["peak_rss_mib"]),
-                                                  str(row["after_rss_mib"]), str(row.get("peak_kv_used_mib", "–"))])
-                         + " |")
+                                                  after, str(row.get("peak_kv_used_mib", "–"))]) + " |")
     for note in result["skipped"]:
         lines += ["", f"Skipped: {note}"]
     return "\n".join(lines) + "\n"
@@ -280,6 +314,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--ours", nargs="*", default=["default", "gemma"], choices=["default", "gemma"])
     parser.add_argument("--peers", nargs="*", default=["vllm", "llama"], choices=["vllm", "llama"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="our models' dtype instead of their configs' (auto); the peers run the same")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".ozwell", help="keeps the converted weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -294,10 +330,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ozwell-memory-"))
     runs, skipped = [], []
     for name in args.ours:
-        runs.append(ours(name, CONFIGS if name == "default" else gemma_only(workdir), args.data_dir, args.streams,
-                         args.max_tokens))
+        runs.append(ours(name, config_dir(workdir, name, args.dtype), args.data_dir, args.streams, args.max_tokens))
     config = load_model_config(CONFIGS / f"{MODEL}.yaml")
-    dtype = str(resolve_dtype(config.dtype, torch.device("cpu"))).removeprefix("torch.")
+    dtype = args.dtype or str(resolve_dtype(config.dtype, torch.device("cpu"))).removeprefix("torch.")
     if "vllm" in args.peers:
         python = vllm_python()
         if python is None:

@@ -1,14 +1,11 @@
 """The engine registry: reads the model configs, places each model on a device, loads and unloads models, resolves
 names.
 
-Every configured model has a slot with a state: unloaded, loading, loaded or draining (issue #36). A model loads at
-start, or on its first request (`load: on_demand`, `ozwell serve --lazy`); it unloads when idle past its
-`keep_alive`, when an operator asks (the admin API), or when another model's load needs its memory (the least
-recently used idle model goes first; with none idle the load is refused: ModelCapacityError, a 503 with
-Retry-After). A request holds a lease on the model it uses, from resolution until its response is done
-(`acquire` inside a `leases()` scope, which the HTTP middleware and the batch runner open); a model is unloaded only
-when it holds no lease and its engine runs nothing, so requests in flight finish first. What the lifecycle adds is
-plain asyncio; engines only `load()`, `start()` and `stop()`.
+Every configured model has a slot (engines/model_slots.py) with a state: unloaded, loading, loaded or draining
+(issue #36). A model loads at start, or on its first request (`load: on_demand`, `ozwell serve --lazy`); it unloads
+when idle past its `keep_alive`, when an operator asks (the admin API), or when another model's load needs its
+memory under the device's budget. Requests lease the models they use, so an unload lets them finish first. What the
+lifecycle adds is plain asyncio; engines only `load()`, `start()` and `stop()`.
 
 The CUDA device listing comes in as one function (`cuda_devices`), so tests can fake the GPUs.
 """
@@ -16,15 +13,10 @@ The CUDA device listing comes in as one function (`cuda_devices`), so tests can 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import ctypes
 import gc
 import logging
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from engines.config import (
@@ -36,7 +28,21 @@ from engines.config import (
 )
 from engines.devices import CudaDevice, list_cuda_devices, plan_placement, weight_bytes
 from engines.memory_budget import GIB, split_gpu_utilization, split_kv_budget
+from engines.model_slots import (
+    DeviceBudgets,
+    ModelCapacityError,
+    ModelLoadFailed,
+    ModelNotLoaded,
+    ModelSlot,
+    ModelState,
+    lease,
+    leases,
+    return_memory,
+)
 from engines.protocol import EmbeddingEngine, Engine, GenerationEngine
+
+__all__ = ["EngineRegistry", "ModelCapacityError", "ModelLoadFailed", "ModelNotLoaded", "ModelSlot", "ModelState",
+           "UnknownModel", "engine_kind", "place"]
 
 log = logging.getLogger("ozwell.engines")
 
@@ -45,53 +51,6 @@ class UnknownModel(KeyError):
     def __init__(self, name: str):
         super().__init__(name)
         self.name = name
-
-
-class ModelNotLoaded(LookupError):
-    """`resolve` of a configured model whose weights are not loaded now (use `acquire`)."""
-
-
-class ModelCapacityError(Exception):
-    """Loading the model would pass the memory budget and no loaded model is idle to make room; retry later."""
-
-    retry_after_s = 10
-
-
-class ModelLoadFailed(Exception):
-    """The model's weights failed to load (the reason is in the message and the log)."""
-
-
-class ModelState(str, Enum):
-    unloaded = "unloaded"
-    loading = "loading"
-    loaded = "loaded"
-    draining = "draining"
-
-
-@dataclass
-class ModelSlot:
-    config: ModelConfig  # placed, with its KV share filled in
-    requested_device: str
-    on_demand: bool
-    engine: Engine | None = None
-    state: ModelState = ModelState.unloaded
-    leases: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    footprint: int = 0  # bytes it holds on its device once loaded (measured after its first load)
-    error: str | None = None  # the last load's failure
-    written: ModelConfig | None = None  # the config as its file has it (before placement and the KV split)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load or unload of this model at a time
-    released: asyncio.Event = field(default_factory=asyncio.Event)  # set when its last lease goes
-
-    def idle(self) -> bool:
-        if self.leases:
-            return False
-        stats = self.engine.stats() if callable(getattr(self.engine, "stats", None)) else {}
-        return not (stats.get("running") or stats.get("waiting"))
-
-
-# The leases of the request (or batch line) running in this context: released when its scope ends.
-_scope: contextvars.ContextVar[list[ModelSlot] | None] = contextvars.ContextVar("ozwell_model_leases", default=None)
 
 
 def _build_engine(config: ModelConfig, data_dir: Path) -> Engine:
@@ -132,18 +91,6 @@ def engine_kind(config: ModelConfig) -> type:
     return GenerationEngine if config.task is Task.chat else EmbeddingEngine
 
 
-def _return_memory() -> None:
-    """After an unload: collect the engine's reference cycles (the startup heap is frozen: unfreeze it first) and
-    hand freed heap pages back to the system (glibc's malloc_trim), so that RSS drops."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class EngineRegistry:
     def __init__(self, engines: list[Engine], requested_devices: dict[str, str] | None = None, *,
                  data_dir: Path | None = None, slots: list[ModelSlot] | None = None,
@@ -158,14 +105,14 @@ class EngineRegistry:
         self._index_names()
         self._data_dir = Path(data_dir) if data_dir is not None else Path(".")
         # Bytes the loaded models may hold per device ("cpu", "cuda:N"); a device not named has no limit.
-        self.memory_budget = dict(memory_budget or {})
+        self.budget = DeviceBudgets(memory_budget or {}, self._data_dir)
         self._build_engine = build_engine
         self._progress = progress
         self._budget_lock: asyncio.Lock | None = None
         self._sweeper: asyncio.Task | None = None
         self.created = int(time.time())
         for slot in loaded:
-            slot.footprint = self._measure(slot)
+            slot.footprint = self.budget.measure(slot)
 
     # ---- building ---------------------------------------------------------------------------------
     @classmethod
@@ -192,7 +139,7 @@ class EngineRegistry:
                        progress=progress)
         startup = [s for s in slots if not s.on_demand]
         for position, slot in enumerate(startup, start=1):
-            registry._check_room_at_start(slot)
+            registry.budget.check_room_at_start(slot, registry.slots)
             registry._load_now(slot, f"[{position}/{len(startup)}] ")
             slot.state = ModelState.loaded  # started with the others by start(), before the server takes requests
         for slot in slots:
@@ -246,23 +193,9 @@ class EngineRegistry:
     def requested_devices(self) -> dict[str, str]:
         return {s.config.id: s.requested_device for s in self._slots.values()}
 
-    # ---- leases --------------------------------------------------------------------------------------
-    @staticmethod
-    @asynccontextmanager
-    async def leases():
-        """A request's scope: the models it acquires inside stay loaded until the scope ends."""
-        held: list[ModelSlot] = []
-        token = _scope.set(held)
-        try:
-            yield
-        finally:
-            _scope.reset(token)
-            for slot in held:
-                slot.leases -= 1
-                slot.last_used = time.monotonic()
-                if slot.leases == 0:
-                    slot.released.set()
+    leases = staticmethod(leases)  # a request's scope: the models it acquires stay loaded until it ends
 
+    # ---- leases --------------------------------------------------------------------------------------
     async def acquire(self, name: str) -> Engine:
         """The engine behind a name, loaded first if it is not (the caller waits for the load), and leased to the
         current scope. Raises UnknownModel, ModelCapacityError or ModelLoadFailed."""
@@ -271,12 +204,7 @@ class EngineRegistry:
             async with slot.lock:
                 if slot.state is ModelState.unloaded:
                     await self._load(slot)
-        held = _scope.get()
-        if held is not None:
-            slot.leases += 1
-            slot.released.clear()
-            held.append(slot)
-        slot.last_used = time.monotonic()
+        lease(slot)
         return slot.engine
 
     # ---- loading and unloading -----------------------------------------------------------------------
@@ -297,13 +225,14 @@ class EngineRegistry:
             await asyncio.to_thread(self._load_now, slot, "", True)
             await slot.engine.start()
             slot.state = ModelState.loaded  # only now may a request lease it
+            gc.freeze()  # its objects out of the collector's reach, as the startup heap's (server/app.py)
         except Exception as exc:
             log.exception("%s: load failed", slot.config.id)
             engine, slot.engine = slot.engine, None
             slot.state, slot.error = ModelState.unloaded, f"{type(exc).__name__}: {exc}"
             if engine is not None:
                 await engine.stop()
-            await asyncio.to_thread(_return_memory)
+            await asyncio.to_thread(return_memory)
             raise ModelLoadFailed(f"the model {slot.config.id!r} failed to load: {slot.error}") from exc
 
     def _load_now(self, slot: ModelSlot, position: str = "", on_demand: bool = False) -> None:
@@ -316,7 +245,7 @@ class EngineRegistry:
         engine = self._build_engine(config, self._data_dir)
         slot.engine = engine
         engine.load()
-        slot.footprint = self._measure(slot)
+        slot.footprint = self.budget.measure(slot)
         slot.last_used = time.monotonic()
         self._progress(f"{position}{config.id} ready in {time.perf_counter() - started:.1f}s "
                        f"({slot.footprint / 2**20:.0f} MiB on {config.device})")
@@ -341,7 +270,7 @@ class EngineRegistry:
         engine, slot.engine = slot.engine, None
         await engine.stop()
         del engine
-        await asyncio.to_thread(_return_memory)
+        await asyncio.to_thread(return_memory)
         slot.state = ModelState.unloaded
         log.info("%s: unloaded (%s); %d MiB freed", slot.config.id, reason, slot.footprint / 2**20)
         return True
@@ -351,53 +280,9 @@ class EngineRegistry:
             self._budget_lock = asyncio.Lock()
         return self._budget_lock
 
-    def _estimate(self, slot: ModelSlot) -> int:
-        """What a model will hold on its device: what it held when last loaded, else its weight files and its KV
-        share."""
-        if slot.footprint:
-            return slot.footprint
-        kv = int((slot.config.kv_cache_gib or 0) * GIB)
-        return weight_bytes(slot.config, self._data_dir) + kv
-
-    def _measure(self, slot: ModelSlot) -> int:
-        stats = slot.engine.stats() if callable(getattr(slot.engine, "stats", None)) else {}
-        measured = int(stats.get("weights_bytes", 0)) + int(stats.get("kv_cache_bytes", 0))
-        return measured or self._estimate(slot)
-
-    def _held(self, device: str, but: ModelSlot | None = None) -> int:
-        return sum(self._estimate(s) for s in self._slots.values()
-                   if s is not but and s.config.device == device and s.state is not ModelState.unloaded)
-
-    def _check_room_at_start(self, slot: ModelSlot) -> None:
-        limit = self.memory_budget.get(slot.config.device)
-        if limit is None or slot.config.device != "cpu":
-            return
-        need, held = self._estimate(slot), self._held(slot.config.device, slot)
-        if held + need > limit:
-            raise ConfigError(f"{slot.config.config_path or slot.config.id}: loading it at start needs about "
-                              f"{need / GIB:.2f} GiB beside the {held / GIB:.2f} GiB already loaded, more than "
-                              f"--memory-gib {limit / GIB:g}; load it on demand (load: on_demand, or --lazy) or "
-                              "raise --memory-gib")
-
     async def _make_room(self, slot: ModelSlot) -> None:
         """Unload the least recently used idle models on the slot's device until it fits its budget."""
-        device = slot.config.device
-        limit = self.memory_budget.get(device)
-        if limit is None:
-            return
-        need = self._estimate(slot)
-        if need > limit:
-            raise ModelCapacityError(f"the model {slot.config.id!r} needs about {need / GIB:.2f} GiB, more than the "
-                                     f"whole memory budget of {device} ({limit / GIB:.2f} GiB)")
-        while self._held(device, slot) + need > limit:
-            idle = [s for s in self._slots.values() if s is not slot and s.config.device == device
-                    and s.state is ModelState.loaded and s.idle() and not s.lock.locked()]
-            if not idle:
-                raise ModelCapacityError(
-                    f"loading {slot.config.id!r} needs about {need / GIB:.2f} GiB and the models loaded on {device} "
-                    f"hold {self._held(device, slot) / GIB:.2f} GiB of its {limit / GIB:.2f} GiB budget, all of "
-                    "them busy")
-            victim = min(idle, key=lambda s: s.last_used)
+        while (victim := self.budget.victim(slot, self.slots)) is not None:
             async with victim.lock:
                 await self._unload(victim, f"to make room for {slot.config.id}")
 

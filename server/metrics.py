@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from engines.memory import resident_bytes
 from engines.protocol import GenerationEngine
-from engines.registry import EngineRegistry
+from engines.registry import EngineRegistry, ModelState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -68,6 +68,11 @@ class _EngineCollector(Collector):
         rss = resident_bytes()
         if rss is not None:
             resident.add_metric([], rss)
+        state = GaugeMetricFamily("ozwell:model_state", "1 for each configured model's state now (unloaded, loading, "
+                                  "loaded, draining), 0 for the others.", labels=["model_name", "state"])
+        for slot in self._registry.slots:
+            for value in ModelState:
+                state.add_metric([slot.config.id, value.value], 1.0 if slot.state is value else 0.0)
         for engine in self._registry.engines:
             name = [engine.config.id]
             healthy.add_metric(name, 0.0 if engine.health() else 1.0)
@@ -92,7 +97,7 @@ class _EngineCollector(Collector):
             if "generation_tokens_per_s" in stats:
                 throughput.add_metric(name, stats["generation_tokens_per_s"])
         yield from (running, waiting, kv_usage, kv_used, kv_free, hit_rate, preemptions, throughput, healthy, weights,
-                    kv_bytes, resident)
+                    kv_bytes, resident, state)
 
 
 class _Labelled:

@@ -44,7 +44,7 @@ class ModelAdminService:
 
     def list(self) -> dict:
         return {"object": "list", "data": [slot_object(s) for s in self.registry.slots],
-                "memory_budget_bytes": self.registry.memory_budget}
+                "memory_budget_bytes": self.registry.budget.limits}
 
     async def load(self, model: str) -> dict:
         self._slot(model)

@@ -72,8 +72,7 @@ class ModelService:
 
     def list(self, context: RequestContext) -> dict:
         names = [n for n in self.registry.names() if self._allowed(context, n)]
-        return ModelList(data=[self._card(name, {"state": self.registry.slot(name).state.value})
-                               for name in names]).dump()
+        return ModelList(data=[self._card(name, self._details(name)) for name in names]).dump()
 
     def retrieve(self, model_id: str, context: RequestContext) -> dict:
         try:

@@ -1,6 +1,8 @@
 """End-to-end tier: the default SmolLM2 model (its shipped config, loaded in float32 as the server loads it: the GGUF
 converted into the data dir, its int8 linears) greedy with a float32 KV cache against bfloat16 and int8 ones
-(`kv_cache_dtype`, engines/native/kv_cache.py), 8 prompts x 64 tokens decoded together through the native runner."""
+(`kv_cache_dtype`, engines/native/kv_cache.py), 8 prompts x 64 tokens decoded together through the native runner.
+About 10 s once the weights are converted; a fresh data dir converts the GGUF first (a minute or two;
+OZWELL_E2E_DATA_DIR names one to keep)."""
 
 from __future__ import annotations
 

@@ -24,10 +24,12 @@ from tests.process import ROOT, ServerProcess
 
 pytestmark = [pytest.mark.ops, pytest.mark.e2e]
 
-# The bounds, about 15% over what was measured on the 2-core AVX-512 EPYC (24 GiB) in bfloat16 with int8 linears
-# (README: memory). Measured 2026-11-27: see docs/memory_notes.md.
-START_RSS_BOUND = 3_100 * 2**20
-STREAMS_RSS_BOUND = 3_400 * 2**20
+# The bounds (MiB), as the README states them (Memory as a budget: what the defaults hold). Measured on the 2-core
+# EPYC (24 GiB) with the shipped configs (int8 linears) in bfloat16, `auto`'s dtype on a CPU with AVX-512 BF16:
+# 2418 MiB after start, 2968 at the peak of 32 streams; the bounds are about 15% over. On an AVX2-only CPU `auto`
+# is float32, whose exact embedding tables (gemma-3-270m's alone is 168M parameters) cost about 500 MiB more.
+START_RSS_BOUND_MIB = {"bfloat16": 2_800, "float32": 3_300}
+STREAMS_RSS_BOUND_MIB = {"bfloat16": 3_400, "float32": 3_900}
 
 MODEL = "gemma-3-270m"  # a base model: with ignore_eos every stream runs its full max_tokens
 STREAMS = 32
@@ -36,8 +38,20 @@ READY_TIMEOUT_S = 900
 STREAMS_TIMEOUT_S = 900
 
 
+def _served_dtype() -> str:
+    import torch
+
+    from engines.devices import resolve_dtype
+
+    return str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+
+
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the bounds are for the models on a CPU host (device: auto would place them on the GPU)")
     data_dir = Path(os.environ.get("OZWELL_E2E_DATA_DIR") or tmp_path_factory.mktemp("memory-data"))
     server = ServerProcess(ROOT / "model_configs", data_dir)
     try:
@@ -109,7 +123,8 @@ def test_rss_after_start_is_under_its_bound(default_server):
           f"MiB); {MODEL}: weights {gauges['ozwell:weights_bytes'] / 2**20:.0f} MiB, KV cache "
           f"{gauges['ozwell:kv_cache_bytes'] / 2**20:.0f} MiB allocated")
     assert gauges["ozwell:process_resident_memory_bytes"] > gauges["ozwell:weights_bytes"]
-    assert rss < START_RSS_BOUND, f"{rss / 2**20:.0f} MiB after start, over the bound of {START_RSS_BOUND / 2**20:.0f}"
+    bound = START_RSS_BOUND_MIB[_served_dtype()]
+    assert rss < bound * 2**20, f"{rss / 2**20:.0f} MiB after start, over the bound of {bound} MiB"
 
 
 def test_rss_after_32_streams_of_512_tokens_is_under_its_bound(default_server):
@@ -122,5 +137,5 @@ def test_rss_after_32_streams_of_512_tokens_is_under_its_bound(default_server):
     peak = max(sampler.peak, after)
     print(f"{STREAMS} streams x {MAX_TOKENS} tokens in {elapsed:.0f}s ({STREAMS * MAX_TOKENS / elapsed:.0f} tok/s); "
           f"RSS peak {peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
-    assert peak < STREAMS_RSS_BOUND, (f"{peak / 2**20:.0f} MiB at the peak of {STREAMS} streams, over the bound of "
-                                      f"{STREAMS_RSS_BOUND / 2**20:.0f}")
+    bound = STREAMS_RSS_BOUND_MIB[_served_dtype()]
+    assert peak < bound * 2**20, f"{peak / 2**20:.0f} MiB at the peak of {STREAMS} streams, over the bound of {bound} MiB"

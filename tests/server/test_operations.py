@@ -90,6 +90,9 @@ def test_metrics_report_weight_and_kv_cache_bytes_and_the_process_rss(app, clien
     rss = _metric(text, "ozwell:process_resident_memory_bytes")
     assert rss > every_weight
     assert _metric(text, "process_resident_memory_bytes") > every_weight
+    # Each configured model's state (issue #36): every model here loads at start.
+    assert _metric(text, "ozwell:model_state", model_name="tiny-llama", state="loaded") == 1
+    assert _metric(text, "ozwell:model_state", model_name="tiny-llama", state="unloaded") == 0
     # The dashboard's Models page reads the same figures.
     rows = {row["model"]: row for row in app.state.services.models.overview()}
     assert rows["tiny-llama"]["weights_bytes"] == weights and rows["tiny-llama"]["kv_cache_bytes"] == allocated

@@ -93,7 +93,9 @@ def native(model_dir, tmp_path_factory):
     from engines.registry import EngineRegistry
 
     config_dir = tmp_path_factory.mktemp("native-configs")
-    (config_dir / "tiny-native.yaml").write_text(_config("tiny-native", "transformers", model_dir))
+    # K/V kept in the model's float32, as vLLM keeps them, so the logprobs compare exactly
+    (config_dir / "tiny-native.yaml").write_text(_config("tiny-native", "transformers", model_dir,
+                                                         "kv_cache_dtype: model\n"))
     config = load_model_config(config_dir / "tiny-native.yaml")
     registry = EngineRegistry.from_configs([config], tmp_path_factory.mktemp("native-data"), cuda_devices=list)
     return registry.resolve("tiny-native")

@@ -116,6 +116,8 @@ def test_embeddings(client: Ozwell, embedding_model: str) -> None:
 def test_models_list_and_retrieve(client: Ozwell, chat_model: str) -> None:
     listed = client.models.list()
     assert chat_model in {m.id for m in listed.data}
+    card = next(m for m in listed.data if m.id == chat_model)
+    assert card.ozwell is not None and card.ozwell.state == "loaded" and card.ozwell.load == "startup"
     model = client.models.retrieve(chat_model)
     assert model.id == chat_model and model.object == "model"
     assert model.ozwell is not None and model.ozwell.task == "chat"

@@ -91,7 +91,7 @@ export class Models extends Resource {
     return this.client.requestJSON({ method: 'GET', path: '/models', options });
   }
 
-  /** One model, with `ozwell`: engine, device, task, revision, max_model_len. */
+  /** One model, with `ozwell`: engine, device, task, revision, max_model_len, state. */
   retrieve(model: string, options?: RequestOptions): Promise<Model> {
     return this.client.requestJSON({ method: 'GET', path: `/models/${segment(model)}`, options });
   }

@@ -170,13 +170,20 @@ export interface ModelDetails {
   requested_device?: string;
   revision?: string | null;
   max_model_len?: number;
+  /** Whether the model is in memory now (`ozwell serve --lazy`, `load: on_demand`, `keep_alive`). */
+  state?: 'loaded' | 'loading' | 'unloaded' | 'draining';
+  load?: 'startup' | 'on_demand';
+  /** The tokens its share of the KV-cache budget holds. */
+  kv_cache_tokens?: number;
+  kv_cache_gib?: number;
+  keep_alive_s?: number;
+  load_error?: string;
 }
 export interface Model {
   id: string;
   object: 'model';
   created: number;
   owned_by: string;
-  /** On `models.retrieve` only. */
   ozwell?: ModelDetails;
 }
 export interface ModelList { object: 'list'; data: Model[] }

@@ -44,3 +44,30 @@ def test_the_kv_cache_takes_what_gpu_memory_utilization_leaves(tiny_llama_dir, t
     assert large_tokens > small_tokens
     # doubling the share adds about that much memory's worth of tokens (weights and activations are tiny)
     assert (large_tokens - small_tokens) * per_token == pytest.approx(0.05 * total, rel=0.05)
+
+
+def test_an_unloaded_model_gives_its_gpu_memory_back(tiny_llama_dir, tmp_path):
+    """Issue #36: a model unloaded at run time (keep_alive, the admin API, an eviction) frees its weights and KV
+    cache on the GPU: the allocated bytes drop back to what they were before it loaded."""
+    import asyncio
+
+    from engines.registry import EngineRegistry
+    from tests.conftest import write_config
+    from tests.tiny_models import native_chat_config
+
+    write_config(tmp_path / "configs", "gpu-lazy", native_chat_config("gpu-lazy", tiny_llama_dir, device="cuda:0",
+                                                                      max_model_len=128, load="on_demand"))
+
+    async def scenario():
+        registry = EngineRegistry.from_config_dir(tmp_path / "configs", tmp_path / "data", progress=lambda _: None)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated(0)
+        await registry.acquire("gpu-lazy")
+        loaded = torch.cuda.memory_allocated(0)
+        await registry.unload("gpu-lazy")
+        torch.cuda.synchronize()
+        return before, loaded, torch.cuda.memory_allocated(0)
+
+    before, loaded, after = asyncio.run(scenario())
+    assert loaded > before
+    assert after - before < (loaded - before) // 10, (before, loaded, after)

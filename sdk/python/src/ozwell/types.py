@@ -300,7 +300,7 @@ class CreateEmbeddingResponse(OzwellModel):
 
 
 class ModelDetails(OzwellModel):
-    """Ozwell's extension of a retrieved model: where and how it runs."""
+    """Ozwell's extension of a model: where and how it runs, and whether it is loaded."""
 
     model: str
     task: str
@@ -309,6 +309,12 @@ class ModelDetails(OzwellModel):
     requested_device: str | None = None
     revision: str | None = None
     max_model_len: int | None = None
+    state: Literal["loaded", "loading", "unloaded", "draining"] | None = None
+    load: Literal["startup", "on_demand"] | None = None
+    kv_cache_tokens: int | None = None
+    kv_cache_gib: float | None = None
+    keep_alive_s: float | None = None
+    load_error: str | None = None
 
 
 class Model(OzwellModel):
@@ -316,7 +322,7 @@ class Model(OzwellModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    ozwell: ModelDetails | None = None  # on models.retrieve only
+    ozwell: ModelDetails | None = None
 
 
 class ModelList(OzwellModel):
