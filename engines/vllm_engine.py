@@ -198,8 +198,8 @@ class VllmEngine(HFGenerationEngine):
         self._stats = _StatsRecorder(None)
         with _worker_environment(self.device, self.options):
             self.engine = AsyncLLM.from_engine_args(self._engine_args(hf_dir), stat_loggers=[lambda *a, **k: self._stats])
-        log.info("%s: vLLM %s engine loaded on %s, context %d, %s KV blocks", self.config.id, vllm.__version__,
-                 self.device, self._max_model_len, self._kv_blocks_total())
+        log.info("%s: vLLM %s engine loaded on %s, context %d, KV cache %d tokens in %d blocks", self.config.id,
+                 vllm.__version__, self.device, self._max_model_len, self.kv_cache_tokens, self._kv_blocks_total())
 
     def _check_platform(self) -> None:
         from vllm.platforms import current_platform
@@ -334,6 +334,13 @@ class VllmEngine(HFGenerationEngine):
     def _kv_blocks_total(self) -> int:
         blocks = self.engine.vllm_config.cache_config.num_gpu_blocks if self.engine is not None else None
         return int(blocks or 0)
+
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """The tokens vLLM's KV cache holds (its blocks times their size), as /v1/models reports for every engine."""
+        if self.engine is None:
+            return None
+        return self._kv_blocks_total() * int(self.engine.vllm_config.cache_config.block_size)
 
     def stats(self) -> dict:
         """No `weights_bytes` or `kv_cache_bytes`: vLLM's weights and KV cache live in its engine-core process, and

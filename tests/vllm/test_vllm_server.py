@@ -221,6 +221,8 @@ def test_ready_and_metrics_read_the_vllm_engine(server, sdk):
     # a key and a value of 2 x 64 float32 numbers a token each
     per_token = 2 * 2 * 2 * 64 * 4
     assert free + used == pytest.approx(2**30 // (VLLM_BLOCK_SIZE * per_token), rel=0.01)
+    card = httpx.get(f"{server.url}/v1/models/tiny-vllm", headers=server.headers).json()["ozwell"]
+    assert card["kv_cache_tokens"] == (free + used) * VLLM_BLOCK_SIZE  # what its 1 GiB holds, as for every engine
     assert samples['ozwell:engine_healthy{model_name="tiny-vllm"}'] == 1.0
     assert samples['ozwell:num_requests_waiting{model_name="tiny-vllm"}'] == 0.0
 
@@ -241,3 +243,22 @@ def test_response_format_is_enforced_through_vllms_guidance_backend(sdk):
     for choice in reply.choices:
         assert choice.finish_reason == "stop"
         jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_the_vllm_model_unloads_and_reloads_on_its_next_request(server, sdk):
+    """The vLLM engine follows the registry's life cycle (issue #36): an operator's unload shuts vLLM's engine down
+    (its KV cache and weights go with it), the model lists as unloaded, and the next request loads it again and
+    gets the same greedy tokens."""
+    request = {"model": "tiny-vllm", "messages": MESSAGES, "temperature": 0, "max_tokens": 16,
+               "extra_body": {"ignore_eos": True}}
+    before = sdk.chat.completions.create(**request).choices[0].message.content
+    unloaded = httpx.post(f"{server.url}/v1/admin/models/tiny-vllm/unload", headers=server.headers, timeout=300)
+    assert unloaded.status_code == 200, unloaded.text
+    card = httpx.get(f"{server.url}/v1/models/tiny-vllm", headers=server.headers, timeout=30).json()
+    assert card["ozwell"]["state"] == "unloaded"
+    text = httpx.get(f"{server.url}/metrics", headers=server.headers, timeout=30).text
+    assert 'ozwell:model_state{model_name="tiny-vllm",state="unloaded"} 1.0' in text
+    after = sdk.chat.completions.create(**request).choices[0].message.content
+    assert after == before
+    card = httpx.get(f"{server.url}/v1/models/tiny-vllm", headers=server.headers, timeout=30).json()
+    assert card["ozwell"]["state"] == "loaded"
