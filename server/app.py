@@ -28,6 +28,7 @@ from server.routes import batches as batches_routes
 from server.routes import files as files_routes
 from server.routes import metrics as metrics_routes
 from server.routes import responses as responses_routes
+from server.routes import vector_stores as vector_stores_routes
 from server.routing import ApiRoute
 from server.services.batch_runner import BatchRunner, Endpoint, Plan
 from server.services.batches import BatchService
@@ -43,6 +44,7 @@ from server.services.streaming import Observers
 from server.services.usage import UsageService
 from server.settings import Settings
 from server.state import AppServices
+from server.vector_stores.service import VectorStoreService
 
 log = logging.getLogger("ozwell.server")
 
@@ -91,6 +93,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         limiter = RedisRateLimiter(settings.redis_url)
     responses = ResponseStore(database, settings.response_retention_s,
                               settings.owner_quota_bytes) if database else None
+    vector_stores = VectorStoreService(database, files, registry) if database else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -106,9 +109,13 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         runner = app.state.services.batches.runner if app.state.services.batches else None
         if runner is not None:
             batch_task = asyncio.create_task(runner.run_forever(), name="batch-runner")
+        if vector_stores is not None:  # files still in_progress from before a restart are indexed again
+            await vector_stores.start()
         try:
             yield
         finally:
+            if vector_stores is not None:
+                await vector_stores.stop()
             for task in (sweeper, batch_task):  # the batch lines in flight stop undone; a restart resumes them
                 if task is not None:
                     task.cancel()
@@ -133,7 +140,9 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         database=database,
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
         chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
-        embeddings=EmbeddingService(registry), responses=ResponseService(registry, responses, files, observers))
+        embeddings=EmbeddingService(registry),
+        responses=ResponseService(registry, responses, files, observers, vector_stores=vector_stores),
+        vector_stores=vector_stores)
     app.state.services.model_admin = ModelAdminService(registry, settings)
     if database is not None:
         app.state.services.batches = BatchService(database, files)
@@ -157,6 +166,7 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         app.include_router(router)
     if database is not None:
         app.include_router(batches_routes.router)
+        app.include_router(vector_stores_routes.router)
     _require_api_routes(app)
     return app
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from server.services.responses import ResponseService
     from server.services.usage import UsageService
     from server.settings import Settings
+    from server.vector_stores.service import VectorStoreService
 
 
 @dataclass
@@ -45,6 +46,7 @@ class AppServices:
     database: Database | None = None
     batches: BatchService | None = None  # None without a database
     model_admin: ModelAdminService | None = None
+    vector_stores: VectorStoreService | None = None  # None without a database
 
     @property
     def auth_enabled(self) -> bool:

@@ -5,7 +5,8 @@ the dashboard's own rules do instead. A browser signs in with an admin-scoped ke
 session (server/dashboard/sessions.py) and the browser only a random id in an HttpOnly, SameSite=Strict
 cookie (Secure over TLS). Every form carries a CSRF token; a POST whose Origin is another site is refused
 too. Failed sign-ins are rate-limited per client address. The pages reuse the API's services: keys, usage,
-the limiter, models, files and stored responses, always as the signed-in key's owner, as the admin API does.
+the limiter, models, files and stored responses, vector stores (vector_stores.py), always as the signed-in key's
+owner, as the admin API does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.auth.keys import ALL_SCOPES, API_SCOPES, GrantError, KeyAdminError
 from server.dashboard import charts
 from server.dashboard.sessions import SessionService, SignedIn
+from server.dashboard.vector_stores import add_vector_store_pages
 from server.errors import NotFoundError
 from server.state import AppServices
 
@@ -359,4 +361,5 @@ def create_dashboard(services: AppServices) -> FastAPI:
             raise StarletteHTTPException(404) from None
         return RedirectResponse(f"{PATH}/files#responses", status_code=303)
 
+    add_vector_store_pages(app, services, page, signed_in, posted)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -148,3 +148,67 @@ class BatchResult(Base):
     line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based, in the input file
     ok: Mapped[bool] = mapped_column(Boolean)  # to the output file (else the error file)
     record: Mapped[str] = mapped_column(Text)  # the JSON line, as written to the file
+
+
+class VectorStore(Base):
+    """A vector store (server/vector_stores/service.py). `version` goes up on every change to what its search
+    sees (a file indexed or removed, attributes changed), so each replica's cached index knows when it is stale."""
+
+    __tablename__ = "vector_stores"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(300), default="")
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds, as every *_at here
+    last_active_at: Mapped[int] = mapped_column(Integer)
+    expires_after_days: Mapped[int | None] = mapped_column(Integer, nullable=True)  # anchored on last_active_at
+    store_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    embedding_model: Mapped[str] = mapped_column(String(200))  # the model id its vectors come from
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFile(Base):
+    """A file attached to a store: its ingestion status, and what its chunks hold (counted in the owner's quota)."""
+
+    __tablename__ = "vector_store_files"
+
+    vector_store_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # in_progress, completed, failed, cancelled
+    created_at: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"code", "message"}
+    max_chunk_size_tokens: Mapped[int] = mapped_column(Integer)
+    chunk_overlap_tokens: Mapped[int] = mapped_column(Integer)
+    attributes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFileBatch(Base):
+    """A file batch: its files are the vector_store_files rows with its id; only `cancelled_at` is its own state."""
+
+    __tablename__ = "vector_store_file_batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector_store_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(Integer)
+    cancelled_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class VectorStoreChunk(Base):
+    """One chunk of an indexed file: its text and its embedding (float32, little-endian bytes). A file's chunks
+    are written in the transaction that marks it completed, so search never sees a file half indexed."""
+
+    __tablename__ = "vector_store_chunks"
+    __table_args__ = (Index("ix_vector_store_chunks_store_file", "vector_store_id", "file_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(String(64))
+    file_id: Mapped[str] = mapped_column(String(40))
+    position: Mapped[int] = mapped_column(Integer)  # the chunk's place in its file
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)

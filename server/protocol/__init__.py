@@ -33,6 +33,7 @@ from server.protocol.formats import (
     tool_plan,
 )
 from server.protocol.responses import ResponseRequest
+from server.protocol.vector_stores import *  # noqa: F403 - the bodies of /v1/vector_stores
 
 __all__ = [
     "BATCH_ENDPOINTS", "INT32_MAX", "MAX_EMBEDDING_INPUTS", "MAX_MESSAGES", "MAX_TOOLS_BYTES", "TOOL_NAME",

@@ -4,10 +4,13 @@ definitions and choices of both APIs, and `tool_plan`, which checks them into a 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    Discriminator,
     Field,
+    Tag,
+    field_validator,
     model_validator,
 )
 
@@ -82,6 +85,15 @@ class FunctionDefinition(OpenAIBaseModel):
 class ChatTool(OpenAIBaseModel):
     type: Literal["function"]
     function: FunctionDefinition
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _no_hosted_tools(cls, value):
+        if value == "file_search":  # a clear word for the one hosted tool this server runs, elsewhere
+            raise ValueError("Chat Completions has no 'file_search' tool (OpenAI offers it only in the Responses "
+                             "API); use POST /v1/responses with tools=[{\"type\": \"file_search\", "
+                             "\"vector_store_ids\": [...]}].")
+        return value
 
 
 class ToolChoiceFunction(OpenAIBaseModel):
@@ -160,6 +172,62 @@ class FunctionType(OpenAIBaseModel):
 class ResponseFunctionTool(FunctionDefinition, FunctionType):
     """The Responses API's function tool: chat's function definition, flat (no `function` wrapper)."""
 
+    def echo(self) -> dict[str, Any]:
+        """As a Response object shows it: `strict` and `parameters` always (null when not given)."""
+        return {**self.model_dump(exclude_none=True), "strict": self.strict, "parameters": self.parameters}
+
 
 class ResponseNamedChoice(ToolChoiceFunction, FunctionType):
     pass
+
+
+class ResponseHostedChoice(OpenAIBaseModel):
+    """tool_choice {"type": "file_search"}: the search runs (it always does here) and no function is called."""
+
+    type: Literal["file_search"]
+
+
+MAX_FILE_SEARCH_RESULTS = 20  # OpenAI's default max_num_results
+
+
+class FileSearchTool(OpenAIBaseModel):
+    """The Responses API's file_search tool, which this server runs itself (server/services/file_search.py).
+    `filters` and `ranking_options` are checked by the vector store search they are passed to."""
+
+    type: Literal["file_search"]
+    vector_store_ids: list[str] = Field(min_length=1, max_length=2)  # OpenAI allows two stores per request
+    max_num_results: int | None = Field(default=None, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    ranking_options: dict[str, Any] | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """As a Response object shows it: OpenAI's defaults filled in."""
+        return {"type": "file_search", "vector_store_ids": self.vector_store_ids,
+                "max_num_results": self.max_num_results or MAX_FILE_SEARCH_RESULTS, "filters": self.filters,
+                "ranking_options": {"ranker": "auto", "score_threshold": 0.0, **(self.ranking_options or {})}}
+
+
+class _OtherTool(OpenAIBaseModel):
+    """A tool of a type this server does not run: refused for its type, naming the types it does run."""
+
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _refused(cls, value: str) -> str:
+        raise ValueError(f"tool type {value!r} is not supported by this server; it runs 'function' and "
+                         "'file_search' tools.")
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("function", "file_search") else "other"
+
+
+# The tags start with "tagged-union" because a 400's param leaves such parts out (server/errors.py): a wrong
+# field reads tools[0].name, not tools[0].function.name.
+ResponseTool = Annotated[
+    Annotated[ResponseFunctionTool, Tag("tagged-union:function")]
+    | Annotated[FileSearchTool, Tag("tagged-union:file_search")]
+    | Annotated[_OtherTool, Tag("tagged-union:other")],
+    Discriminator(lambda value: f"tagged-union:{_tool_kind(value)}")]

@@ -10,13 +10,16 @@ from pydantic import (
 )
 
 from engines.protocol import SamplingParams
-from server.errors import UnsupportedParameterError
+from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.protocol.base import INT32_MAX, check_metadata
 from server.protocol.fields import GenerationFields
 from server.protocol.formats import (
+    FileSearchTool,
     ResponseFunctionTool,
+    ResponseHostedChoice,
     ResponseNamedChoice,
     ResponseText,
+    ResponseTool,
     tool_plan,
 )
 from server.tool_calls import ToolPlan
@@ -34,12 +37,14 @@ class ResponseRequest(GenerationFields):
     safety_identifier: str | None = Field(default=None, max_length=64)
     truncation: Literal["auto", "disabled"] | None = None
     text: ResponseText | None = None
-    tools: list[ResponseFunctionTool] | None = Field(default=None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | ResponseNamedChoice | None = None
+    tools: list[ResponseTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | ResponseNamedChoice | ResponseHostedChoice | None = None
     parallel_tool_calls: bool | None = None
+    include: list[str] | None = None
 
+    INCLUDABLE: ClassVar[tuple[str, ...]] = ("file_search_call.results",)
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "reasoning": (None,), "background": (None, False), "include": (None, []),
+        "reasoning": (None,), "background": (None, False),
         "conversation": (None,), "context_management": (None,),
         "max_tool_calls": (None,), "prompt": (None,), "service_tier": (None, "auto", "default"),
         "top_logprobs": (None, 0), "prompt_cache_key": (None,), "prompt_cache_retention": (None,),
@@ -50,10 +55,22 @@ class ResponseRequest(GenerationFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_output_tokens
 
+    def file_search_tools(self) -> list[tuple[int, FileSearchTool]]:
+        """The file_search tools, with their places in `tools` (for a 400's param)."""
+        return [(i, t) for i, t in enumerate(self.tools or []) if isinstance(t, FileSearchTool)]
+
     def _build_tool_plan(self) -> ToolPlan | None:
         choice = self.tool_choice.name if isinstance(self.tool_choice, ResponseNamedChoice) else self.tool_choice
         text_format = self.text.format if self.text else None
-        return tool_plan([t.tool(f"tools[{i}].parameters") for i, t in enumerate(self.tools or [])], choice,
+        functions = [(i, t) for i, t in enumerate(self.tools or []) if isinstance(t, ResponseFunctionTool)]
+        if isinstance(choice, ResponseHostedChoice):
+            if not self.file_search_tools():
+                raise InvalidRequestError("tool_choice names file_search, which is not in 'tools'.",
+                                          param="tool_choice", code="invalid_value")
+            choice = "none" if functions else None
+        elif not functions and self.file_search_tools() and choice in ("auto", "required"):
+            choice = None  # the file search answers these: there is no function to call
+        return tool_plan([t.tool(f"tools[{i}].parameters") for i, t in functions], choice,
                          self.parallel_tool_calls, text_format.structured() if text_format else None)
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
@@ -66,6 +83,8 @@ class ResponseRequest(GenerationFields):
 
     def reject_unsupported(self) -> None:
         super().reject_unsupported()
+        if any(value not in self.INCLUDABLE for value in self.include or []):
+            raise UnsupportedParameterError("include", "supports only 'file_search_call.results' on this server")
         if self.text is not None:
             try:
                 self.text.reject_unsupported()

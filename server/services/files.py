@@ -17,11 +17,12 @@ import secrets
 import socket
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
 from server.db.database import Database
 from server.db.models import StoredFile
@@ -108,6 +109,9 @@ class FileService:
         self.owner_quota_bytes = owner_quota_bytes
         self._inflight: dict[str, int] = {}  # owner -> bytes of uploads not yet stored (event loop only)
         self._locks: dict[str, asyncio.Lock] = {}  # owner -> held while an upload's row goes in (kept)
+        # Called with (session, file ids) in the transaction that deletes files: what refers to them goes too
+        # (vector stores detach them).
+        self.delete_hooks: list[Callable[[Session, list[str]], None]] = []
 
     # ---- start-up and sweeping ------------------------------------------------------------
     def prepare(self) -> None:
@@ -144,6 +148,8 @@ class FileService:
         now = int(time.time()) if now is None else now
         with self.database.session() as session, session.begin():
             expired = list(session.scalars(select(StoredFile).where(StoredFile.expires_at <= now)))
+            for hook in self.delete_hooks if expired else ():
+                hook(session, [record.id for record in expired])
             for record in expired:
                 session.delete(record)
         for record in expired:
@@ -350,6 +356,8 @@ class FileService:
         record = self.get(owner, file_id)
         # Row first: a crash after it leaves bytes with no row, which the next start removes.
         with self.database.session() as session, session.begin():
+            for hook in self.delete_hooks:
+                hook(session, [record.id])
             session.delete(session.get(StoredFile, record.id))
         self.path(record).unlink(missing_ok=True)
         return {"id": record.id, "object": "file", "deleted": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engines.protocol import (
     ContextLengthExceeded,
@@ -26,6 +27,9 @@ from server.services.prompts import (
 from server.services.response_store import content_chars, not_found
 from server.tool_calls import ToolPlan, call_text
 
+if TYPE_CHECKING:
+    from server.services.file_search import FileSearch
+
 MAX_ITEM_ID_CHARS = 64  # the stored column's width
 
 
@@ -40,8 +44,8 @@ def function_call_item(call_id: str, name: str, arguments: str, item: str | None
             "arguments": arguments, "status": status}
 
 
-def output_text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def output_text_part(text: str, annotations: list[dict] | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []}
 
 
 def _part_text(part: dict, role: str, param: str, file_text: FileText | None) -> str:
@@ -96,6 +100,7 @@ class ConversationPrompt:
         return files_floor(engine, text, self.files, "input", max(cap, 1))
 
     tools: ToolPlan | None = None  # shown in the built-in format when they may be called
+    grounding: FileSearch | None = None  # its results, as many as fit, join the system prompt
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
         req = self.req
@@ -114,11 +119,15 @@ class ConversationPrompt:
         instructions = [req.instructions] if req.instructions else []
         if self.tools is not None and self.tools.active:
             instructions.append(self.tools.system_prompt())
-        system = [{"role": "system", "content": "\n\n".join(instructions)}] if instructions else []
         current = [{"role": message["role"], "content": message["content"]} for message in self.current]
+
+        def render(sources: str | None = None) -> list[int]:
+            text = "\n\n".join([*instructions, sources] if sources else instructions)
+            system = [{"role": "system", "content": text}] if text else []
+            room = req.max_output_tokens or (self.grounding.answer_room(engine) if sources else None)
+            return fit_prompt(engine, system, history, current, room, req.truncation or "disabled")[0]
         try:
-            return fit_prompt(engine, system, history, current, req.max_output_tokens,
-                              req.truncation or "disabled")[0]
+            return render() if self.grounding is None else self.grounding.fit(render)
         except InvalidGenerationRequest as exc:  # text the tokenizer cannot take: blamed on this route's field
             if exc.param == "messages":
                 exc.param = "input"
@@ -206,6 +215,9 @@ def parse_input(value: str | list[dict], file_text: FileText | None,
                 messages.append({"role": "user", "content": text})
             items.append(output)
             continue
+        if kind == "file_search_call":  # a past response's search, sent back: kept, not read again
+            items.append(_file_search_call(raw, i))
+            continue
         if kind != "message":
             raise UnsupportedParameterError(f"input[{i}].type", f"'{kind}' is not supported by this server yet")
         if role not in TEMPLATE_ROLES:
@@ -246,6 +258,14 @@ def _function_call(raw: dict, i: int) -> dict:
         if not isinstance(raw.get(name), str):
             raise InvalidRequestError(f"input[{i}].{name} must be a string.", param=f"input[{i}].{name}")
     return function_call_item(raw["call_id"], raw["name"], raw["arguments"], _client_id(raw, i))
+
+
+def _file_search_call(raw: dict, i: int) -> dict:
+    queries = raw.get("queries")
+    if not (isinstance(queries, list) and all(isinstance(q, str) for q in queries)):
+        raise InvalidRequestError(f"input[{i}].queries must be an array of strings.", param=f"input[{i}].queries")
+    return {"id": _client_id(raw, i) or item_id("fs"), "type": "file_search_call", "status": "completed",
+            "queries": queries, "results": None}
 
 
 def _function_output(raw: dict, i: int, known: set[str]) -> dict:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.process import ROOT, ServerProcess
-from tests.tiny_models import tiny_llama_configs
+from tests.tiny_models import minilm_config, tiny_llama_configs
 
 MODEL = "dash-llama"
+EMBEDDING = "dash-minilm"  # the Vector stores page's stores embed with it
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "dashboard"
 DESKTOP, PHONE = {"width": 1280, "height": 800}, {"width": 390, "height": 844}
@@ -44,8 +45,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def dash_config_dir(tmp_path_factory) -> Path:
-    return tiny_llama_configs(tmp_path_factory.mktemp("dashboard"), MODEL, max_model_len=256,
-                              aliases=f"[{MODEL}-alias]")
+    config_dir = tiny_llama_configs(tmp_path_factory.mktemp("dashboard"), MODEL, max_model_len=256,
+                                    aliases=f"[{MODEL}-alias]")
+    (config_dir / f"{EMBEDDING}.yaml").write_text(minilm_config(EMBEDDING))
+    return config_dir
 
 
 def start_server(config_dir: Path, data_dir: Path, *args: str) -> ServerProcess:

@@ -1,9 +1,11 @@
 """The dashboard in Chromium against a real `ozwell serve`: keys made, used and revoked in the browser,
-usage, models, files and stored responses, escaping, CSRF, the 404 page, accessibility and screenshots."""
+usage, models, files and stored responses, vector stores, escaping, CSRF, the 404 page, accessibility and
+screenshots."""
 
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import openai
@@ -242,6 +244,63 @@ def test_files_and_stored_responses_are_listed_and_deleted(page, server, admin):
     assert admin.get(f"/v1/responses/{stored['id']}").status_code == 404
 
 
+def _indexed(admin, store_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while (store := admin.get(f"/v1/vector_stores/{store_id}").json())["file_counts"]["in_progress"]:
+        assert time.monotonic() < deadline, store
+        time.sleep(0.2)
+    return store
+
+
+def test_vector_stores_their_files_and_errors_are_listed_and_deleted(page, server, admin):
+    def upload(name: str, content: bytes) -> str:
+        return admin.post("/v1/files", files={"file": (name, content)}, data={"purpose": "assistants"}).json()["id"]
+
+    guide, blob = upload("guide.md", b"# Ferns\nBracken unrolls its fronds in May.\n"), upload("blob.bin", b"\x00\x01")
+    created = admin.post("/v1/vector_stores", json={"name": "Field guides", "file_ids": [guide, blob],
+                                                    "expires_after": {"anchor": "last_active_at", "days": 3}})
+    assert created.status_code == 200, created.text
+    store = _indexed(admin, created.json()["id"])
+    page.goto(server.url + "/dashboard/vector_stores")
+    listed = page.locator(f"tr[data-store-id='{store['id']}']")
+    assert listed.locator("th").inner_text() == "Field guides"
+    assert listed.locator("td.status").inner_text() == "completed"
+    assert listed.locator("td.counts").inner_text().split("\n") == ["2 files", "1 indexed", "1 failed"]
+    size = store["usage_bytes"]  # the indexed text and its vectors
+    assert size > 0 and listed.locator("td.size").inner_text() == (f"{size} B" if size < 1024 else f"{size / 1024:.1f} KB")
+    assert listed.locator("td.expires").inner_text().endswith("UTC")  # three days after its last activity
+
+    listed.get_by_role("link", name="Field guides").click()
+    page.wait_for_url(server.url + f"/dashboard/vector_stores/{store['id']}")
+    indexed, failed = (page.locator(f"tr[data-file-id='{i}']") for i in (guide, blob))
+    assert (indexed.locator("th").inner_text(), indexed.locator("td.status").inner_text()) == ("guide.md", "completed")
+    assert indexed.locator("td.last-error").inner_text() == "–"
+    assert (failed.locator("th").inner_text(), failed.locator("td.status").inner_text()) == ("blob.bin", "failed")
+    assert failed.locator("td.last-error").inner_text().startswith("unsupported_file: ")
+    assert page.evaluate(UNLABELLED_JS) == [] and page.evaluate(CONTRAST_JS) == []
+    screenshot(page, "vector-store-desktop")
+
+    # A form post without the page's CSRF token is refused; with it, another owner's or a missing store is a 404.
+    cookie = next(c for c in page.context.cookies() if c["name"] == "ozwell_dashboard")
+    token = page.locator("input[name=csrf_token]").first.input_value()
+    forged = httpx.post(f"{server.url}/dashboard/vector_stores/{store['id']}/delete",
+                        cookies={cookie["name"]: cookie["value"]}, data={"csrf_token": "guessed"})
+    assert forged.status_code == 403 and admin.get(f"/v1/vector_stores/{store['id']}").status_code == 200
+    missing = httpx.post(f"{server.url}/dashboard/vector_stores/vs_missing/delete",
+                         cookies={cookie["name"]: cookie["value"]}, data={"csrf_token": token})
+    assert missing.status_code == 404
+
+    indexed.get_by_role("button", name=re.compile("Remove")).click()
+    page.wait_for_url(server.url + f"/dashboard/vector_stores/{store['id']}")
+    assert page.locator(f"tr[data-file-id='{guide}']").count() == 0
+    assert admin.get(f"/v1/vector_stores/{store['id']}/files/{guide}").status_code == 404
+    assert admin.get(f"/v1/files/{guide}").status_code == 200  # taken out of the store, not deleted
+    page.locator("#delete-store").click()
+    page.wait_for_url(server.url + "/dashboard/vector_stores")
+    assert page.locator(f"tr[data-store-id='{store['id']}']").count() == 0
+    assert admin.get(f"/v1/vector_stores/{store['id']}").status_code == 404
+
+
 def test_a_key_is_created_with_the_keyboard_alone(page, server):
     page.goto(server.url + "/dashboard/keys")
     for _ in range(30):  # from the top of the page, Tab until the form's first field
@@ -273,12 +332,14 @@ def test_a_key_is_created_with_the_keyboard_alone(page, server):
     assert "models" in text and "chat" not in text
 
 
-PAGES = ["keys", "usage", "models", "files", "signin", "missing"]
+PAGES = ["keys", "usage", "models", "files", "vector_stores", "signin", "missing"]
 
 
 def test_every_page_is_labelled_has_contrast_and_is_screenshotted(browser, server, admin):
     admin.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
                                              "max_tokens": 4})
+    note = admin.post("/v1/files", files={"file": ("note.txt", b"A note to index.")}, data={"purpose": "assistants"})
+    admin.post("/v1/vector_stores", json={"name": "Shown on the page", "file_ids": [note.json()["id"]]})
     for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         context = browser.new_context(viewport=viewport)
         page = context.new_page()
@@ -306,7 +367,8 @@ def test_axe_core_finds_no_accessibility_violations(browser, server):
     sign_in(page, server)
     create_in_browser(page, "axe key")
     pages = {"key created": None, **{name: f"/dashboard/{name}" for name in ("keys", "usage?window=7d", "models",
-                                                                              "files", "no-such-page")}}
+                                                                              "files", "vector_stores",
+                                                                              "no-such-page")}}
     for name, path in pages.items():
         if path is not None:
             page.goto(server.url + path)

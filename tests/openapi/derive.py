@@ -31,6 +31,11 @@ ROOTS = [
     "ResponseOutputItemAddedEvent", "ResponseContentPartAddedEvent", "ResponseTextDeltaEvent",
     "ResponseTextDoneEvent", "ResponseContentPartDoneEvent", "ResponseOutputItemDoneEvent",
     "ResponseCompletedEvent", "ResponseIncompleteEvent", "Batch", "ListBatchesResponse",
+    "ResponseFileSearchCallInProgressEvent", "ResponseFileSearchCallSearchingEvent",
+    "ResponseFileSearchCallCompletedEvent", "ResponseOutputTextAnnotationAddedEvent",
+    "VectorStoreObject", "ListVectorStoresResponse", "DeleteVectorStoreResponse", "VectorStoreFileObject",
+    "ListVectorStoreFilesResponse", "DeleteVectorStoreFileResponse", "VectorStoreFileBatchObject",
+    "VectorStoreFileContentResponse", "VectorStoreSearchResultsPage",
 ]
 # What validation reads; everything else (descriptions, examples, titles, x-oaiMeta...) is left out.
 KEEP = {"type", "properties", "required", "enum", "const", "items", "anyOf", "oneOf", "allOf", "not", "nullable",

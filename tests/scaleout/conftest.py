@@ -12,9 +12,10 @@ import pytest
 
 from tests.process import ServerProcess
 from tests.scaleout import servers
-from tests.tiny_models import tiny_llama_configs
+from tests.tiny_models import minilm_config, tiny_llama_configs
 
 MODEL = "scale-llama"
+EMBEDDING = "scale-minilm"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,8 +28,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def scale_config_dir(tmp_path_factory) -> Path:
-    return tiny_llama_configs(tmp_path_factory.mktemp("scaleout"), MODEL, max_model_len=256, max_num_seqs=16,
-                              max_waiting=256)
+    config_dir = tiny_llama_configs(tmp_path_factory.mktemp("scaleout"), MODEL, max_model_len=256, max_num_seqs=16,
+                                    max_waiting=256)
+    (config_dir / f"{EMBEDDING}.yaml").write_text(minilm_config(EMBEDDING))  # vector stores' embeddings
+    return config_dir
 
 
 @pytest.fixture(scope="module")

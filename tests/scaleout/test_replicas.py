@@ -116,6 +116,35 @@ def test_file_uploaded_through_a_is_read_and_deleted_through_b(fleet):
     assert not (fleet.files_dir / file_id).exists()
 
 
+def test_vector_store_indexed_through_a_is_searched_and_deleted_through_b(fleet):
+    """A store's chunks live in PostgreSQL and each replica's index follows the store's version: a file indexed
+    by the fleet (whichever replica's worker took it) is found by a search on B, and a store deleted on B is gone
+    on A."""
+    facts = [b"The lighthouse keeper of Vellmar Point is named Orsolya Brandt.\n",
+             b"Quartz pebbles on the beach glow faintly after a storm.\n"]
+    file_ids = []
+    for i, content in enumerate(facts):
+        created = httpx.post(fleet.a.url + "/v1/files", headers=fleet.headers, data={"purpose": "assistants"},
+                             files={"file": (f"fact{i}.txt", content)}, timeout=30)
+        assert created.status_code == 200, created.text
+        file_ids.append(created.json()["id"])
+    store = httpx.post(fleet.a.url + "/v1/vector_stores", headers=fleet.headers, timeout=30,
+                       json={"name": "fleet", "file_ids": file_ids}).json()
+    deadline = time.monotonic() + 120
+    while (body := httpx.get(fleet.a.url + f"/v1/vector_stores/{store['id']}", headers=fleet.headers,
+                             timeout=10).json())["file_counts"]["completed"] < 2:
+        assert body["file_counts"]["failed"] == 0 and time.monotonic() < deadline, body
+        time.sleep(0.5)
+    found = httpx.post(fleet.b.url + f"/v1/vector_stores/{store['id']}/search", headers=fleet.headers, timeout=30,
+                       json={"query": "Who keeps the lighthouse at Vellmar Point?", "max_num_results": 1}).json()
+    assert [hit["file_id"] for hit in found["data"]] == [file_ids[0]], found
+    assert "Orsolya Brandt" in found["data"][0]["content"][0]["text"]
+    deleted = httpx.delete(fleet.b.url + f"/v1/vector_stores/{store['id']}", headers=fleet.headers, timeout=10)
+    assert deleted.json()["deleted"] is True
+    assert httpx.get(fleet.a.url + f"/v1/vector_stores/{store['id']}", headers=fleet.headers,
+                     timeout=10).status_code == 404
+
+
 def test_response_stored_through_a_is_chained_through_b(fleet):
     first = httpx.post(fleet.a.url + "/v1/responses", headers=fleet.headers, timeout=60,
                        json={"model": MODEL, "input": "remember the word tangerine", "max_output_tokens": 16})

@@ -283,10 +283,10 @@ def test_responses_with_function_tools_and_a_text_format(tools_client):
         body = _respond(tools_client, input=seed_text, tools=RESPONSE_TOOLS, text=fmt, max_output_tokens=200)
         assert body["text"]["format"]["type"] == "json_schema"
         for item in body["output"]:
-            if item["type"] == "function_call":
-                jsonschema.validate(json.loads(item["arguments"]), SCHEMAS[item["name"]])
+            if item["type"] == "function_call" and item["status"] == "completed":  # (one cut by max_output_tokens
+                jsonschema.validate(json.loads(item["arguments"]), SCHEMAS[item["name"]])  # is incomplete)
                 shapes.add("call")
-            elif body["status"] == "completed":
+            elif item["type"] == "message" and body["status"] == "completed":
                 jsonschema.validate(json.loads(item["content"][0]["text"]), REPORT)
                 shapes.add("answer")
     assert shapes, shapes

@@ -1,7 +1,8 @@
 """Every resource once against a real `ozwell serve` (see conftest.py): chat (with tools and
 response_format), a streamed chat assembled, completions, embeddings, models, a file round trip, a
-Responses chain and its typed events, the admin keys and usage, a 429 from a free-plan key and the
-retry that waits its Retry-After, a revoked key, and the docs' quick start run as written."""
+Responses chain and its typed events, vector stores (upload, index, poll, search, delete), the admin keys
+and usage, a 429 from a free-plan key and the retry that waits its Retry-After, a revoked key, and the docs'
+quick start run as written."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from ozwell.types import (
     ResponseOutputMessage,
     ResponseTextDeltaEvent,
 )
+from ozwell.vector_store_types import VectorStoreFile
 
 HERE = Path(__file__).resolve().parent
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello! How are you today?"}]
@@ -205,6 +207,95 @@ def test_responses_chain_and_stream_events(client: Ozwell, chat_model: str) -> N
     assert client.responses.delete(first.id).deleted
 
 
+VOLCANO = "Mount Ossory is a dormant volcano. Its last eruption, in 1707, buried the village of Keld under ash."
+ORCHARD = "The Brannock orchard grows quince and medlar trees; the medlars are picked after the first frost."
+
+
+def test_vector_store_upload_poll_search_and_delete(client: Ozwell, tmp_path: Path) -> None:
+    path = tmp_path / "volcano.md"
+    path.write_text(VOLCANO)
+    store = client.vector_stores.create(name="sdk-python", metadata={"suite": "live"})
+    assert (store.object, store.name, store.metadata, store.file_counts.total) == ("vector_store", "sdk-python",
+                                                                                 {"suite": "live"}, 0)
+    try:
+        volcano = client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=path,
+                                                             attributes={"topic": "geology"}, max_wait_seconds=120)
+        assert (volcano.status, volcano.last_error, volcano.attributes) == ("completed", None, {"topic": "geology"})
+        assert volcano.usage_bytes > 0 and volcano.vector_store_id == store.id
+        batch = client.vector_stores.file_batches.upload_and_poll(
+            store.id, files=[("orchard.txt", ORCHARD.encode()), ("blob.bin", b"\x00\x01\x02")],
+            poll_interval_ms=100, max_wait_seconds=120)
+        counts = batch.file_counts
+        assert (batch.status, counts.total, counts.completed, counts.failed) == ("completed", 2, 1, 1)
+        batch_files = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id).data
+        failed = next(f for f in batch_files if f.status == "failed")
+        assert failed.last_error is not None and failed.last_error.code == "unsupported_file"
+        orchard = next(f for f in batch_files if f.status == "completed")
+
+        found = client.vector_stores.search(store.id, query="When did the volcano last erupt?", max_num_results=2)
+        assert found.search_query == ["When did the volcano last erupt?"]
+        assert [r.file_id for r in found.data][0] == volcano.id and found.data[0].filename == "volcano.md"
+        assert "1707" in found.data[0].content[0].text and 0 <= found.data[-1].score <= found.data[0].score <= 1
+        fruit = client.vector_stores.search(store.id, query="medlar trees", filters={"type": "eq", "key": "topic",
+                                                                                    "value": "geology"})
+        assert [r.file_id for r in fruit.data] == [volcano.id]  # the filter leaves out the orchard
+        updated = client.vector_stores.files.update(orchard.id, vector_store_id=store.id,
+                                                    attributes={"topic": "botany"})
+        assert updated.attributes == {"topic": "botany"}
+        fruit = client.vector_stores.search(store.id, query="medlar trees", filters={"type": "eq", "key": "topic",
+                                                                                    "value": "botany"})
+        assert [r.file_id for r in fruit.data] == [orchard.id]
+
+        content = client.vector_stores.files.content(volcano.id, vector_store_id=store.id)
+        assert "".join(part.text for part in content.data) == VOLCANO
+        listed = client.vector_stores.files.list(store.id, filter="completed", order="asc")
+        assert {f.id for f in listed.data} == {volcano.id, orchard.id} and not listed.has_more
+        assert client.vector_stores.files.retrieve(volcano.id, vector_store_id=store.id).status == "completed"
+        store = client.vector_stores.update(store.id, name="sdk-python-renamed",
+                                            expires_after={"anchor": "last_active_at", "days": 7})
+        assert store.name == "sdk-python-renamed" and store.expires_after is not None and store.expires_at
+        store = client.vector_stores.retrieve(store.id)
+        assert (store.status, store.file_counts.completed, store.file_counts.failed) == ("completed", 2, 1)
+        assert store.usage_bytes == volcano.usage_bytes + orchard.usage_bytes
+        assert store.id in {s.id for s in client.vector_stores.list(limit=100).data}
+
+        deleted = client.vector_stores.files.delete(volcano.id, vector_store_id=store.id)
+        assert (deleted.id, deleted.deleted) == (volcano.id, True)
+        left = client.vector_stores.search(store.id, query="When did the volcano last erupt?")
+        assert volcano.id not in {r.file_id for r in left.data}
+        with pytest.raises(NotFoundError):
+            client.vector_stores.files.retrieve(volcano.id, vector_store_id=store.id)
+        assert client.files.retrieve(volcano.id).purpose == "assistants"  # detaching leaves the upload
+    finally:
+        assert client.vector_stores.delete(store.id).deleted
+    with pytest.raises(NotFoundError):
+        client.vector_stores.retrieve(store.id)
+    with pytest.raises(BadRequestError):
+        client.vector_stores.create(chunking_strategy={"type": "static", "static": {"max_chunk_size_tokens": 50,
+                                                                                    "chunk_overlap_tokens": 0}})
+
+
+def test_vector_store_batch_cancel_and_poll_timeout(client: Ozwell) -> None:
+    uploaded = [client.files.create(file=(f"note{i}.txt", f"note {i}".encode()), purpose="assistants")
+                for i in range(3)]
+    store = client.vector_stores.create(name="sdk-python-cancel")
+    try:
+        batch = client.vector_stores.file_batches.create(store.id, file_ids=[f.id for f in uploaded])
+        assert batch.object == "vector_store.files_batch" and batch.file_counts.total == 3
+        cancelled = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+        assert cancelled.status in ("cancelled", "completed")  # completed if it was quicker than the cancel
+        settled = client.vector_stores.file_batches.poll(batch.id, vector_store_id=store.id, max_wait_seconds=60)
+        assert settled.file_counts.in_progress == 0
+        with pytest.raises(TimeoutError):
+            client.vector_stores.files.poll(uploaded[0].id, vector_store_id=store.id, max_wait_seconds=0)
+        with pytest.raises(NotFoundError):
+            client.vector_stores.file_batches.retrieve("vsfb_missing", vector_store_id=store.id)
+    finally:
+        client.vector_stores.delete(store.id)
+        for file in uploaded:
+            client.files.delete(file.id)
+
+
 def test_async_client(chat_model: str) -> None:
     async def main() -> None:
         async with AsyncOzwell() as client:
@@ -224,6 +315,13 @@ def test_async_client(chat_model: str) -> None:
             assert (await client.batches.list(limit=1)).object == "list"
             keys = await client.admin.keys.list()
             assert keys.data
+            store = await client.vector_stores.create(name="sdk-python-async")
+            indexed: VectorStoreFile = await client.vector_stores.files.upload_and_poll(
+                vector_store_id=store.id, file=("a.txt", b"async quinces"), max_wait_seconds=120)
+            assert indexed.status == "completed"
+            found = await client.vector_stores.search(store.id, query="quinces")
+            assert [r.file_id for r in found.data] == [indexed.id]
+            assert (await client.vector_stores.delete(store.id)).deleted
 
     asyncio.run(main())
 

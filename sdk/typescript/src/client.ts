@@ -43,6 +43,7 @@ import {
   type UsageParams,
 } from './types.js';
 import { multipartUpload } from './uploads.js';
+import { VectorStores } from './vector-stores.js';
 
 const segment = (id: string): string => {
   if (!id) throw new TypeError('an id must not be empty');
@@ -217,6 +218,7 @@ export class OzwellClient extends APIClient {
   readonly files: Files;
   readonly batches: Batches;
   readonly responses: Responses;
+  readonly vectorStores: VectorStores;
   readonly admin: Admin;
 
   constructor(options: ClientOptions = {}) {
@@ -228,6 +230,7 @@ export class OzwellClient extends APIClient {
     this.files = new Files(this);
     this.batches = new Batches(this);
     this.responses = new Responses(this);
+    this.vectorStores = new VectorStores(this);
     this.admin = new Admin(this);
   }
 }

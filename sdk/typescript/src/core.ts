@@ -153,6 +153,11 @@ export class APIClient {
     return this.send(request, async (response) => (await response.json()) as T);
   }
 
+  /** The parsed body with the response's headers (the poll helpers read `openai-poll-after-ms`). */
+  async requestWithHeaders<T>(request: FinalRequest): Promise<{ data: T; headers: Headers }> {
+    return this.send(request, async (response) => ({ data: (await response.json()) as T, headers: response.headers }));
+  }
+
   async requestBytes(request: FinalRequest): Promise<Uint8Array> {
     return this.send(request, async (response) => new Uint8Array(await response.arrayBuffer()));
   }

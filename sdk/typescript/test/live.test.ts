@@ -20,6 +20,7 @@ import {
   ConflictError,
   NotFoundError,
   OzwellClient,
+  PollTimeoutError,
   RateLimitError,
   type ChatCompletionMessageParam,
   type ResponseStreamEvent,
@@ -191,6 +192,59 @@ test('a batch round trip', { skip }, async () => {
   assert.ok((await ozwell.batches.list({ limit: 100 })).data.some((b) => b.id === batch.id));
   await assert.rejects(ozwell.batches.cancel(batch.id), ConflictError);
   await assert.rejects(ozwell.batches.retrieve('batch_missing'), NotFoundError);
+});
+
+const VOLCANO = 'Mount Ossory is a dormant volcano. Its last eruption, in 1707, buried the village of Keld under ash.';
+const ORCHARD = 'The Brannock orchard grows quince and medlar trees; the medlars are picked after the first frost.';
+
+test('vector stores: upload, index, poll, search, filter and delete', { skip }, async () => {
+  const ozwell = client();
+  const dir = await mkdtemp(join(tmpdir(), 'ozwell-sdk-'));
+  const path = join(dir, 'volcano.md');
+  await writeFile(path, VOLCANO);
+  let store = await ozwell.vectorStores.create({ name: 'sdk-ts', metadata: { suite: 'live' } });
+  assert.deepEqual([store.object, store.name, store.metadata, store.file_counts.total], ['vector_store', 'sdk-ts', { suite: 'live' }, 0]);
+  try {
+    const volcano = await ozwell.vectorStores.files.uploadAndPoll(store.id, path, { attributes: { topic: 'geology' }, maxWaitMs: 120_000 });
+    assert.deepEqual([volcano.status, volcano.last_error, volcano.attributes], ['completed', null, { topic: 'geology' }]);
+    assert.ok(volcano.usage_bytes > 0);
+    const batch = await ozwell.vectorStores.fileBatches.uploadAndPoll(
+      store.id, { files: [new File([ORCHARD], 'orchard.txt'), new File([new Uint8Array([0, 1, 2])], 'blob.bin')] },
+      { pollIntervalMs: 100, maxWaitMs: 120_000 });
+    assert.deepEqual([batch.status, batch.file_counts.total, batch.file_counts.completed, batch.file_counts.failed], ['completed', 2, 1, 1]);
+    const batchFiles = (await ozwell.vectorStores.fileBatches.listFiles(batch.id, { vector_store_id: store.id })).data;
+    assert.equal(batchFiles.find((f) => f.status === 'failed')?.last_error?.code, 'unsupported_file');
+    const orchard = batchFiles.find((f) => f.status === 'completed');
+    assert.ok(orchard);
+
+    const found = await ozwell.vectorStores.search(store.id, { query: 'When did the volcano last erupt?', max_num_results: 2 });
+    assert.deepEqual(found.search_query, ['When did the volcano last erupt?']);
+    assert.equal(found.data[0]?.file_id, volcano.id);
+    assert.equal(found.data[0]?.filename, 'volcano.md');
+    assert.ok(found.data[0]?.content[0]?.text.includes('1707'));
+    await ozwell.vectorStores.files.update(orchard.id, { vector_store_id: store.id, attributes: { topic: 'botany' } });
+    const fruit = await ozwell.vectorStores.search(store.id, { query: 'medlar trees', filters: { type: 'eq', key: 'topic', value: 'botany' } });
+    assert.deepEqual(fruit.data.map((r) => r.file_id), [orchard.id]);
+    const content = await ozwell.vectorStores.files.content(volcano.id, { vector_store_id: store.id });
+    assert.equal(content.data.map((part) => part.text).join(''), VOLCANO);
+    const listed = await ozwell.vectorStores.files.list(store.id, { filter: 'completed' });
+    assert.deepEqual(new Set(listed.data.map((f) => f.id)), new Set([volcano.id, orchard.id]));
+    store = await ozwell.vectorStores.update(store.id, { name: 'sdk-ts-renamed' });
+    assert.equal(store.name, 'sdk-ts-renamed');
+    store = await ozwell.vectorStores.retrieve(store.id);
+    assert.deepEqual([store.status, store.file_counts.completed, store.file_counts.failed], ['completed', 2, 1]);
+    assert.ok((await ozwell.vectorStores.list({ limit: 100 })).data.some((s) => s.id === store.id));
+
+    assert.equal((await ozwell.vectorStores.files.delete(volcano.id, { vector_store_id: store.id })).deleted, true);
+    const left = await ozwell.vectorStores.search(store.id, { query: 'When did the volcano last erupt?' });
+    assert.ok(left.data.every((r) => r.file_id !== volcano.id));
+    await assert.rejects(ozwell.vectorStores.files.retrieve(volcano.id, { vector_store_id: store.id }), NotFoundError);
+    await assert.rejects(ozwell.vectorStores.files.poll(store.id, orchard.id, { maxWaitMs: 0 }), PollTimeoutError);
+  } finally {
+    assert.equal((await ozwell.vectorStores.delete(store.id)).deleted, true);
+    await rm(dir, { recursive: true });
+  }
+  await assert.rejects(ozwell.vectorStores.retrieve(store.id), NotFoundError);
 });
 
 test('a Responses chain and its typed stream events', { skip }, async () => {

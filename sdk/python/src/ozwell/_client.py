@@ -184,7 +184,17 @@ class Ozwell(SyncHTTP):
                  http_client: httpx.Client | None = None) -> None:
         super().__init__(api_key, base_url, timeout, max_retries, default_headers)
         self._http = http_client or httpx.Client()
-        from ozwell.resources import Admin, Batches, Chat, Completions, Embeddings, Files, Models, Responses
+        from ozwell.resources import (
+            Admin,
+            Batches,
+            Chat,
+            Completions,
+            Embeddings,
+            Files,
+            Models,
+            Responses,
+        )
+        from ozwell.vector_stores import VectorStores
 
         self.chat = Chat(self)
         self.completions = Completions(self)
@@ -193,6 +203,7 @@ class Ozwell(SyncHTTP):
         self.files = Files(self)
         self.batches = Batches(self)
         self.responses = Responses(self)
+        self.vector_stores = VectorStores(self)
         self.admin = Admin(self)
 
     def close(self) -> None:
@@ -214,6 +225,7 @@ class AsyncOzwell(AsyncHTTP):
                  http_client: httpx.AsyncClient | None = None) -> None:
         super().__init__(api_key, base_url, timeout, max_retries, default_headers)
         self._http = http_client or httpx.AsyncClient()
+        from ozwell.async_vector_stores import AsyncVectorStores
         from ozwell.resources import (
             AsyncAdmin,
             AsyncBatches,
@@ -232,6 +244,7 @@ class AsyncOzwell(AsyncHTTP):
         self.files = AsyncFiles(self)
         self.batches = AsyncBatches(self)
         self.responses = AsyncResponses(self)
+        self.vector_stores = AsyncVectorStores(self)
         self.admin = AsyncAdmin(self)
 
     async def close(self) -> None:
