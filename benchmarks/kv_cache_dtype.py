@@ -142,7 +142,7 @@ def agreement(runner, reference, prompts, tokens) -> tuple[float, float]:
 @torch.inference_mode()
 def fill(runner: PagedModelRunner) -> None:
     """Random keys and values in every slot, stored as the runner stores them: a cache's pages that were never written
-    read as the kernel's shared zero page (cpu_kernel.zeros_in_huge_pages maps them fresh), which costs no memory
+    read as the kernel's shared zero page (cpu_kernel.fresh_zeros maps them fresh), which costs no memory
     traffic and would hide what the dtype saves."""
     generator = torch.Generator().manual_seed(0)
     for cache, scales in ((runner.k_cache, runner.k_scales), (runner.v_cache, runner.v_scales)):

@@ -143,9 +143,9 @@ class PagedModelRunner:
         # on a CPU, decode attention reads the cache in place through the C++ kernel where it builds
         self.cpu_kernel = cpu_kernel.load() if on_cpu else None
         self.kv_dtype = kv_dtype or dtype
-        # in 2 MB pages on a CPU, where the kernel gives them (cpu_kernel.py); int8 with its scales beside
+        # on a CPU in fresh pages that cost memory once used (cpu_kernel.py); int8 with its scales beside
         self.k_cache, self.v_cache, self.k_scales, self.v_scales = kv_cache.allocate(
-            shape, self.kv_dtype, self.device, cpu_kernel.zeros_in_huge_pages if self.device.type == "cpu" else None)
+            shape, self.kv_dtype, self.device, cpu_kernel.fresh_zeros if self.device.type == "cpu" else None)
         self.static = None
         if static_decode and self.k_scales is not None:  # (CPU tests only: int8 is refused on a GPU)
             log.info("an int8 KV cache serves eager decode steps (the static ones read no scales)")

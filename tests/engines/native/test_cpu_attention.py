@@ -168,18 +168,20 @@ def _vm_flags(address: int) -> list[str]:
     return []
 
 
-def test_the_cpu_cache_is_zeroed_and_asked_for_in_huge_pages():
+def test_the_cpu_cache_is_fresh_zeros_and_only_the_logits_buffer_asks_for_huge_pages():
     shape = (2, 4096, 2, 128)  # 8 MB in bfloat16: whole 2 MB pages inside it
-    cache = cpu_kernel.zeros_in_huge_pages(shape, torch.bfloat16)
+    cache = cpu_kernel.fresh_zeros(shape, torch.bfloat16)
     assert cache.shape == shape and cache.dtype == torch.bfloat16 and cache.is_contiguous()
     assert torch.count_nonzero(cache) == 0
-    small = cpu_kernel.zeros_in_huge_pages((3, 5), torch.float32)  # under two huge pages: no advice, still zeros
+    buffer = cpu_kernel.zeros_in_huge_pages(shape, torch.float32)
+    assert torch.count_nonzero(buffer) == 0
+    small = cpu_kernel.fresh_zeros((3, 5), torch.float32)  # under two huge pages: plain torch.zeros
     assert small.shape == (3, 5) and torch.count_nonzero(small) == 0
     if not Path("/proc/self/smaps").exists() or not Path("/sys/kernel/mm/transparent_hugepage").exists():
         pytest.skip("no /proc/self/smaps, or a kernel without transparent huge pages (madvise refuses the advice)")
     page = cpu_kernel.HUGE_PAGE
-    inside = -(-cache.data_ptr() // page) * page
-    assert "hg" in _vm_flags(inside)  # MADV_HUGEPAGE: the kernel backs it with 2 MB pages where it has them
+    assert "hg" not in _vm_flags(-(-cache.data_ptr() // page) * page)  # 4 KB pages: a first touch costs little
+    assert "hg" in _vm_flags(-(-buffer.data_ptr() // page) * page)  # MADV_HUGEPAGE: 2 MB pages where Linux has them
 
 
 def test_an_installed_package_carries_every_source_the_cpu_ops_build_from():
