@@ -17,6 +17,9 @@ class HFGenerationEngine(GenerationEngine):
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids))
+
     def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
         if not self.tokenizer.chat_template:
             raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")

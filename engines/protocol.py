@@ -75,6 +75,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1: off
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k alternatives
+    # None: none; k: each prompt token's logprob given the tokens before it and the top k alternatives there (the
+    # first token's is None), on each choice's first event (vLLM's name)
+    prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None  # a grammar the text must match (engines/structured.py)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class SamplingParams:
             raise InvalidGenerationRequest("logit_bias values must be between -100 and 100", param="logit_bias")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidGenerationRequest("at most 20 top logprobs are returned", param="top_logprobs")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise InvalidGenerationRequest("at most 20 top prompt logprobs are returned", param="logprobs")
 
     @property
     def greedy(self) -> bool:
@@ -155,6 +160,9 @@ class GenerationEvent:
     queue_time_s: float | None = None
     # One entry per token in token_ids, when the request asked for logprobs.
     logprobs: list | None = None
+    # On each choice's first event, when the request asked for prompt_logprobs: one entry per prompt token, the
+    # first None (nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 class Engine(abc.ABC):
@@ -255,6 +263,10 @@ class GenerationEngine(Engine):
     @abc.abstractmethod
     def token_text(self, token_id: int) -> str:
         """One token as text, for logprobs."""
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids as text, special tokens included (a token-id prompt echoed back; blocking)."""
+        return "".join(self.token_text(t) for t in token_ids)
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:

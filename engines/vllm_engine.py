@@ -84,6 +84,7 @@ def vllm_sampling_params(params: SamplingParams, stop_token_ids: frozenset[int])
         stop_token_ids=sorted(stops),
         ignore_eos=params.ignore_eos,
         logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
         detokenize=False,
         output_kind=RequestOutputKind.DELTA,
         structured_outputs=vllm_structured(params.structured),
@@ -109,6 +110,12 @@ def token_logprobs(position: dict, token_id: int, k: int) -> TokenLogprobs:
     ranked = sorted(((entry.rank, tid, entry.logprob) for tid, entry in position.items() if entry.rank is not None))
     top = [(tid, logprob) for rank, tid, logprob in ranked if rank <= k][:k]
     return TokenLogprobs(position[token_id].logprob, top)
+
+
+def prompt_token_logprobs(positions: list, prompt_ids: list[int], k: int) -> list[TokenLogprobs | None]:
+    """vLLM's prompt_logprobs (None for the first token, then {token id: Logprob} per position) as ours."""
+    return [None if position is None else token_logprobs(position, token_id, k)
+            for position, token_id in zip(positions, prompt_ids)]
 
 
 
@@ -148,6 +155,14 @@ class _Choices:
                         for i in range(params.n)]
         self.submitted = time.monotonic()
         self.queue_time_sent = False
+        self.prompt_ids, self.prompt_k = list(request.prompt_token_ids), params.prompt_logprobs
+        self.prompt_logprobs: list | None = None  # gathered from the outputs that carry them, when asked
+
+    def take_prompt_logprobs(self, output) -> None:
+        if self.prompt_k is not None and getattr(output, "prompt_logprobs", None):
+            seen = self.prompt_logprobs or []
+            ids = self.prompt_ids[len(seen):]
+            self.prompt_logprobs = seen + prompt_token_logprobs(list(output.prompt_logprobs), ids, self.prompt_k)
 
     def unfinished(self) -> list[ChoiceOutput]:
         return [output for output in self.outputs if output.finish_reason is None]
@@ -268,10 +283,13 @@ class VllmEngine(HFGenerationEngine):
             async with aclosing(self.engine.generate(prompt, params, request.request_id, priority=request.priority)) as stream:
                 async for output in stream:
                     queue_time = choices.queue_time(output.metrics)
+                    choices.take_prompt_logprobs(output)
                     for completion in output.outputs:
                         event = self._event(choices.outputs[completion.index], completion, request.params.logprobs)
                         if event is None:
                             continue
+                        if event.completion_tokens == len(event.token_ids) and choices.prompt_k is not None:
+                            event.prompt_logprobs = choices.prompt_logprobs  # each choice's first event
                         if queue_time is not None:
                             event.queue_time_s, queue_time = queue_time, None
                         yield event

@@ -30,9 +30,11 @@ from server.routes import metrics as metrics_routes
 from server.routes import responses as responses_routes
 from server.routes import vector_stores as vector_stores_routes
 from server.routing import ApiRoute
+from server.services.background import BackgroundResponses
 from server.services.batch_runner import BatchRunner, Endpoint, Plan
 from server.services.batches import BatchService
 from server.services.chat import ChatService
+from server.services.chat_store import ChatCompletionStore
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.files import FileService
@@ -67,15 +69,16 @@ def _batch_runner(app_services: AppServices, database: Database) -> BatchRunner:
                        s.settings.batch_concurrency, s.settings.batch_lease_s, lambda: s.lifecycle.draining, plan)
 
 
-async def _sweep_forever(files: FileService, responses: ResponseStore, interval_s: float) -> None:
-    """Expired files and responses past their retention leave the store."""
+async def _sweep_forever(files: FileService, responses: ResponseStore, chats: ChatCompletionStore,
+                        interval_s: float) -> None:
+    """Expired files, and responses and chat completions past their retention, leave the store."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             removed = await asyncio.to_thread(files.sweep_expired)
-            old = await asyncio.to_thread(responses.sweep)
+            old = await asyncio.to_thread(responses.sweep) + await asyncio.to_thread(chats.sweep)
             if removed or old:
-                log.info("swept %d expired file(s) and %d old response(s)", removed, old)
+                log.info("swept %d expired file(s) and %d old response(s) or chat completion(s)", removed, old)
         except Exception:  # noqa: BLE001 - keep sweeping
             log.exception("sweep failed")
 
@@ -93,7 +96,11 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         limiter = RedisRateLimiter(settings.redis_url)
     responses = ResponseStore(database, settings.response_retention_s,
                               settings.owner_quota_bytes) if database else None
+    chats = ChatCompletionStore(database, settings.response_retention_s,
+                                settings.owner_quota_bytes) if database else None
     vector_stores = VectorStoreService(database, files, registry) if database else None
+    usage = UsageService(database) if database else None
+    background = BackgroundResponses(responses, registry, usage, settings.instance) if database else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,15 +112,19 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
         sweeper = batch_task = None
         if files is not None:
             await asyncio.to_thread(files.prepare)
-            sweeper = asyncio.create_task(_sweep_forever(files, responses, settings.sweep_interval_s))
+            sweeper = asyncio.create_task(_sweep_forever(files, responses, chats, settings.sweep_interval_s))
         runner = app.state.services.batches.runner if app.state.services.batches else None
         if runner is not None:
             batch_task = asyncio.create_task(runner.run_forever(), name="batch-runner")
         if vector_stores is not None:  # files still in_progress from before a restart are indexed again
             await vector_stores.start()
+        if background is not None:  # background responses the last run left unfinished are failed
+            await background.recover()
         try:
             yield
         finally:
+            if background is not None:
+                await background.stop()
             if vector_stores is not None:
                 await vector_stores.stop()
             for task in (sweeper, batch_task):  # the batch lines in flight stop undone; a restart resumes them
@@ -136,12 +147,13 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
     app.state.services = AppServices(
         settings=settings, registry=registry,
         keys=KeyService(database, Plans.from_file(settings.plans_file)) if database else None,
-        usage=UsageService(database) if database else None, limiter=limiter or InMemoryRateLimiter(),
+        usage=usage, limiter=limiter or InMemoryRateLimiter(),
         database=database,
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
-        chat=ChatService(registry, observers, files), completions=CompletionService(registry, observers),
+        chat=ChatService(registry, observers, files, chats), completions=CompletionService(registry, observers),
         embeddings=EmbeddingService(registry),
-        responses=ResponseService(registry, responses, files, observers, vector_stores=vector_stores),
+        responses=ResponseService(registry, responses, files, observers, vector_stores=vector_stores,
+                                  background=background),
         vector_stores=vector_stores)
     app.state.services.model_admin = ModelAdminService(registry, settings)
     if database is not None:

@@ -24,7 +24,7 @@ def _offline() -> None:
 _SERVE_LIMITS = [
     ("--max-upload-mb", int, 512, "per-file upload cap in MB"),
     ("--owner-quota-mb", int, 10240, "file storage per owner in MB"),
-    ("--response-retention-days", float, 30.0, "how long stored responses are kept"),
+    ("--response-retention-days", float, 30.0, "how long stored responses and chat completions are kept"),
     ("--max-body-mb", float, 8.0, "largest JSON request body in MB, refused with 413 before parsing"),
     ("--owner-rpm", int, None, "requests per minute for all of an owner's keys together"),
     ("--owner-tpm", int, None, "tokens per minute for all of an owner's keys together"),

@@ -9,6 +9,7 @@ HTTP request.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -99,6 +100,12 @@ class RequestContext:
         held, self._reservations = self._reservations, {}
         for reservation in held.values():
             await self.limiter.reconcile(reservation, actual)
+
+    def detached(self) -> RequestContext:
+        """A copy for work that outlives its HTTP request (a background response): the same caller, limits and
+        priority, with its own reservations and usage numbers (the request's are recorded when it is answered)."""
+        return dataclasses.replace(self, headers=dict(self.headers), prompt_tokens=0, completion_tokens=0,
+                                   started=time.perf_counter(), _reservations={})
 
     @classmethod
     def unauthenticated(cls) -> RequestContext:

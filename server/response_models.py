@@ -143,7 +143,7 @@ class ResponseObject(BaseModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    status: Literal["completed", "incomplete", "in_progress", "failed", "queued", "cancelled"]
     completed_at: int | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, str] | None = None
@@ -167,6 +167,7 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     safety_identifier: str | None = None
+    background: bool = False
 
     def dump(self) -> dict:
         return self.model_dump(exclude={name for name in ("usage", "user", "safety_identifier")

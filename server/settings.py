@@ -38,7 +38,8 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     owner_quota_bytes: int = Field(default=10 * 1024 * 1024 * 1024, ge=1)
     sweep_interval_s: float = Field(default=60.0, gt=0)  # expired files and old responses
-    response_retention_s: float = Field(default=30 * 24 * 3600, gt=0)  # stored responses are kept this long
+    # stored responses and chat completions are kept this long
+    response_retention_s: float = Field(default=30 * 24 * 3600, gt=0)
     # Request limits: a JSON body (uploads have max_upload_bytes), and headers (count, one, all).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_header_count: int = Field(default=100, ge=8)

@@ -6,6 +6,9 @@ a collision cannot alias). A block is registered under its hash only once its KV
 no sequence can read KV that is still to be written. Freed blocks keep their hash and go to the
 back of the free queue; allocation takes from the front, so the least recently freed block is
 evicted first (LRU), and a prefix hit takes its block back out of the queue.
+
+A sequence still owed its prompt's logprobs takes no prefix hits: the logits of every prompt position must
+be computed, and a cached block holds K/V, not logits. It recomputes them, and shares its blocks as any other.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class KVBlockManager:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids holding the longest computed prefix of `seq` (full blocks only)."""
         found = []
+        if seq.needs_prompt_logprobs:
+            return found
         for index, prefix in enumerate(self._hashes(seq, seq.num_tokens // self.block_size)):
             block_id = self.cached.get(prefix)
             if block_id is None or self.blocks[block_id].token_ids != seq.block_tokens(index):

@@ -137,8 +137,10 @@ class EngineCore:
                 sequence.grammar = job.grammar.deep_copy()
             job.sequences.append(sequence)
         # The other choices wait until the first has computed the prompt, then share its KV blocks
-        # through the prefix cache instead of computing them again.
+        # through the prefix cache instead of computing them again (and its prompt logprobs, when asked).
         job.sequences[0].followers = job.sequences[1:]
+        if params.prompt_logprobs is not None:
+            job.sequences[0].prompt_logprobs = [None]
         self.scheduler.add(job.sequences[0])
         job.remaining = params.n
 
@@ -174,6 +176,8 @@ class EngineCore:
         self.generated.add(len(token_ids))
         for sequence, event in zip(sequences, events):
             job = sequence.payload.job
+            if event.completion_tokens == 1 and job.request.params.prompt_logprobs is not None:
+                event.prompt_logprobs = job.sequences[0].prompt_logprobs  # each choice's first event
             job.emit(event)
             if event.finish_reason is not None:
                 job.remaining -= 1

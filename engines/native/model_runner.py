@@ -22,6 +22,7 @@ from engines.native import cpu_fused, cpu_kernel, kv_cache, step_layout
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
 from engines.native.kv_cache import resolve_kv_dtype  # noqa: F401 - the engine's import
+from engines.native.prompt_logprobs import PromptRows, prompt_rows, record
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
@@ -173,8 +174,9 @@ class PagedModelRunner:
 
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
         """One step: the packed forward pass, then a token for each sequence whose chunk completes it."""
-        logits = self.static.forward(chunks) if self.static is not None and self.static.fits(chunks) else (
-            self.forward(chunks))
+        static = self.static is not None and self.static.fits(chunks) and not any(
+            chunk.seq.needs_prompt_logprobs for chunk in chunks)
+        logits = self.static.forward(chunks) if static else self.forward(chunks)
         completing = [chunk.seq for chunk in chunks if chunk.completes]
         if self._to_float_out is not None and completing:
             logits = self._widen(logits)
@@ -191,8 +193,11 @@ class PagedModelRunner:
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' tokens; return the logits of each chunk that completes its sequence,
-        in the chunks' order ([completing, vocab])."""
+        in the chunks' order ([completing, vocab]). The prompt positions a sequence asks logprobs of are
+        scored on the way (prompt_logprobs.py)."""
         tokens, ranges, context_slots, query_positions, keep, positions = [], [], [], [], [], []
+        scored: list[PromptRows] = []
+        scored_keep: list[int] = []
         decode_rows, decode_tables, decode_lengths, decode_slots = [], [], [], []
         size = self.block_size
         for chunk in chunks:
@@ -203,6 +208,10 @@ class PagedModelRunner:
             positions += range(start, end)
             if chunk.completes:
                 keep.append(offset + chunk.num_tokens - 1)
+            rows = prompt_rows(seq, start, end)
+            if rows is not None:
+                scored.append(rows)
+                scored_keep += range(offset + rows.first - start, offset + rows.first - start + rows.count)
             if chunk.num_tokens == 1 and start > 0:  # a decode: attended in the batch
                 decode_rows.append(offset)
                 decode_tables.append(seq.block_table)
@@ -232,17 +241,20 @@ class PagedModelRunner:
         step_layout.active.layout = layout
         try:
             with torch.inference_mode():
-                if self.decode_forward is not None and len(keep) == len(tokens) and layout.whole_layers:
+                every = len(keep) == len(tokens) and not scored
+                if self.decode_forward is not None and every and layout.whole_layers:
                     return self.decode_forward(torch.tensor([tokens], device=self.device), positions[None])
                 output = self.model(
                     input_ids=torch.tensor([tokens], device=self.device),
                     position_ids=positions[None],
                     use_cache=False,
                     # every token's logits (decodes only, all completing): no gather of the hidden states
-                    logits_to_keep=0 if len(keep) == len(tokens) else torch.tensor(keep or [0], device=self.device),
+                    logits_to_keep=0 if every else torch.tensor(keep + scored_keep or [0], device=self.device),
                 )
         finally:
             step_layout.active.layout = None
+        if scored:
+            record(output.logits[0, len(keep):], scored)
         return output.logits[0, : len(keep)]
 
     def _decode_layout(self, layout: StepLayout, rows: list[int], tables: list[list[int]],

@@ -38,6 +38,9 @@ class Sequence:
         # Sequences that wait to be scheduled until this one's prompt is computed (a request's other n-1
         # choices: they then share its prompt's KV blocks through the prefix cache).
         self.followers: list[Sequence] = []
+        # When its request asks for prompt logprobs (the first choice computes them): one entry per prompt token
+        # computed so far, the first None. Kept across preemption, so a recompute adds only those still missing.
+        self.prompt_logprobs: list | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -53,6 +56,11 @@ class Sequence:
     @property
     def num_completion_tokens(self) -> int:
         return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Its prompt's logprobs are asked and not all computed: each prompt position must run (no prefix hits)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
 
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)

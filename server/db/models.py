@@ -90,6 +90,26 @@ class StoredInputItem(Base):
     item: Mapped[dict] = mapped_column(JSON)
 
 
+class StoredChatCompletion(Base):
+    """A chat completion created with store=true (server/services/chat_store.py): the body as returned, the
+    request's messages (each with its id), and the owner's metadata, which alone can change."""
+
+    __tablename__ = "chat_completions"
+    __table_args__ = (Index("ix_chat_completions_owner_stored_ms", "owner", "stored_ms"),)  # an owner's list
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds
+    # Epoch milliseconds when stored: the lists' order (`created` is whole seconds, so ties would be common).
+    stored_ms: Mapped[int] = mapped_column(BigInteger)
+    completion_metadata: Mapped[dict] = mapped_column("metadata", JSON)
+    body: Mapped[dict] = mapped_column(JSON)  # the chat.completion object, without its metadata
+    messages: Mapped[list] = mapped_column(JSON)
+    # What the row holds (body, messages and metadata, as stored JSON), counted in the owner's quota.
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class DashboardSession(Base):
     """A signed-in dashboard browser: the cookie holds a random id, this row only its SHA-256 hash."""
 

@@ -13,7 +13,7 @@ from server.protocol.batches import (
     BatchFileExpiration,
     CreateBatchRequest,
 )
-from server.protocol.chat import MAX_MESSAGES, ChatCompletionRequest, ChatMessage
+from server.protocol.chat import MAX_MESSAGES, ChatCompletionRequest, ChatCompletionUpdateRequest, ChatMessage
 from server.protocol.completions import (
     MAX_EMBEDDING_INPUTS,
     CompletionRequest,
@@ -37,7 +37,7 @@ from server.protocol.vector_stores import *  # noqa: F403 - the bodies of /v1/ve
 
 __all__ = [
     "BATCH_ENDPOINTS", "INT32_MAX", "MAX_EMBEDDING_INPUTS", "MAX_MESSAGES", "MAX_TOOLS_BYTES", "TOOL_NAME",
-    "BatchFileExpiration", "ChatCompletionRequest", "ChatMessage", "ChatTool", "CompletionRequest",
+    "BatchFileExpiration", "ChatCompletionRequest", "ChatCompletionUpdateRequest", "ChatMessage", "ChatTool", "CompletionRequest",
     "CreateBatchRequest", "EmbeddingRequest", "GenerationFields", "JsonSchemaSpec", "OpenAIBaseModel",
     "PromptField", "ResponseFormat", "ResponseRequest", "SamplingFields", "StreamOptions", "TextFormat", "ToolCall",
     "as_prompt_list", "check_metadata", "tool_plan",

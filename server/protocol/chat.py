@@ -6,11 +6,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
+    field_validator,
 )
 
 from engines.structured import StructuredOutput
 from server.errors import InvalidRequestError
-from server.protocol.base import INT32_MAX, OpenAIBaseModel
+from server.protocol.base import INT32_MAX, OpenAIBaseModel, check_metadata
 from server.protocol.fields import SamplingFields
 from server.protocol.formats import ChatTool, NamedToolChoice, ToolCall, tool_plan
 from server.tool_calls import ToolPlan
@@ -68,12 +69,14 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ChatTool] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    store: bool | None = None  # true: kept for GET /v1/chat/completions (server/services/chat_store.py)
+    metadata: dict[str, str] | None = None  # kept with a stored completion, for its list's filter
+
+    _check_metadata = field_validator("metadata")(classmethod(lambda cls, value: check_metadata(value)))
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
         "functions": (None, []),
         "function_call": (None, "none"),
-        "store": (None, False),
-        "metadata": (None, {}),
         "service_tier": (None, "auto", "default"),
         "modalities": (None, ["text"]),
         "audio": (None,),
@@ -86,3 +89,11 @@ class ChatCompletionRequest(SamplingFields):
         "prompt_cache_options": (None,),
         "moderation": (None,),
     }
+
+
+class ChatCompletionUpdateRequest(OpenAIBaseModel):
+    """POST /v1/chat/completions/{id}: a stored completion's metadata, replaced whole (null clears it)."""
+
+    metadata: dict[str, str] | None
+
+    _check_metadata = field_validator("metadata")(classmethod(lambda cls, value: check_metadata(value)))

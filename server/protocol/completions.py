@@ -1,15 +1,22 @@
-"""POST /v1/completions and POST /v1/embeddings: their request bodies, and the prompt field they share."""
+"""POST /v1/completions and POST /v1/embeddings: their request bodies, and the prompt field they share.
+
+`echo` returns each prompt before its completion, and with `logprobs` asks the engine for the prompt's logprobs
+too (SamplingParams.prompt_logprobs). `max_tokens: 0` is allowed with `echo` alone, as OpenAI does (scoring a
+text): the engine still runs one token, which the service drops (server/services/completions.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     Field,
+    ValidationInfo,
     field_validator,
 )
 
+from engines.protocol import SamplingParams
 from server.protocol.base import INT32_MAX, OpenAIBaseModel
 from server.protocol.fields import SamplingFields
 
@@ -44,19 +51,37 @@ def as_prompt_list(value: PromptField) -> list[str | list[int]]:
 
 class CompletionRequest(SamplingFields):
     prompt: PromptField
-    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
+    echo: bool | None = False  # (before max_tokens: its check reads it)
+    max_tokens: int | None = Field(default=16, ge=0, le=INT32_MAX)
     logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens_zero_only_with_echo(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value == 0 and not info.data.get("echo"):
+            raise ValueError("must be at least 1 (0 is allowed only with echo: the prompt alone, scored)")
+        return value
 
     @property
     def logprobs_k(self) -> int | None:
         return self.logprobs
 
     @property
+    def prompt_only(self) -> bool:
+        """echo with max_tokens 0: the prompt (and its logprobs) without a completion."""
+        return bool(self.echo) and self.max_tokens == 0
+
+    @property
     def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
+        return 1 if self.prompt_only else self.max_tokens
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens)
+        if self.echo and self.logprobs is not None:
+            params = dataclasses.replace(params, prompt_logprobs=self.logprobs)
+        return params
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "echo": (None, False),
         "best_of": (None, 1),
         "suffix": (None, ""),
     }

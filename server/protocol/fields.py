@@ -64,7 +64,7 @@ class SamplingFields(GenerationFields):
 
     n: int | None = None
     stop: StopField = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # the spec's int64 bounds
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[TokenIdKey, float] | None = Field(default=None, max_length=300)

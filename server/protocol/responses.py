@@ -41,10 +41,11 @@ class ResponseRequest(GenerationFields):
     tool_choice: Literal["none", "auto", "required"] | ResponseNamedChoice | ResponseHostedChoice | None = None
     parallel_tool_calls: bool | None = None
     include: list[str] | None = None
+    background: bool | None = None  # needs store; runs detached from the connection (server/services/background.py)
 
     INCLUDABLE: ClassVar[tuple[str, ...]] = ("file_search_call.results",)
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "reasoning": (None,), "background": (None, False),
+        "reasoning": (None,),
         "conversation": (None,), "context_management": (None,),
         "max_tool_calls": (None,), "prompt": (None,), "service_tier": (None, "auto", "default"),
         "top_logprobs": (None, 0), "prompt_cache_key": (None,), "prompt_cache_retention": (None,),

@@ -1,4 +1,4 @@
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -20,10 +20,19 @@ async def create_response(body: ResponseRequest, request: Request, context: Cont
 
 @router.get("/{response_id}")
 async def retrieve_response(response_id: str, request: Request, context: Context, app: Services,
-                            include: list[str] | None = Query(default=None), stream: bool = False) -> dict:
-    if include or stream:
-        raise UnsupportedParameterError("include" if include else "stream")
+                            include: list[str] | None = Query(default=None), stream: bool = False,
+                            starting_after: Annotated[int | None, Query(ge=-1)] = None,
+                            include_obfuscation: bool | None = None):
+    if include or include_obfuscation:
+        raise UnsupportedParameterError("include" if include else "include_obfuscation")
+    if stream:  # a background stream again, from the event after starting_after
+        return await respond(request, context, app.responses.resume(context.owner, response_id, starting_after))
     return await app.responses.retrieve(context.owner, response_id)
+
+
+@router.post("/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request, context: Context, app: Services) -> dict:
+    return await app.responses.cancel(context.owner, response_id)
 
 
 @router.delete("/{response_id}")

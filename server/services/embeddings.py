@@ -1,4 +1,8 @@
-"""POST /v1/embeddings: inputs -> token ids -> the engine's micro-batcher -> OpenAI's list body."""
+"""POST /v1/embeddings: inputs -> token ids -> the engine's micro-batcher -> OpenAI's list body.
+
+Usage counts a text input as the tokens the model sees (its tokenizer's, special tokens included), and a
+token-id input as the ids sent, as OpenAI bills them: the [CLS]/[SEP] the server wraps them in, and the model's
+own tokens of cl100k ids decoded under an OpenAI name, are not charged. The TPM reservation is that same count."""
 
 from __future__ import annotations
 
@@ -57,6 +61,11 @@ def openai_ids_as_text(model_name: str, inputs: list[str | list[int]], max_chars
     return texts
 
 
+def billed_tokens(sent: list[str | list[int]], token_ids: list[list[int]]) -> int:
+    """The tokens usage counts: a text's as the model tokenized it, a token-id input's as sent."""
+    return sum(len(ids) if isinstance(item, str) else len(item) for item, ids in zip(sent, token_ids))
+
+
 def _encode(vector, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         # little-endian float32, as the openai SDK decodes it
@@ -71,12 +80,12 @@ class EmbeddingService:
     async def create(self, req: EmbeddingRequest, context: RequestContext) -> dict:
         engine = await resolve_engine(self.registry, req.model, EmbeddingEngine,
                                       "cannot create embeddings; use an embedding model (see /v1/models).", context)
-        inputs = await off_loop(req.inputs)  # (a list of 500,000 token ids is checked item by item)
+        sent = await off_loop(req.inputs)  # (a list of 500,000 token ids is checked item by item)
         # Admission before tokenizing: every input is at least one token.
-        await context.reserve_tokens(len(inputs))
-        inputs = await off_loop(openai_ids_as_text, req.model, inputs, engine.max_input_chars)
+        await context.reserve_tokens(len(sent))
+        inputs = await off_loop(openai_ids_as_text, req.model, sent, engine.max_input_chars)
         token_ids = await off_loop(engine.tokenize, inputs)
-        prompt_tokens = sum(len(ids) for ids in token_ids)
+        prompt_tokens = billed_tokens(sent, token_ids)
         try:
             engine.check_dimensions(req.dimensions)
         except InvalidGenerationRequest as exc:

@@ -38,17 +38,27 @@ def chat_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list[
                         for token_id, entry in zip(token_ids, entries)], "refusal": None}
 
 
-def legacy_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list[TokenLogprobs],
+def legacy_logprobs(engine: GenerationEngine, token_ids: list[int], entries: list[TokenLogprobs | None],
                     offset: int = 0) -> dict:
-    """The legacy completions shape: tokens, token_logprobs, top_logprobs (token -> logprob), text_offset."""
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs (token -> logprob), text_offset.
+
+    As OpenAI's, a position's top_logprobs holds the token there besides the top k (so up to k + 1 entries, and
+    at `logprobs: 0` the token's own). An echoed prompt's first token has no logprob: None and None."""
     tokens = [engine.token_text(t) for t in token_ids]
     offsets = []
     for token in tokens:
         offsets.append(offset)
         offset += len(token)
-    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{engine.token_text(i): lp for i, lp in e.top} for e in entries],
+    return {"tokens": tokens, "token_logprobs": [None if e is None else e.logprob for e in entries],
+            "top_logprobs": [None if e is None else {**{engine.token_text(i): lp for i, lp in e.top},
+                                                     token: e.logprob}
+                             for token, e in zip(tokens, entries)],
             "text_offset": offsets}
+
+
+def join_legacy_logprobs(head: dict, tail: dict) -> dict:
+    """An echoed prompt's logprobs followed by its completion's (whose text_offset already continues)."""
+    return {key: head[key] + tail[key] for key in head}
 
 
 def sse(payload: dict) -> str:

@@ -40,6 +40,9 @@ class ResponseRun:
     calls: list[dict] = field(default_factory=list)  # with tools: the function_call output items
     calls_read: bool = False  # content and calls already built (by a stream's events: the body repeats them)
     search: FileSearch | None = None  # file_search ran: its item leads the output, its sources are cited
+    queued: bool = False  # background: stored, not yet driven (server/services/background.py)
+    cancelled: bool = False  # background: cancelled by its owner
+    replica: str | None = None  # background: the --instance-id of the server running it (None: the only one)
 
     @property
     def first_index(self) -> int:
@@ -48,6 +51,10 @@ class ResponseRun:
 
     @property
     def status(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if self.queued:
+            return "queued"
         if self.error is not None:
             return "failed"
         if self.finish_reason is None:
@@ -78,8 +85,9 @@ class ResponseRun:
     def message(self, status: str | None = None) -> dict:
         text = self.content or "" if self.tools else self.text
         content = [output_text_part(text, self.annotations(text))] if status != "in_progress" else []
+        cut = self.status in ("incomplete", "cancelled")
         return {"id": self.message_id, "type": "message", "role": "assistant", "status": status or (
-            "incomplete" if self.status == "incomplete" else "completed"), "content": content}
+            "incomplete" if cut else "completed"), "content": content}
 
     def extension(self) -> dict:
         ttft = None if self.first_token_at is None else self.first_token_at - self.submitted
@@ -90,12 +98,13 @@ class ResponseRun:
                 "queue_time_ms": None if self.queue_time_s is None else round(self.queue_time_s * 1000, 2),
                 "time_to_first_token_ms": None if ttft is None else round(ttft * 1000, 2),
                 "generation_tokens_per_s": None if rate is None else round(rate, 2),
-                **({} if self.search is None else {"file_search": self.search.extension()})}
+                **({} if self.search is None else {"file_search": self.search.extension()}),
+                **({"instance": self.replica} if self.replica else {})}
 
     def body(self) -> dict:
         status = self.status
         req = self.req
-        done = status != "in_progress"
+        done = status not in ("queued", "in_progress")
         return ResponseObject(
             id=self.id, created_at=self.created_at, status=status,
             completed_at=int(time.time()) if status in ("completed", "incomplete") else None, error=self.error,
@@ -113,7 +122,7 @@ class ResponseRun:
             text={"format": req.text.format.echo() if req.text and req.text.format else {"type": "text"}},
             usage=ResponseUsage(input_tokens=len(self.prompt_ids), output_tokens=self.output_tokens,
                                 total_tokens=len(self.prompt_ids) + self.output_tokens) if done else None,
-            user=req.user, safety_identifier=req.safety_identifier).dump()
+            user=req.user, safety_identifier=req.safety_identifier, background=bool(req.background)).dump()
 
 
 class ResponseEvents:

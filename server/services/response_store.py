@@ -27,6 +27,8 @@ from server.services.storage_quota import used_bytes
 MAX_CHAIN = 1000
 # The most stored bytes one chain loads: beyond, its oldest turns are dropped (truncation=auto) or it is refused.
 MAX_CHAIN_BYTES = 32 * 1024 * 1024
+# The statuses of a background response that has not ended yet.
+UNFINISHED = ("queued", "in_progress")
 
 
 def not_found(response_id: str, param: str | None = None) -> NotFoundError:
@@ -87,6 +89,31 @@ class ResponseStore:
                 session.add(StoredInputItem(id=item["id"], response_id=body["id"], position=position, item=item))
         return True
 
+    def update(self, response_id: str, body: dict, conversation: list[dict] | None = None) -> bool:
+        """A background response's new body (and, once it is done, its conversation), written only while the
+        stored one is still queued or in progress: a cancel or a restart's failure already written stands.
+        Its bytes are counted again; a response stored at once is not refused later for its answer's size."""
+        with self.database.session() as session, session.begin():
+            row = session.get(StoredResponse, response_id, with_for_update=True)
+            if row is None or row.body.get("status") not in UNFINISHED:
+                return False
+            row.body = body
+            if conversation is not None:
+                row.conversation = conversation
+                row.replay_chars = sum(content_chars(message.get("content") or "") for message in conversation)
+            row.bytes = sum(len(json.dumps(value)) for value in (body, row.conversation)) + sum(
+                len(json.dumps(item)) for item in session.scalars(
+                    select(StoredInputItem.item).where(StoredInputItem.response_id == response_id)))
+        return True
+
+    def unfinished(self) -> list[tuple[str, dict]]:
+        """(owner, body) of every stored response still queued or in progress, on any replica (a JSON path
+        query: it reads only those rows' bodies)."""
+        status = StoredResponse.body["status"].as_string()
+        with self.database.session() as session:
+            rows = session.execute(select(StoredResponse.owner, StoredResponse.body).where(status.in_(UNFINISHED)))
+            return [(row.owner, row.body) for row in rows]
+
     def get(self, owner: str, response_id: str) -> dict:
         with self.database.session() as session:
             row = session.get(StoredResponse, response_id)
@@ -117,6 +144,12 @@ class ResponseStore:
         kept: list[str] = []
         chars = loaded = 0
         with self.database.session() as session:
+            status = session.scalar(select(StoredResponse.body["status"].as_string()).where(
+                StoredResponse.id == response_id, StoredResponse.owner == owner))
+            if status in UNFINISHED:  # a background response's answer is not written yet
+                raise InvalidRequestError(f"Previous response '{response_id}' is still {status.replace('_', ' ')}: "
+                                          "wait until it ends, or cancel it.", param="previous_response_id",
+                                          code="previous_response_unfinished")
             current: str | None = response_id
             while current is not None:
                 row = session.execute(select(StoredResponse.owner, StoredResponse.previous_response_id,

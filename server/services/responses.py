@@ -1,6 +1,7 @@
 """POST /v1/responses: input items (+ a stored chain, + file_search results) -> prompt -> engine events -> a
 Response object (server/services/response_run.py), or OpenAI's semantic stream events; stored when `store` is
-true. The file_search tool runs before generation (server/services/file_search.py).
+true. The file_search tool runs before generation (server/services/file_search.py). With `background`, the
+request is admitted here as any other, then stored at once and run detached (server/services/background.py).
 
 Every Response carries an `ozwell` extension object with timing and engine facts (queue time, time
 to first token, generation tokens/s, engine kind, model revision); the SDKs ignore unknown fields.
@@ -14,13 +15,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from engines.protocol import BATCH
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.errors import (
+    InvalidRequestError,
     NotFoundError,
     OpenAIError,
 )
 from server.protocol import ResponseRequest
+from server.services.background import BackgroundResponses
 from server.services.file_search import FileSearch
 from server.services.pipeline import GenerationPipeline, callable_tools, off_loop
 from server.services.prompt_files import FileStore, PromptFiles, response_file_parts
@@ -41,14 +45,28 @@ if TYPE_CHECKING:
 
 class ResponseService:
     def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileStore | None,
-                 observers: Observers | None = None, vector_stores: VectorStoreService | None = None):
+                 observers: Observers | None = None, vector_stores: VectorStoreService | None = None,
+                 background: BackgroundResponses | None = None):
         self.pipeline = GenerationPipeline(registry, "/v1/responses", "input", observers)
         self.store = store
         self.files = files
         self.vector_stores = vector_stores  # file_search's (None without a database)
+        self.background = background  # background responses' runner (None without a database)
 
     # ---- create ------------------------------------------------------------------------------
     async def create(self, req: ResponseRequest, context: RequestContext) -> dict | AsyncIterator[str]:
+        if req.background:
+            return await self._create_background(req, context)
+        run, generation, prompt = await self._prepare(req, context)
+        if req.stream:
+            return self._events(run, generation, context.owner, prompt)
+        async for _ in self._generate(run, generation):
+            pass
+        return await self._finish(run, context.owner, prompt)
+
+    async def _prepare(self, req: ResponseRequest, context: RequestContext
+                       ) -> tuple[ResponseRun, Generation, ConversationPrompt]:
+        """Checked, admitted, its tokens reserved and its prompt built: ready to generate."""
         owner = context.owner
         chain = None if self.store is None else functools.partial(self.store.chain, owner)
         if self.store is not None and req.store:
@@ -65,13 +83,36 @@ class ResponseService:
             generation.settle = search.charged(generation.settle)
         run = ResponseRun(generation.request_id, req, generation.engine, generation.created, generation.prompts[0],
                           tools=tools is not None, search=search)
-        if req.stream:
-            if tools is not None:
-                return self._stream_with_tools(run, generation, owner, prompt)
-            return self._stream(run, generation, owner, prompt)
-        async for _ in self._generate(run, generation):
-            pass
-        return await self._finish(run, owner, prompt)
+        return run, generation, prompt
+
+    def _events(self, run: ResponseRun, generation: Generation, owner: str,
+                prompt: ConversationPrompt) -> AsyncIterator[str]:
+        if run.tools:
+            return self._stream_with_tools(run, generation, owner, prompt)
+        return self._stream(run, generation, owner, prompt)
+
+    async def _create_background(self, req: ResponseRequest, http: RequestContext) -> dict | AsyncIterator[str]:
+        """Admitted as a foreground request is, under a copy of its context that outlives it; then stored as
+        queued and run detached (server/services/background.py)."""
+        if self.background is None:
+            raise InvalidRequestError("background needs a server with a database (it stores the response).",
+                                      param="background")
+        if not req.store:
+            raise InvalidRequestError("background=true requires store=true.", param="background")
+        if http.priority == BATCH:
+            raise InvalidRequestError("background is not supported in a batch; leave it unset.", param="background")
+        context = http.detached()
+        try:
+            run, generation, prompt = await self._prepare(req, context)
+        except BaseException:
+            await context.release()
+            raise
+        finally:  # the request's answer carries the limits' headers, and its usage record the model
+            http.headers, http.model = context.headers, context.model
+        # shielded: once admitted it is stored and runs, even if the client leaves before it hears the id
+        job = await asyncio.shield(self.background.launch(run, self._events(run, generation, context.owner, prompt),
+                                                          context, prompt.stored_turn(), prompt.items))
+        return job.events.follow() if job.events is not None else job.created
 
     async def _generate(self, run: ResponseRun, generation: Generation) -> AsyncIterator[str]:
         """Drive the engine, filling `run`; yields each text delta."""
@@ -99,7 +140,9 @@ class ResponseService:
             if run.calls:
                 answer["call_ids"] = [call["call_id"] for call in run.calls]
             conversation = [*prompt.stored_turn(), answer]
-            if not await off_loop(self.store.save, owner, body, conversation, prompt.items):
+            if run.req.background:  # stored when it began: its end is written unless a cancel came first
+                await off_loop(self.store.update, run.id, body, conversation)
+            elif not await off_loop(self.store.save, owner, body, conversation, prompt.items):
                 # over the owner's quota: the answer is still the client's, but it is not kept
                 body = {**body, "store": False, "ozwell": {**body["ozwell"], "store_error": {
                     "code": "quota_exceeded", "message": "This response was not stored: it would exceed your "
@@ -241,3 +284,15 @@ class ResponseService:
 
     async def input_items(self, owner: str, response_id: str, limit: int, order: str, after: str | None) -> dict:
         return await off_loop(self._store().input_items, owner, response_id, limit, order, after)
+
+    def _background(self) -> BackgroundResponses:
+        if self.background is None:
+            raise NotFoundError("This server keeps no responses (it runs without a database).")
+        return self.background
+
+    async def cancel(self, owner: str, response_id: str) -> dict:
+        return await self._background().cancel(owner, response_id)
+
+    async def resume(self, owner: str, response_id: str, starting_after: int | None) -> AsyncIterator[str]:
+        """A background stream again, from the event after `starting_after`."""
+        return await self._background().resume(owner, response_id, starting_after)

@@ -141,6 +141,7 @@ class ChoiceText:
     completion_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # when asked (legacy completions' echo)
 
 
 @dataclass
@@ -157,6 +158,8 @@ class ChoiceCollector:
         if event.logprobs is not None:
             choice.token_ids += event.token_ids
             choice.logprobs += event.logprobs
+        if event.prompt_logprobs is not None:
+            choice.prompt_logprobs = event.prompt_logprobs
         if event.finish_reason:
             choice.finish_reason = openai_finish_reason(event.finish_reason)
 
@@ -183,6 +186,8 @@ class Generation:
     priority: int = INTERACTIVE  # BATCH for the Batch API's requests (engines/protocol.py)
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: dict[int, int] = field(default_factory=dict)  # choice index -> tokens so far
+    # Legacy completions' echo with max_tokens 0: the one token each choice runs is neither returned nor charged.
+    completion_dropped: bool = False
 
     @property
     def model(self) -> str:
@@ -199,7 +204,7 @@ class Generation:
     async def _events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
         async for index, event in merged_events(self.engine, self.request_id, self.prompts, self.params,
                                                 self.observers, self.priority):
-            self.completion_tokens[index] = event.completion_tokens
+            self.completion_tokens[index] = 0 if self.completion_dropped else event.completion_tokens
             yield index, event
 
     @asynccontextmanager

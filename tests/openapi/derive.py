@@ -36,6 +36,7 @@ ROOTS = [
     "VectorStoreObject", "ListVectorStoresResponse", "DeleteVectorStoreResponse", "VectorStoreFileObject",
     "ListVectorStoreFilesResponse", "DeleteVectorStoreFileResponse", "VectorStoreFileBatchObject",
     "VectorStoreFileContentResponse", "VectorStoreSearchResultsPage",
+    "ChatCompletionList", "ChatCompletionDeleted", "ChatCompletionMessageList",
 ]
 # What validation reads; everything else (descriptions, examples, titles, x-oaiMeta...) is left out.
 KEEP = {"type", "properties", "required", "enum", "const", "items", "anyOf", "oneOf", "allOf", "not", "nullable",

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 STORAGE_TESTS = ["tests/server/test_auth.py", "tests/server/test_files.py", "tests/server/test_responses.py",
                  "tests/server/test_ratelimit.py", "tests/server/test_operations.py", "tests/batches/test_batches.py",
-                 "tests/server/test_vector_stores.py"]
+                 "tests/server/test_vector_stores.py", "tests/server/test_stored_chat_completions.py",
+                 "tests/server/test_background_responses.py"]
 # Not test_reservations.py: its app (tools_client) opens its own SQLite store, and its three-at-once timing
 # test is about the in-memory limiter, not storage.
 
@@ -27,5 +28,6 @@ def test_storage_tests_pass_on_postgresql(postgres):
     assert " passed" in done.stdout.splitlines()[-1] and "skipped" not in done.stdout.splitlines()[-1]
     # They really ran on PostgreSQL: their keys, usage and stored responses are there.
     counts = {table: int(postgres.psql(f"SELECT count(*) FROM {table}", database="suite"))
-              for table in ("api_keys", "usage_records", "responses", "batches", "vector_store_chunks")}
+              for table in ("api_keys", "usage_records", "responses", "batches", "vector_store_chunks",
+                            "chat_completions")}
     assert all(n > 0 for n in counts.values()), counts

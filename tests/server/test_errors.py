@@ -65,7 +65,7 @@ def test_missing_required_field_is_named(client):
     "change, param",
     [
         ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
-        ({"store": True}, "store"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0].role"),

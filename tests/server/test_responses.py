@@ -175,7 +175,7 @@ def test_retention_sweep_removes_old_responses(client, database):
 
 @pytest.mark.parametrize("change, param", [
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"reasoning": {"effort": "high"}}, "reasoning"), ({"background": True}, "background"),
+    ({"reasoning": {"effort": "high"}}, "reasoning"), ({"background": True, "store": False}, "background"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
     ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input[0].type"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].call_id"),

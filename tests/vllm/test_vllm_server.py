@@ -262,3 +262,33 @@ def test_the_vllm_model_unloads_and_reloads_on_its_next_request(server, sdk):
     assert after == before
     card = httpx.get(f"{server.url}/v1/models/tiny-vllm", headers=server.headers, timeout=30).json()
     assert card["ozwell"]["state"] == "loaded"
+
+
+def test_echo_scores_the_prompt_as_the_native_engine_does(sdk, native):
+    """echo + logprobs + max_tokens 0 (scoring a text) maps to vLLM's prompt_logprobs: the prompt's logprobs over
+    HTTP equal our native engine's on the same weights."""
+    from engines.protocol import GenerationRequest, SamplingParams
+
+    async def run():
+        await native.start()
+        try:
+            prompt = native.encode_text("Write a story about number 7: once upon a time")
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=2)
+            events = [e async for e in native.generate(GenerationRequest("ref-echo", prompt, params))]
+        finally:
+            await native.stop()
+        return prompt, events[0].prompt_logprobs
+
+    prompt, reference = asyncio.run(run())
+    reply = sdk.completions.create(model="gpt-4", prompt=prompt, max_tokens=0, echo=True, logprobs=2)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and reply.usage.completion_tokens == 0
+    assert choice.text == native.decode(prompt)
+    logprobs = choice.logprobs
+    assert logprobs.tokens == [native.token_text(t) for t in prompt]
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    for position in range(1, len(prompt)):
+        theirs = reference[position]
+        assert logprobs.token_logprobs[position] == pytest.approx(theirs.logprob, abs=2e-3), position
+        expected = {native.token_text(t): lp for t, lp in theirs.top} | {logprobs.tokens[position]: theirs.logprob}
+        assert logprobs.top_logprobs[position] == pytest.approx(expected, abs=2e-3), position

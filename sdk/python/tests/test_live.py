@@ -1,8 +1,8 @@
 """Every resource once against a real `ozwell serve` (see conftest.py): chat (with tools and
 response_format), a streamed chat assembled, completions, embeddings, models, a file round trip, a
-Responses chain and its typed events, vector stores (upload, index, poll, search, delete), the admin keys
-and usage, a 429 from a free-plan key and the retry that waits its Retry-After, a revoked key, and the docs'
-quick start run as written."""
+Responses chain and its typed events, stored chat completions (listed, filtered, updated, deleted), vector
+stores (upload, index, poll, search, delete), the admin keys and usage, a 429 from a free-plan key and the
+retry that waits its Retry-After, a revoked key, and the docs' quick start run as written."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,45 @@ def test_responses_chain_and_stream_events(client: Ozwell, chat_model: str) -> N
     with pytest.raises(NotFoundError):
         client.responses.retrieve(second.id)
     assert client.responses.delete(first.id).deleted
+
+
+def test_stored_chat_completion_round_trip(client: Ozwell, chat_model: str) -> None:
+    run = f"sdk-python-{uuid.uuid4().hex[:8]}"  # this run's own: the TypeScript suite stores under the same owner
+    created = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=4, temperature=0,
+                                             store=True, metadata={"run": run})
+    chunks = list(client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=4, temperature=0,
+                                                 store=True, metadata={"run": run, "kind": "stream"}, stream=True))
+    streamed_id = chunks[0].id
+    assert [c.id for c in client.chat.completions.list(metadata={"run": run}).data] == [created.id, streamed_id]
+    assert [c.id for c in client.chat.completions.list(metadata={"run": run, "kind": "stream"}).data] == [streamed_id]
+    assert [c.id for c in client.chat.completions.list(model=created.model, metadata={"run": run},
+                                                       order="desc", limit=1).data] == [streamed_id]
+    kept = client.chat.completions.retrieve(streamed_id)
+    assert kept.choices[0].message.content == created.choices[0].message.content  # greedy: the same text
+    assert kept.metadata == {"run": run, "kind": "stream"}
+    assert client.chat.completions.update(created.id, metadata={"run": run, "kind": "edited"}).metadata == {
+        "run": run, "kind": "edited"}
+    messages = client.chat.completions.messages.list(created.id)
+    assert [(m.id, m.role, m.content) for m in messages.data] == [(f"{created.id}-0", "user", MESSAGES[0]["content"])]
+
+    async def from_async() -> None:
+        async with AsyncOzwell() as aclient:
+            listed = await aclient.chat.completions.list(metadata={"run": run, "kind": "edited"})
+            assert [c.id for c in listed.data] == [created.id]
+            page = await aclient.chat.completions.messages.list(created.id, order="desc", limit=1)
+            assert [m.role for m in page.data] == ["user"] and not page.has_more
+            assert (await aclient.chat.completions.update(streamed_id, metadata=None)).metadata == {}
+            assert (await aclient.chat.completions.delete(streamed_id)).deleted
+            with pytest.raises(NotFoundError):
+                await aclient.chat.completions.retrieve(streamed_id)
+
+    asyncio.run(from_async())
+    assert client.chat.completions.delete(created.id).deleted
+    assert client.chat.completions.list(metadata={"run": run}).data == []
+    with pytest.raises(NotFoundError):
+        client.chat.completions.messages.list(created.id)
+    with pytest.raises(NotFoundError):  # (a background response's cancel; there is no such response here)
+        client.responses.cancel("resp_does_not_exist")
 
 
 VOLCANO = "Mount Ossory is a dormant volcano. Its last eruption, in 1707, buried the village of Keld under ash."

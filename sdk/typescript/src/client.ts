@@ -42,6 +42,7 @@ import {
   type UsageList,
   type UsageParams,
 } from './types.js';
+import { StoredChatCompletions } from './stored-chat.js';
 import { multipartUpload } from './uploads.js';
 import { VectorStores } from './vector-stores.js';
 
@@ -54,7 +55,8 @@ abstract class Resource {
   constructor(protected readonly client: APIClient) {}
 }
 
-export class ChatCompletions extends Resource {
+/** POST /chat/completions, and (from StoredChatCompletions) the stored ones' list, retrieve, update, delete and messages. */
+export class ChatCompletions extends StoredChatCompletions {
   /** POST /chat/completions; with `stream: true`, a Stream of chunks (`for await`). */
   create(body: ChatCompletionCreateParamsNonStreaming, options?: RequestOptions): Promise<ChatCompletion>;
   create(body: ChatCompletionCreateParamsStreaming, options?: RequestOptions): Promise<Stream<ChatCompletionChunk>>;
@@ -170,6 +172,11 @@ export class Responses extends Resource {
 
   delete(responseId: string, options?: RequestOptions): Promise<ResponseDeleted> {
     return this.client.requestJSON({ method: 'DELETE', path: `/responses/${segment(responseId)}`, options });
+  }
+
+  /** POST /responses/{id}/cancel: stop a background response; it ends `cancelled`. */
+  async cancel(responseId: string, options?: RequestOptions): Promise<ResponseWithText> {
+    return withText(await this.client.requestJSON<Response>({ method: 'POST', path: `/responses/${segment(responseId)}/cancel`, options }));
   }
 
   /** The input items of a stored response. */

@@ -69,6 +69,9 @@ export interface ChatCompletionCreateParamsBase {
   parallel_tool_calls?: boolean;
   response_format?: ResponseFormat;
   stream_options?: { include_usage?: boolean } | null;
+  /** Keep the completion for `chat.completions.list/retrieve/update/delete`. */
+  store?: boolean | null;
+  metadata?: Record<string, string> | null;
   user?: string;
   [extra: string]: unknown;
 }
@@ -90,6 +93,8 @@ export interface ChatCompletion {
   model: string;
   choices: Array<{ index: number; message: ChatCompletionMessage; finish_reason: string | null; logprobs: Record<string, unknown> | null }>;
   usage: CompletionUsage;
+  /** A stored completion's (`store: true`). */
+  metadata?: Record<string, string>;
 }
 export interface ChoiceDeltaToolCall {
   index: number;

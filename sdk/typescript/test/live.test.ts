@@ -276,6 +276,36 @@ test('a Responses chain and its typed stream events', { skip }, async () => {
   assert.equal((await ozwell.responses.delete(first.id)).deleted, true);
 });
 
+test('stored chat completions: listed, filtered, updated, their messages, deleted', { skip }, async () => {
+  const ozwell = client();
+  const runId = `sdk-typescript-${Math.random().toString(36).slice(2, 10)}`; // the Python suite stores under the same owner
+  const created = await ozwell.chat.completions.create({
+    model: CHAT, messages: MESSAGES, max_tokens: 4, temperature: 0, store: true, metadata: { run: runId },
+  });
+  const chunks = [];
+  for await (const chunk of await ozwell.chat.completions.create({
+    model: CHAT, messages: MESSAGES, max_tokens: 4, temperature: 0, store: true, metadata: { run: runId, kind: 'stream' }, stream: true,
+  })) chunks.push(chunk);
+  const streamedId = chunks[0]?.id ?? '';
+  const ids = async (params: Parameters<typeof ozwell.chat.completions.list>[0]) =>
+    (await ozwell.chat.completions.list(params)).data.map((c) => c.id);
+  assert.deepEqual(await ids({ metadata: { run: runId } }), [created.id, streamedId]);
+  assert.deepEqual(await ids({ metadata: { run: runId, kind: 'stream' } }), [streamedId]);
+  assert.deepEqual(await ids({ model: created.model, metadata: { run: runId }, order: 'desc', limit: 1 }), [streamedId]);
+  const kept = await ozwell.chat.completions.retrieve(streamedId);
+  assert.equal(kept.choices[0]?.message.content, created.choices[0]?.message.content); // greedy: the same text
+  assert.deepEqual(kept.metadata, { run: runId, kind: 'stream' });
+  const updated = await ozwell.chat.completions.update(created.id, { metadata: { run: runId, kind: 'edited' } });
+  assert.deepEqual(updated.metadata, { run: runId, kind: 'edited' });
+  const messages = await ozwell.chat.completions.messages.list(created.id);
+  assert.deepEqual(messages.data.map((m) => [m.id, m.role, m.content]), [[`${created.id}-0`, 'user', MESSAGES[0]?.content]]);
+  assert.equal((await ozwell.chat.completions.delete(streamedId)).deleted, true);
+  assert.equal((await ozwell.chat.completions.delete(created.id)).deleted, true);
+  assert.deepEqual(await ids({ metadata: { run: runId } }), []);
+  await assert.rejects(ozwell.chat.completions.retrieve(created.id), NotFoundError);
+  await assert.rejects(ozwell.responses.cancel('resp_does_not_exist'), NotFoundError); // (a background response's cancel)
+});
+
 test('admin: keys, usage, and a revoked key', { skip }, async () => {
   const ozwell = client();
   const created = await ozwell.admin.keys.create({ name: 'sdk-ts-revoke', plan: 'free' });

@@ -12,6 +12,7 @@ from typing_extensions import Unpack
 from ozwell._client import FinalRequest
 from ozwell._specs import FileInput, as_list, body, epoch, query, segment, upload
 from ozwell._streaming import AsyncStream, Stream
+from ozwell.stored_chat import AsyncStoredChatCompletions, StoredChatCompletions
 from ozwell.types import (
     RESPONSE_FINAL_EVENTS,
     ApiKeyCreated,
@@ -110,7 +111,10 @@ class _AsyncResource:
 # ---- synchronous --------------------------------------------------------------------------------
 
 
-class ChatCompletions(_Resource):
+class ChatCompletions(StoredChatCompletions):
+    """POST /chat/completions, and (from StoredChatCompletions) the stored ones' list, retrieve, update, delete
+    and messages."""
+
     @overload
     def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: Literal[False] = False,
                max_tokens: int | None = None, max_completion_tokens: int | None = None,
@@ -121,7 +125,8 @@ class ChatCompletions(_Resource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> ChatCompletion: ...
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
+               **options: Unpack[RequestOptions]) -> ChatCompletion: ...
 
     @overload
     def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: Literal[True],
@@ -133,7 +138,8 @@ class ChatCompletions(_Resource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> Stream[ChatCompletionChunk]: ...
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
+               **options: Unpack[RequestOptions]) -> Stream[ChatCompletionChunk]: ...
 
     def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool = False,
                max_tokens: int | None = None, max_completion_tokens: int | None = None,
@@ -144,7 +150,7 @@ class ChatCompletions(_Resource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None,
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
                **options: Unpack[RequestOptions]) -> ChatCompletion | Stream[ChatCompletionChunk]:
         """POST /chat/completions; with stream=True, a Stream of chunks (iterate it)."""
         request = _chat(_fields(locals()), options)
@@ -307,6 +313,11 @@ class Responses(_Resource):
         request = FinalRequest("DELETE", f"/responses/{segment(response_id)}", options=options)
         return ResponseDeleted.model_validate(self._client.request(request).json())
 
+    def cancel(self, response_id: str, **options: Unpack[RequestOptions]) -> Response:
+        """POST /responses/{id}/cancel: stop a background response; it ends `cancelled`."""
+        request = FinalRequest("POST", f"/responses/{segment(response_id)}/cancel", options=options)
+        return Response.model_validate(self._client.request(request).json())
+
     def input_items(self, response_id: str, *, limit: int | None = None, order: Literal["asc", "desc"] | None = None,
                     after: str | None = None, **options: Unpack[RequestOptions]) -> ResponseInputItemList:
         request = FinalRequest("GET", f"/responses/{segment(response_id)}/input_items",
@@ -351,7 +362,10 @@ class Admin(_Resource):
 # ---- asynchronous -------------------------------------------------------------------------------
 
 
-class AsyncChatCompletions(_AsyncResource):
+class AsyncChatCompletions(AsyncStoredChatCompletions):
+    """POST /chat/completions, and (from AsyncStoredChatCompletions) the stored ones' list, retrieve, update,
+    delete and messages."""
+
     @overload
     async def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
                      stream: Literal[False] = False,
@@ -363,7 +377,8 @@ class AsyncChatCompletions(_AsyncResource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> ChatCompletion: ...
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
+               **options: Unpack[RequestOptions]) -> ChatCompletion: ...
 
     @overload
     async def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: Literal[True],
@@ -375,7 +390,8 @@ class AsyncChatCompletions(_AsyncResource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> AsyncStream[ChatCompletionChunk]: ...
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
+               **options: Unpack[RequestOptions]) -> AsyncStream[ChatCompletionChunk]: ...
 
     async def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool = False,
                max_tokens: int | None = None, max_completion_tokens: int | None = None,
@@ -386,7 +402,7 @@ class AsyncChatCompletions(_AsyncResource):
                top_logprobs: int | None = None, tools: Iterable[ChatCompletionToolParam] | None = None,
                tool_choice: ToolChoiceParam | None = None, parallel_tool_calls: bool | None = None,
                response_format: ResponseFormatParam | None = None, stream_options: StreamOptionsParam | None = None,
-               user: str | None = None,
+               store: bool | None = None, metadata: dict[str, str] | None = None, user: str | None = None,
                **options: Unpack[RequestOptions]) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
         """POST /chat/completions; with stream=True, a Stream of chunks (iterate it)."""
         request = _chat(_fields(locals()), options)
@@ -550,6 +566,11 @@ class AsyncResponses(_AsyncResource):
     async def delete(self, response_id: str, **options: Unpack[RequestOptions]) -> ResponseDeleted:
         request = FinalRequest("DELETE", f"/responses/{segment(response_id)}", options=options)
         return ResponseDeleted.model_validate((await self._client.request(request)).json())
+
+    async def cancel(self, response_id: str, **options: Unpack[RequestOptions]) -> Response:
+        """POST /responses/{id}/cancel: stop a background response; it ends `cancelled`."""
+        request = FinalRequest("POST", f"/responses/{segment(response_id)}/cancel", options=options)
+        return Response.model_validate((await self._client.request(request)).json())
 
     async def input_items(self, response_id: str, *, limit: int | None = None,
                           order: Literal["asc", "desc"] | None = None,

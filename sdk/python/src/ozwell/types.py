@@ -228,6 +228,7 @@ class ChatCompletion(OzwellModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage | None = None
+    metadata: dict[str, str] | None = None  # a stored completion's (store=True)
 
 
 class ChoiceDeltaToolCallFunction(OzwellModel):
