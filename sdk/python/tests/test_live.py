@@ -432,3 +432,27 @@ def test_rate_limit_error_and_the_retry_that_waits_retry_after(client: Ozwell, l
     elapsed = outcome["elapsed"]
     assert isinstance(elapsed, float) and 1.9 <= elapsed < 4.5, elapsed  # it waited Retry-After: 2, not 0.5 s
     assert outcome["completion"] is not None
+
+
+def test_background_response_polled_and_its_stream_resumed(client: Ozwell, chat_model: str) -> None:
+    created = client.responses.create(model=chat_model, input="Say hello.", background=True, max_output_tokens=16)
+    assert created.status in ("queued", "in_progress", "completed", "incomplete")
+    deadline = time.monotonic() + 120
+    polled = created
+    while polled.status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, polled.status
+        time.sleep(0.2)
+        polled = client.responses.retrieve(created.id)
+    assert polled.status in ("completed", "incomplete") and polled.output
+    first = []
+    with client.responses.create(model=chat_model, input="Say hello.", background=True, stream=True,
+                                 max_output_tokens=16) as stream:
+        for event in stream:
+            first.append(event)
+            if len(first) == 2:
+                break
+    assert first[0].type == "response.created"
+    response_id = first[0].response.id
+    resumed = list(client.responses.retrieve(response_id, stream=True, starting_after=first[-1].sequence_number))
+    assert resumed[0].sequence_number == first[-1].sequence_number + 1
+    assert resumed[-1].type in ("response.completed", "response.incomplete")

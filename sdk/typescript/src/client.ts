@@ -34,6 +34,7 @@ import {
   type RequestOptions,
   type Response,
   type ResponseCreateParams,
+  type ResponseRetrieveStreamParams,
   type ResponseCreateParamsNonStreaming,
   type ResponseCreateParamsStreaming,
   type ResponseDeleted,
@@ -166,8 +167,16 @@ export class Responses extends Resource {
     return withText(await this.client.requestJSON<Response>(request));
   }
 
-  async retrieve(responseId: string, options?: RequestOptions): Promise<ResponseWithText> {
-    return withText(await this.client.requestJSON<Response>({ method: 'GET', path: `/responses/${segment(responseId)}`, options }));
+  retrieve(responseId: string, options?: RequestOptions): Promise<ResponseWithText>;
+  retrieve(responseId: string, params: ResponseRetrieveStreamParams, options?: RequestOptions): Promise<Stream<ResponseStreamEvent>>;
+  async retrieve(responseId: string, paramsOrOptions?: ResponseRetrieveStreamParams | RequestOptions,
+                 options?: RequestOptions): Promise<ResponseWithText | Stream<ResponseStreamEvent>> {
+    const path = `/responses/${segment(responseId)}`;
+    if (paramsOrOptions && 'stream' in paramsOrOptions && paramsOrOptions.stream) {
+      const query = { stream: 'true', starting_after: paramsOrOptions.starting_after };
+      return this.client.requestStream<ResponseStreamEvent>({ method: 'GET', path, query, options }, RESPONSE_FINAL_EVENTS);
+    }
+    return withText(await this.client.requestJSON<Response>({ method: 'GET', path, options: paramsOrOptions as RequestOptions | undefined }));
   }
 
   delete(responseId: string, options?: RequestOptions): Promise<ResponseDeleted> {

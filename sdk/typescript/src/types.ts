@@ -298,8 +298,14 @@ export interface ResponseCreateParamsBase {
   truncation?: 'auto' | 'disabled' | null;
   metadata?: Record<string, string> | null;
   user?: string;
+  /** Run detached from the connection (needs `store`); poll `retrieve`, stop with `cancel`. */
+  background?: boolean | null;
+  /** `file_search_call.results`: the search results in the file_search_call item. */
+  include?: string[] | null;
   [extra: string]: unknown;
 }
+/** GET /responses/{id} again as a stream: a background response's events after `starting_after`. */
+export interface ResponseRetrieveStreamParams { stream: true; starting_after?: number }
 export interface ResponseCreateParamsNonStreaming extends ResponseCreateParamsBase { stream?: false | null }
 export interface ResponseCreateParamsStreaming extends ResponseCreateParamsBase { stream: true }
 export type ResponseCreateParams = ResponseCreateParamsNonStreaming | ResponseCreateParamsStreaming;

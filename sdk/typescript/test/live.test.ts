@@ -276,6 +276,35 @@ test('a Responses chain and its typed stream events', { skip }, async () => {
   assert.equal((await ozwell.responses.delete(first.id)).deleted, true);
 });
 
+test('a background response is polled to its end, and its stream resumed after a sequence number', { skip }, async () => {
+  const ozwell = client();
+  let polled = await ozwell.responses.create({ model: CHAT, input: 'Say hello.', background: true, max_output_tokens: 16 });
+  const deadline = Date.now() + 120_000;
+  while (polled.status === 'queued' || polled.status === 'in_progress') {
+    assert.ok(Date.now() < deadline, polled.status);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    polled = await ozwell.responses.retrieve(polled.id);
+  }
+  assert.ok(['completed', 'incomplete'].includes(polled.status) && polled.output.length > 0);
+  const first: ResponseStreamEvent[] = [];
+  const stream = await ozwell.responses.create({
+    model: CHAT, input: 'Say hello.', background: true, stream: true, max_output_tokens: 16,
+  });
+  for await (const event of stream) {
+    first.push(event);
+    if (first.length === 2) break;
+  }
+  const created = first[0];
+  assert.ok(created && created.type === 'response.created');
+  const after = first[1]!.sequence_number;
+  const resumed: ResponseStreamEvent[] = [];
+  for await (const event of await ozwell.responses.retrieve(created.response.id, { stream: true, starting_after: after })) {
+    resumed.push(event);
+  }
+  assert.equal(resumed[0]?.sequence_number, after + 1);
+  assert.ok(['response.completed', 'response.incomplete'].includes(resumed.at(-1)?.type ?? ''));
+});
+
 test('stored chat completions: listed, filtered, updated, their messages, deleted', { skip }, async () => {
   const ozwell = client();
   const runId = `sdk-typescript-${Math.random().toString(36).slice(2, 10)}`; // the Python suite stores under the same owner

@@ -276,7 +276,7 @@ class Responses(_Resource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> Response: ...
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None, **options: Unpack[RequestOptions]) -> Response: ...
 
     @overload
     def create(self, *, model: str, input: str | Iterable[ResponseInputItemParam], stream: Literal[True],
@@ -286,7 +286,7 @@ class Responses(_Resource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> Stream[ResponseStreamEvent]: ...
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None, **options: Unpack[RequestOptions]) -> Stream[ResponseStreamEvent]: ...
 
     def create(self, *, model: str, input: str | Iterable[ResponseInputItemParam], stream: bool = False,
                instructions: str | None = None,
@@ -295,7 +295,7 @@ class Responses(_Resource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None,
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None,
                **options: Unpack[RequestOptions]) -> Response | Stream[ResponseStreamEvent]:
         """POST /responses; with stream=True, a Stream of typed semantic events ending with
         response.completed, response.incomplete or response.failed."""
@@ -305,9 +305,24 @@ class Responses(_Resource):
             return Stream(response, _event, RESPONSE_FINAL_EVENTS)
         return Response.model_validate(response.json())
 
-    def retrieve(self, response_id: str, **options: Unpack[RequestOptions]) -> Response:
-        request = FinalRequest("GET", f"/responses/{segment(response_id)}", options=options)
-        return Response.model_validate(self._client.request(request).json())
+    @overload
+    def retrieve(self, response_id: str, *, stream: Literal[False] = False,
+                 **options: Unpack[RequestOptions]) -> Response: ...
+
+    @overload
+    def retrieve(self, response_id: str, *, stream: Literal[True], starting_after: int | None = None,
+                 **options: Unpack[RequestOptions]) -> Stream[ResponseStreamEvent]: ...
+
+    def retrieve(self, response_id: str, *, stream: bool = False, starting_after: int | None = None,
+                 **options: Unpack[RequestOptions]) -> Response | Stream[ResponseStreamEvent]:
+        """GET /responses/{id}; with stream=True, a background response's events again, after `starting_after`."""
+        params = query(stream="true", starting_after=starting_after) if stream else None
+        request = FinalRequest("GET", f"/responses/{segment(response_id)}", params=params, stream=stream,
+                               options=options)
+        response = self._client.request(request)
+        if stream:
+            return Stream(response, _event, RESPONSE_FINAL_EVENTS)
+        return Response.model_validate(response.json())
 
     def delete(self, response_id: str, **options: Unpack[RequestOptions]) -> ResponseDeleted:
         request = FinalRequest("DELETE", f"/responses/{segment(response_id)}", options=options)
@@ -530,7 +545,7 @@ class AsyncResponses(_AsyncResource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> Response: ...
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None, **options: Unpack[RequestOptions]) -> Response: ...
 
     @overload
     async def create(self, *, model: str, input: str | Iterable[ResponseInputItemParam], stream: Literal[True],
@@ -540,7 +555,7 @@ class AsyncResponses(_AsyncResource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None, **options: Unpack[RequestOptions]) -> AsyncStream[ResponseStreamEvent]: ...
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None, **options: Unpack[RequestOptions]) -> AsyncStream[ResponseStreamEvent]: ...
 
     async def create(self, *, model: str, input: str | Iterable[ResponseInputItemParam], stream: bool = False,
                instructions: str | None = None,
@@ -549,7 +564,7 @@ class AsyncResponses(_AsyncResource):
                tools: Iterable[ResponseFunctionToolParam] | None = None, tool_choice: Any = None,
                parallel_tool_calls: bool | None = None, text: ResponseTextConfigParam | None = None,
                truncation: Literal["auto", "disabled"] | None = None, metadata: dict[str, str] | None = None,
-               user: str | None = None,
+               user: str | None = None, background: bool | None = None, include: list[str] | None = None,
                **options: Unpack[RequestOptions]) -> Response | AsyncStream[ResponseStreamEvent]:
         """POST /responses; with stream=True, a Stream of typed semantic events ending with
         response.completed, response.incomplete or response.failed."""
@@ -559,9 +574,24 @@ class AsyncResponses(_AsyncResource):
             return AsyncStream(response, _event, RESPONSE_FINAL_EVENTS)
         return Response.model_validate(response.json())
 
-    async def retrieve(self, response_id: str, **options: Unpack[RequestOptions]) -> Response:
-        request = FinalRequest("GET", f"/responses/{segment(response_id)}", options=options)
-        return Response.model_validate((await self._client.request(request)).json())
+    @overload
+    async def retrieve(self, response_id: str, *, stream: Literal[False] = False,
+                       **options: Unpack[RequestOptions]) -> Response: ...
+
+    @overload
+    async def retrieve(self, response_id: str, *, stream: Literal[True], starting_after: int | None = None,
+                       **options: Unpack[RequestOptions]) -> AsyncStream[ResponseStreamEvent]: ...
+
+    async def retrieve(self, response_id: str, *, stream: bool = False, starting_after: int | None = None,
+                       **options: Unpack[RequestOptions]) -> Response | AsyncStream[ResponseStreamEvent]:
+        """GET /responses/{id}; with stream=True, a background response's events again, after `starting_after`."""
+        params = query(stream="true", starting_after=starting_after) if stream else None
+        request = FinalRequest("GET", f"/responses/{segment(response_id)}", params=params, stream=stream,
+                               options=options)
+        response = await self._client.request(request)
+        if stream:
+            return AsyncStream(response, _event, RESPONSE_FINAL_EVENTS)
+        return Response.model_validate(response.json())
 
     async def delete(self, response_id: str, **options: Unpack[RequestOptions]) -> ResponseDeleted:
         request = FinalRequest("DELETE", f"/responses/{segment(response_id)}", options=options)
