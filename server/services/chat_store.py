@@ -11,16 +11,14 @@ swept, and each row's bytes count in its owner's storage quota (server/services/
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 
-from server.db.database import Database
 from server.db.models import StoredChatCompletion
-from server.errors import NotFoundError, RequestTooLargeError
-from server.services.storage_quota import used_bytes
+from server.errors import NotFoundError
+from server.services.storage_quota import OwnerQuotaStore, used_bytes
 
 
 def not_found(completion_id: str, param: str | None = None) -> NotFoundError:
@@ -55,29 +53,8 @@ def _size(*values) -> int:
     return sum(len(json.dumps(value)) for value in values)
 
 
-class ChatCompletionStore:
-    def __init__(self, database: Database, retention_s: float, quota_bytes: int | None = None):
-        self.database = database
-        self.retention_s = retention_s
-        self.quota_bytes = quota_bytes  # None: no quota
-        self._locks: dict[str, threading.Lock] = {}  # owner -> held while its check and insert run
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, owner: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(owner, threading.Lock())
-
-    def check_room(self, owner: str) -> None:
-        """Before a request with store=true runs: refused (413) when the owner's storage is already full."""
-        if self.quota_bytes is None:
-            return
-        with self.database.session() as session:
-            used = used_bytes(session, owner)
-        if used >= self.quota_bytes:
-            raise RequestTooLargeError(
-                f"Your storage quota of {self.quota_bytes} bytes is full (files, stored responses and stored chat "
-                "completions count against it), so this completion could not be stored. Delete some, or leave "
-                "out store=true.", param="store", code="quota_exceeded")
+class ChatCompletionStore(OwnerQuotaStore):
+    FULL_MESSAGE = "so this completion could not be stored. Delete some, or leave out store=true."
 
     def save(self, owner: str, body: dict, messages: list[dict], metadata: dict[str, str] | None) -> bool:
         """Store one completion. False, and nothing stored, when it would take its owner past the quota (the

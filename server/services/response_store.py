@@ -8,12 +8,10 @@ its length), not their text: a chain re-reads them, within the request's own fil
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 from sqlalchemy import delete, select
 
-from server.db.database import Database
 from server.db.models import StoredInputItem, StoredResponse
 from server.errors import (
     ContextLengthExceededError,
@@ -21,7 +19,7 @@ from server.errors import (
     NotFoundError,
     RequestTooLargeError,
 )
-from server.services.storage_quota import used_bytes
+from server.services.storage_quota import OwnerQuotaStore, used_bytes
 
 # A chain longer than this is refused rather than replayed without end.
 MAX_CHAIN = 1000
@@ -49,28 +47,8 @@ def content_chars(content: str | list[dict]) -> int:
                for segment in content)
 
 
-class ResponseStore:
-    def __init__(self, database: Database, retention_s: float, quota_bytes: int | None = None):
-        self.database = database
-        self.retention_s = retention_s
-        self.quota_bytes = quota_bytes  # None: no quota
-        self._locks: dict[str, threading.Lock] = {}  # owner -> held while its check and insert run
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, owner: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(owner, threading.Lock())
-
-    def check_room(self, owner: str) -> None:
-        """Before a request with store=true runs: refused (413) when the owner's storage is already full."""
-        if self.quota_bytes is None:
-            return
-        with self.database.session() as session:
-            used = used_bytes(session, owner)
-        if used >= self.quota_bytes:
-            raise quota_exceeded(f"Your storage quota of {self.quota_bytes} bytes is full (files and stored "
-                                 "responses count against it), so this response could not be stored. Delete "
-                                 "files or stored responses, or send store=false.")
+class ResponseStore(OwnerQuotaStore):
+    FULL_MESSAGE = "so this response could not be stored. Delete files or stored responses, or send store=false."
 
     def save(self, owner: str, body: dict, conversation: list[dict], input_items: list[dict]) -> bool:
         """Store one response. False, and nothing stored, when it would take its owner past the quota.

@@ -4,6 +4,8 @@ the owner was given."""
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -21,3 +23,34 @@ def used_bytes(session: Session, owner: str) -> int:
     completions = session.scalar(select(func.coalesce(func.sum(StoredChatCompletion.bytes), 0))
                                  .where(StoredChatCompletion.owner == owner))
     return int(files) + int(responses) + int(indexed) + int(completions)
+
+
+class OwnerQuotaStore:
+    """The base of the stores whose rows count in their owner's quota (stored responses, stored chat completions):
+    a per-owner lock held while a save checks the room and inserts, and the check a request makes before it runs."""
+
+    FULL_MESSAGE = "so this could not be stored"  # how a subclass's refusal ends
+
+    def __init__(self, database, retention_s: float, quota_bytes: int | None = None):
+        self.database = database
+        self.retention_s = retention_s
+        self.quota_bytes = quota_bytes  # None: no quota
+        self._locks: dict[str, threading.Lock] = {}  # owner -> held while its check and insert run
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, owner: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(owner, threading.Lock())
+
+    def check_room(self, owner: str) -> None:
+        """Before a request with store=true runs: refused (413 quota_exceeded) when the owner's storage is full."""
+        if self.quota_bytes is None:
+            return
+        with self.database.session() as session:
+            used = used_bytes(session, owner)
+        if used >= self.quota_bytes:
+            from server.errors import RequestTooLargeError
+
+            raise RequestTooLargeError(f"Your storage quota of {self.quota_bytes} bytes is full (files, stored "
+                                       f"responses and stored chat completions count against it), {self.FULL_MESSAGE}",
+                                       param="store", code="quota_exceeded")
