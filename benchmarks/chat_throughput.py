@@ -64,7 +64,8 @@ async def one_stream(http, prompt: str, max_tokens: int, progress: dict | None =
                 stamps.append(time.perf_counter())
                 progress["tokens"] += 1
     progress["done"] += 1
-    return {"tokens": tokens, "ttft": stamps[0] - started if stamps else float("nan"),
+    # a server that sends no usage in its stream (llama.cpp's): one token a text chunk
+    return {"tokens": tokens or len(stamps), "ttft": stamps[0] - started if stamps else float("nan"),
             "itl": [b - a for a, b in zip(stamps, stamps[1:])]}
 
 
