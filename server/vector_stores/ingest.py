@@ -65,11 +65,15 @@ def bump_version(session, store_id: str) -> None:
 
 
 class Ingestor:
-    def __init__(self, database: Database, files: FileService, registry: EngineRegistry, concurrency: int = 2):
+    def __init__(self, database: Database, files: FileService, registry: EngineRegistry, concurrency: int = 2,
+                 on_indexed=None):
         self.database = database
         self.files = files
         self.registry = registry
         self.concurrency = concurrency
+        # called (blocking, in a thread) with a store's id once it has no file left in progress: the searcher builds
+        # its index there, so the first search after ingestion does not wait for it
+        self.on_indexed = on_indexed
         self._active: set[Key] = set()
         self._not_before: dict[Key, float] = {}  # monotonic time a deferred file may be tried again
         self._wake: asyncio.Event | None = None
@@ -169,6 +173,13 @@ class Ingestor:
         await asyncio.to_thread(self._commit, job, texts, vectors)
         log.info("vector store %s: indexed %s (%d chunks, %d tokens embedded in %.1f s)", key[0], key[1],
                  len(texts), tokens, time.perf_counter() - started)
+        if self.on_indexed is not None and not await asyncio.to_thread(self._pending_in, key[0]):
+            await asyncio.to_thread(self.on_indexed, key[0])
+
+    def _pending_in(self, store_id: str) -> bool:
+        with self.database.session() as session:
+            return session.scalar(select(VectorStoreFile.file_id).where(
+                VectorStoreFile.vector_store_id == store_id, VectorStoreFile.status == "in_progress").limit(1)) is not None
 
     def _commit(self, job: _Job, texts: list[str], vectors) -> None:
         store_id, file_id = job.key

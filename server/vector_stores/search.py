@@ -127,6 +127,14 @@ class StoreSearcher:
                                              "attributes": r["attributes"],
                                              "content": [{"type": "text", "text": r["text"]}]} for r in results]}
 
+    def warm(self, store_id: str) -> None:
+        """Build the store's index at its current version now (blocking; ingestion calls it once a store has no
+        file left in progress), so the first search after ingestion finds it built."""
+        with self.database.session() as session:
+            version = session.scalar(select(VectorStore.version).where(VectorStore.id == store_id))
+        if version is not None:
+            self._loaded(store_id, version)
+
     def _loaded(self, store_id: str, version: int) -> _Loaded:
         """The store's index at `version` (or newer), from the cache or built from its chunks (blocking)."""
         with self._lock:

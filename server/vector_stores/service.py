@@ -56,8 +56,8 @@ class VectorStoreService:
         self.files = files
         self.registry = registry
         self.max_stores = max_stores
-        self.ingestor = Ingestor(database, files, registry)
         self.searcher = StoreSearcher(database, registry)
+        self.ingestor = Ingestor(database, files, registry, on_indexed=self.searcher.warm)
         self.store_files = StoreFileService(database, files, self.ingestor, max_files_per_store)
         files.delete_hooks.append(detach_files)
 

@@ -310,3 +310,18 @@ def test_an_expired_upload_leaves_its_stores(openai_client, app):
     assert app.state.services.files.sweep_expired() >= 1
     assert _search(openai_client, store_id, "pineapple") == []
     assert openai_client.vector_stores.retrieve(store_id).file_counts.total == 0
+
+
+def test_a_stores_index_is_built_once_ingestion_ends_not_by_its_first_search(openai_client, app, database):
+    store_id, _ = _store(openai_client, {"warm.txt": "The lighthouse at Vellmar Point is kept by Orsolya Brandt.\n"})
+    searcher = app.state.services.vector_stores.searcher
+    with database.session() as session:
+        version = session.get(VectorStore, store_id).version
+    deadline = time.monotonic() + 30  # (the file reads completed a moment before the build ends)
+    while (store_id, version) not in searcher._cache:
+        assert time.monotonic() < deadline, list(searcher._cache)
+        time.sleep(0.05)
+    built = searcher._cache[(store_id, version)]
+    assert built.texts and "Orsolya Brandt" in built.texts[0]
+    hits = _search(openai_client, store_id, "Who keeps the lighthouse?")
+    assert hits[0].filename == "warm.txt" and searcher._cache[(store_id, version)] is built  # the search used it
