@@ -67,6 +67,8 @@ class StoredResponse(Base):
     created_at: Mapped[int] = mapped_column(Integer, index=True)  # epoch seconds
     # The Response object as returned to the client.
     body: Mapped[dict] = mapped_column(JSON)
+    # body["status"], kept beside it so queries never read it out of the JSON (null: stored before 0010, finished)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     # This turn's messages and the reply: what a later previous_response_id chain replays. A message's
     # content is its text, or (with file parts) a list of {"type": "text", "text"} and {"type": "file",
     # "file_id", "chars"} segments, the file re-read when replayed (rows before 0007 hold the file text).

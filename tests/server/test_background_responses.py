@@ -247,3 +247,16 @@ def test_a_shutdown_fails_the_background_responses_still_running(app, openai_cli
     assert_valid(body, "Response")
     assert body["status"] == "failed" and body["error"]["code"] == "server_error"
     assert "shut down" in body["error"]["message"]
+
+
+def test_stored_text_with_a_nul_character_does_not_break_the_status_queries(database):
+    """A random model may write U+0000. On PostgreSQL a json body holding it cannot be read with ->>, so the
+    restart check and the chain's check read the status column, never the body (the storage tests run on
+    PostgreSQL too: tests/scaleout)."""
+    store = ResponseStore(database, retention_s=3600)
+    body = {"id": "resp_nul_text", "object": "response", "created_at": int(time.time()), "status": "completed",
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "a\u0000b"}]}]}
+    assert store.save("nul-owner", body, [{"role": "assistant", "content": "a\u0000b"}], [])
+    assert all(found["id"] != "resp_nul_text" for _, found in store.unfinished())
+    assert store.chain("nul-owner", "resp_nul_text", 10_000, drop_oldest=False)[0]["content"] == "a\u0000b"
+    assert store.get("nul-owner", "resp_nul_text")["output"][0]["content"][0]["text"] == "a\u0000b"
