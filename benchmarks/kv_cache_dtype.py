@@ -39,8 +39,9 @@ from benchmarks.cpu_decode_step import decode_chunks, time_steps
 from engines.config import load_model_config
 from engines.native import kv_cache, step_layout
 from engines.native.cpu_quant import quantize_model
+from engines.native.kv_cache import resolve_kv_dtype
 from engines.native.loader import kv_block_size, kv_bytes_per_token, load_model
-from engines.native.model_runner import PagedModelRunner, resolve_kv_dtype
+from engines.native.model_runner import PagedModelRunner
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
 

@@ -29,7 +29,8 @@ from engines.native.core import DONE, EngineCore, Job
 from engines.native.cpu_quant import quantize_model
 from engines.native.grammar import GrammarCache
 from engines.native.loader import MemoryBudget, kv_block_size, kv_bytes_per_token, kv_cache_blocks, load_model
-from engines.native.model_runner import PagedModelRunner, profile_activations, resolve_kv_dtype
+from engines.native.kv_cache import resolve_kv_dtype
+from engines.native.model_runner import PagedModelRunner, profile_activations
 from engines.native.scheduler import Scheduler, SchedulerConfig
 from engines.native.static_decode import Capturer, cuda_graph_capturer
 from engines.protocol import (

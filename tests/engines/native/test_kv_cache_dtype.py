@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from engines.config import ConfigError, ModelConfig
 from engines.native import cpu_fused, cpu_kernel, kv_cache
+from engines.native.kv_cache import resolve_kv_dtype
 from engines.native.loader import kv_bytes_per_token
-from engines.native.model_runner import resolve_kv_dtype
 from engines.native.paged_attention import paged_decode
 from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
