@@ -20,11 +20,15 @@ class HFGenerationEngine(GenerationEngine):
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids))
 
-    def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
+    def render_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        """The messages (and tools) through the chat template, with the generation prompt."""
         if not self.tokenizer.chat_template:
             raise ValueError(f"model {self.config.id!r} has no chat template; use /v1/completions")
-        text = self.tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
+        return self.tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
                                                   add_generation_prompt=True, tokenize=False)
+
+    def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
+        text = self.render_chat(messages, tools)
         # The template writes BOS itself where the model wants it.
         return self.bounded_tokenize(text, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
                                      "messages")

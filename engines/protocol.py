@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from engines.config import ModelConfig
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from engines.structured import StructuredOutput
 
 
@@ -133,12 +135,22 @@ INTERACTIVE = 0
 BATCH = 1
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """One checked, decoded image of a request (server/images.py), in the order its part stands in the prompt."""
+
+    image: Image  # decoded, RGB, its pixels within the server's cap
+    digest: str  # sha256 hex of the encoded bytes: the prefix cache keys the image's blocks by it
+    detail: str = "auto"  # "auto" | "low" | "high", as the request gave it
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = INTERACTIVE
+    images: Any = None  # the engine's own prepared images (`encode_chat_images`' second value), or None
 
 
 @dataclass
@@ -233,6 +245,21 @@ class GenerationEngine(Engine):
     def encode_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
         """Render messages (and, for a template that takes them, tools in OpenAI's shape) with the chat template
         and tokenize (blocking: call off the event loop)."""
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether the model takes images (a vision-language model)."""
+        return False
+
+    def encode_chat_images(self, messages: Sequence[dict], images: Sequence[ImageInput],
+                           tools: Sequence[dict] | None = None) -> tuple[list[int], Any]:
+        """`encode_chat` for messages holding images: a message with images has its content as Hugging Face parts
+        in request order (`{"type": "text", "text": ...}`, `{"type": "image"}`), and `images` lists every image
+        part's ImageInput in order. Returns the prompt's token ids (each image's placeholder tokens expanded, so
+        they count in the prompt) and the engine's prepared images, handed back in GenerationRequest.images.
+        Blocking (the processor runs): call off the event loop."""
+        raise InvalidGenerationRequest(f"The model {self.config.id!r} does not take images; send them to a "
+                                       "vision-language model.", param="messages", code="model_not_multimodal")
 
     def template_tool_format(self) -> str | None:
         """The tool-call format the chat template itself renders tools and calls in ("hermes": <tool_call>

@@ -14,14 +14,15 @@ be computed, and a cached block holds K/V, not logits. It recomputes them, and s
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engines.native.sequence import Sequence
 
 
-def chain_hash(token_ids: list[int], prefix_hash: int | None) -> int:
-    # Python's hash of a tuple of ints is not randomised between runs, and it is fast.
-    return hash((prefix_hash, tuple(token_ids)))
+def chain_hash(key: tuple, prefix_hash: int | None) -> int:
+    # A block's key is its tokens (and any image's digest, Sequence.block_key): Python's hash of a tuple of ints
+    # and str is not randomised for ints; strings' is per process, which is all a cache in memory needs.
+    return hash((prefix_hash, tuple(key)))
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Block:
     block_id: int
     ref_count: int = 0
     hash: int | None = None
-    token_ids: list[int] = field(default_factory=list)
+    token_ids: tuple = ()  # its key (Sequence.block_key): the tokens, and the digest of any image among them
 
 
 class KVBlockManager:
@@ -62,7 +63,7 @@ class KVBlockManager:
         """The chained hashes of `seq`'s first `count` full blocks, extending those it has."""
         hashes = seq.block_hashes
         for index in range(len(hashes), count):
-            hashes.append(chain_hash(seq.block_tokens(index), hashes[-1] if hashes else None))
+            hashes.append(chain_hash(seq.block_key(index), hashes[-1] if hashes else None))
         return hashes if len(hashes) == count else hashes[:count]
 
     def _cached_prefix(self, seq: Sequence) -> list[int]:
@@ -72,7 +73,7 @@ class KVBlockManager:
             return found
         for index, prefix in enumerate(self._hashes(seq, seq.num_tokens // self.block_size)):
             block_id = self.cached.get(prefix)
-            if block_id is None or self.blocks[block_id].token_ids != seq.block_tokens(index):
+            if block_id is None or self.blocks[block_id].token_ids != seq.block_key(index):
                 break
             found.append(block_id)
         return found
@@ -116,7 +117,7 @@ class KVBlockManager:
                 continue
             if prefix in self.cached and self.cached[prefix] != block.block_id:
                 continue  # another block already holds this prefix; keep that one
-            block.hash, block.token_ids = prefix, seq.block_tokens(index)
+            block.hash, block.token_ids = prefix, seq.block_key(index)
             self.cached[prefix] = block.block_id
 
     def free_sequence(self, seq: Sequence) -> None:
@@ -139,7 +140,7 @@ class KVBlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]
-        block.hash, block.token_ids = None, []
+        block.hash, block.token_ids = None, ()
         return block_id
 
     def _take(self, block_id: int) -> int:

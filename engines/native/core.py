@@ -132,7 +132,7 @@ class EngineCore:
             output = ChoiceOutput(index, self.tokenizer, prompt, params, self.stop_token_ids)
             sequence = Sequence(f"{job.request.request_id}#{index}", prompt, self.block_size,
                                 _SeqState(job, output), params=params, generator=generator,
-                                priority=job.request.priority)
+                                priority=job.request.priority, images=job.request.images)
             if job.grammar is not None:
                 sequence.grammar = job.grammar.deep_copy()
             job.sequences.append(sequence)

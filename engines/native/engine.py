@@ -69,11 +69,13 @@ class NativeEngine(HFGenerationEngine):
         self._core: EngineCore | None = None  # the worker thread's
         self.model = None
         self.tokenizer = None
+        self.vision = None
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
         loaded = load_model(self.config, self._data_dir)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
+        self.vision = loaded.vision  # a vision-language model's image side (vision.py), or None
         self.hf_dir, self.torch_dtype, self.revision = loaded.hf_dir, loaded.dtype, loaded.revision
         self._max_model_len = loaded.max_model_len
         self._stop_token_ids = self.stop_token_ids_with(loaded.eos_token_id)
@@ -105,6 +107,7 @@ class NativeEngine(HFGenerationEngine):
                                        max_model_len=self._max_model_len, static_decode=static,
                                        kernel=cuda and importlib.util.find_spec("triton") is not None,
                                        kv_dtype=self.kv_dtype)
+        self.runner.vision = self.vision
         if static:
             before = torch.cuda.memory_allocated(self.device) if cuda else 0
             self.runner.capture_graphs(capturer)
@@ -146,6 +149,16 @@ class NativeEngine(HFGenerationEngine):
 
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
+
+    @property
+    def accepts_images(self) -> bool:
+        return getattr(self, "vision", None) is not None
+
+    def encode_chat_images(self, messages, images, tools=None):
+        if not self.accepts_images:
+            return super().encode_chat_images(messages, images, tools)
+        text = self.render_chat(messages, tools)
+        return self.vision.encode(text, images)
 
     # ---- async front -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -233,7 +246,7 @@ class NativeEngine(HFGenerationEngine):
         kept (neither changes while the engine serves)."""
         memory = getattr(self, "_memory", None)
         if memory is None:
-            memory = self._memory = {"weights_bytes": module_bytes(self.model),
+            memory = self._memory = {"weights_bytes": module_bytes(self.vision.vlm if self.vision else self.model),
                                      "kv_cache_bytes": kv_cache_bytes(self.runner)}
         return memory
 

@@ -11,6 +11,7 @@ import torch
 
 from engines.config import ConfigError, ModelConfig
 from engines.devices import resolve_device, resolve_dtype
+from engines.native.vision import Vision, is_vision_config, text_model_of
 from engines.sources import resolve_hf_dir, weights_revision
 
 
@@ -24,22 +25,36 @@ class LoadedModel:
     max_model_len: int
     eos_token_id: int | list[int] | None
     revision: str
+    vision: object = None  # a vision-language model's image side (vision.py), or None
 
 
 def load_model(config: ModelConfig, data_dir: Path) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM's directory, or a vision-language model's (its config has a vision_config): that one loads
+    whole, with its processor, and `model` is its language model as a causal LM sharing its modules (vision.py)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     hf_dir = resolve_hf_dir(config, data_dir, config.dtype)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     template = config.resolved_chat_template()
+    vision = None
+    if is_vision_config(AutoConfig.from_pretrained(hf_dir)):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(hf_dir, use_fast=False)
+        vlm = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+        model = text_model_of(vlm)
+        vision = Vision(vlm, processor, model)
+        if template is None and not tokenizer.chat_template:
+            template = getattr(processor, "chat_template", None)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
     if template is not None:
         tokenizer.chat_template = template
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
     max_model_len = config.max_model_len or int(model.config.get_text_config().max_position_embeddings)
     return LoadedModel(model, tokenizer, device, dtype, hf_dir, max_model_len,
-                       model.generation_config.eos_token_id, weights_revision(hf_dir))
+                       model.generation_config.eos_token_id, weights_revision(hf_dir), vision)
 
 
 def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype) -> int:

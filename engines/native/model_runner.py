@@ -27,6 +27,7 @@ from engines.native.scheduler import ScheduledChunk
 from engines.native.sequence import Sequence
 from engines.native.static_decode import Capturer, StaticDecode, StaticLayout
 from engines.native.step_layout import StepLayout, decode_state, paged_attention
+from engines.native.vision import image_groups
 from engines.protocol import TokenLogprobs
 
 ATTENTION_NAME = "ozwell_paged"
@@ -146,6 +147,7 @@ class PagedModelRunner:
         # on a CPU in fresh pages that cost memory once used (cpu_kernel.py); int8 with its scales beside
         self.k_cache, self.v_cache, self.k_scales, self.v_scales = kv_cache.allocate(
             shape, self.kv_dtype, self.device, cpu_kernel.fresh_zeros if self.device.type == "cpu" else None)
+        self.vision = None  # a VLM's image side (vision.py), set by the engine
         self.static = None
         if static_decode and self.k_scales is not None:  # (CPU tests only: int8 is refused on a GPU)
             log.info("an int8 KV cache serves eager decode steps (the static ones read no scales)")
@@ -174,7 +176,7 @@ class PagedModelRunner:
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
         """One step: the packed forward pass, then a token for each sequence whose chunk completes it."""
         static = self.static is not None and self.static.fits(chunks) and not any(
-            chunk.seq.needs_prompt_logprobs for chunk in chunks)
+            chunk.seq.needs_prompt_logprobs or _before_an_image_end(chunk.seq) for chunk in chunks)
         logits = self.static.forward(chunks) if static else self.forward(chunks)
         completing = [chunk.seq for chunk in chunks if chunk.completes]
         if self._to_float_out is not None and completing:
@@ -198,12 +200,15 @@ class PagedModelRunner:
         scored: list[PromptRows] = []
         scored_keep: list[int] = []
         decode_rows, decode_tables, decode_lengths, decode_slots = [], [], [], []
+        pieces, groups = [], []  # images: per chunk (vision.Vision.embed); per prefill, bidirectional image groups
         size = self.block_size
         for chunk in chunks:
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
             end = start + chunk.num_tokens
             offset = len(tokens)
             tokens += seq.token_ids[start:end]
+            if seq.images is not None:
+                pieces.append((seq.images, start, end, offset))
             positions += range(start, end)
             if chunk.completes:
                 keep.append(offset + chunk.num_tokens - 1)
@@ -222,9 +227,13 @@ class PagedModelRunner:
             context_slots.append(self._slots(torch.tensor(seq.block_table, device=self.device),
                                              torch.arange(end, device=self.device)))
             query_positions.append(torch.arange(start, end, device=self.device))
+            groups.append(image_groups(seq.images, end))
         positions = torch.tensor(positions, device=self.device)
         layout = StepLayout(self.k_cache, self.v_cache, torch.empty(0), ranges, context_slots, query_positions,
-                            k_scales=self.k_scales, v_scales=self.v_scales)
+                            k_scales=self.k_scales, v_scales=self.v_scales,
+                            image_groups=groups if any(g is not None for g in groups) else None)
+        # a chunk over an image's placeholders: the step runs on embeddings, the image's rows its features
+        embeds = self.vision.embed(pieces, tokens) if pieces and self.vision is not None else None
         if decode_rows:
             self._decode_layout(layout, decode_rows, decode_tables, decode_lengths)
         if not ranges:  # decodes only (the rows are 0..n-1, in order)
@@ -241,10 +250,11 @@ class PagedModelRunner:
         try:
             with torch.inference_mode():
                 every = len(keep) == len(tokens) and not scored
-                if self.decode_forward is not None and every and layout.whole_layers:
+                if self.decode_forward is not None and every and layout.whole_layers and embeds is None:
                     return self.decode_forward(torch.tensor([tokens], device=self.device), positions[None])
                 output = self.model(
-                    input_ids=torch.tensor([tokens], device=self.device),
+                    **({"inputs_embeds": embeds} if embeds is not None else
+                       {"input_ids": torch.tensor([tokens], device=self.device)}),
                     position_ids=positions[None],
                     use_cache=False,
                     # every token's logits (decodes only, all completing): no gather of the hidden states
@@ -266,6 +276,11 @@ class PagedModelRunner:
         layout.decode_lengths = torch.tensor(lengths, device=self.device)
         layout.block_size = self.block_size
         layout.kernel = self.cpu_kernel
+
+
+def _before_an_image_end(seq: Sequence) -> bool:
+    """Whether the sequence has not yet computed all its images' placeholders (its rows may be an image's)."""
+    return seq.images is not None and seq.num_computed_tokens < seq.images.spans[-1].end
 
 
 def profile_activations(model, num_tokens: int, block_size: int) -> int:

@@ -122,10 +122,13 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
 
         def take(seq: Sequence) -> int:
-            return min(seq.num_uncomputed_tokens, budget, batch_budget if seq.priority > 0 else budget)
+            # an image of a model that attends both ways within it is not cut (vision.py): the chunk may overrun
+            # the budget by the rest of that image
+            count = min(seq.num_uncomputed_tokens, budget, batch_budget if seq.priority > 0 else budget)
+            return seq.fit_chunk(count) if count > 0 else 0
 
         for seq in sorted(self.running, key=lambda s: s.priority):  # stable: oldest first within a class
-            if budget == 0:
+            if budget <= 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop

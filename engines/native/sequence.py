@@ -14,7 +14,7 @@ class SequenceStatus(Enum):
 
 class Sequence:
     def __init__(self, seq_id: str, token_ids: list[int], block_size: int, payload: Any = None,
-                 params: Any = None, generator: Any = None, priority: int = 0):
+                 params: Any = None, generator: Any = None, priority: int = 0, images: Any = None):
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
         self.seq_id = seq_id
@@ -41,6 +41,8 @@ class Sequence:
         # When its request asks for prompt logprobs (the first choice computes them): one entry per prompt token
         # computed so far, the first None. Kept across preemption, so a recompute adds only those still missing.
         self.prompt_logprobs: list | None = None
+        # Its prompt's images (engines/native/vision.py: PreparedImages), or None.
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -67,6 +69,31 @@ class Sequence:
 
     def block_tokens(self, index: int) -> list[int]:
         return self.token_ids[index * self.block_size:(index + 1) * self.block_size]
+
+    def block_key(self, index: int) -> tuple:
+        """What identifies full block `index` for the prefix cache: its tokens, and where a block holds an image's
+        placeholders, that image's offset and digest (the same placeholders stand for any image)."""
+        tokens = tuple(self.block_tokens(index))
+        if self.images is None:
+            return tokens
+        low, high = index * self.block_size, (index + 1) * self.block_size
+        marks = tuple((span.start - low, span.digest) for span in self.images.spans
+                      if span.start < high and span.end > low)
+        return tokens + marks if marks else tokens
+
+    def fit_chunk(self, count: int) -> int:
+        """A prefill chunk of `count` tokens from here, moved so that it does not end inside an image of a model
+        whose image tokens attend both ways (vision.py): ended before the image, or stretched to the image's end
+        when the chunk starts at or inside it (may exceed `count`)."""
+        if self.images is None or not self.images.bidirectional:
+            return count
+        start = self.num_computed_tokens
+        end = start + count
+        for span in self.images.spans:
+            if span.start < end < span.end:
+                end = span.start if span.start > start else span.end
+                break
+        return end - start
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

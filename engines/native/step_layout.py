@@ -41,10 +41,14 @@ class StepLayout:
     all_decode: bool = False  # every packed token is a decode (decode_rows is 0..n-1): the step's common case
     k_scales: torch.Tensor | None = None  # an int8 cache's scales [layers, slots, kv_heads] (float32), else None
     v_scales: torch.Tensor | None = None
+    # per prefilling sequence, for a model whose image tokens attend both ways (vision.py): each context position's
+    # image or -1 (vision.image_groups); None for the others
+    image_groups: list[torch.Tensor | None] | None = None
     _masks: dict = field(default_factory=dict)
 
     def mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
-        """Prefilling sequence `index`'s [new tokens, context] mask: causal, and windowed on sliding layers.
+        """Prefilling sequence `index`'s [new tokens, context] mask: causal (and both ways among one image's tokens,
+        where the model's images attend so), and windowed on sliding layers.
 
         The same for every layer of a kind, so it is built once a step, not once a layer."""
         key = (index, sliding_window)
@@ -52,6 +56,11 @@ class StepLayout:
             positions = self.query_positions[index]
             context = torch.arange(self.context_slots[index].shape[0], device=positions.device)
             allowed = context[None, :] <= positions[:, None]
+            groups = self.image_groups[index] if self.image_groups is not None else None
+            if groups is not None:
+                groups = groups.to(positions.device)
+                mine = groups[positions][:, None]
+                allowed |= (mine >= 0) & (groups[None, :] == mine)
             if sliding_window is not None:
                 allowed &= context[None, :] > positions[:, None] - sliding_window
             self._masks[key] = allowed[None, None]
