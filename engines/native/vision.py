@@ -68,10 +68,11 @@ def text_model_of(vlm: torch.nn.Module) -> torch.nn.Module:
     text_config = vlm.config.get_text_config()
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(text_config)
-    decoder = vlm.model.language_model
-    if type(decoder) is not type(lm.model):
-        raise ValueError(f"the VLM's language model is a {type(decoder).__name__}, not the {type(lm.model).__name__} "
-                         f"that {type(lm).__name__} serves; this architecture is not supported by the native engine")
+    decoder = getattr(getattr(vlm, "model", None), "language_model", None)
+    if decoder is None or type(decoder) is not type(lm.model) or not hasattr(vlm.model, "get_image_features"):
+        raise ValueError(f"{type(vlm).__name__} is not a vision-language model the native engine serves (its language "
+                         "model must be a plain causal LM of transformers; tested: Gemma 3 and LLaVA); serve it with "
+                         "engine: vllm")
     lm.model = decoder
     lm.lm_head = vlm.lm_head
     lm.generation_config = vlm.generation_config

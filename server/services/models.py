@@ -27,6 +27,8 @@ class ModelService:
                    "load": "on_demand" if slot.on_demand else "startup"}
         if engine is not None:
             details["revision"] = engine.revision
+            # what its chat requests may carry: images only where the model is a vision-language model
+            details["input_modalities"] = ["text", "image"] if getattr(engine, "accepts_images", False) else ["text"]
         max_model_len = getattr(engine, "max_model_len", None) if engine is not None else config.max_model_len
         if isinstance(max_model_len, int):
             details["max_model_len"] = max_model_len

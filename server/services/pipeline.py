@@ -7,7 +7,8 @@
 2. resolve the model to its engine, and check that the key may use it;
 3. admit it before any work: the engine's waiting queue, then a lower bound of its tokens against the
    key's tokens per minute (each prompt's `floor`, computed without templating or tokenizing);
-4. tokenize its prompts off the event loop (templates, files, truncation: server/services/prompts.py);
+4. tokenize its prompts off the event loop (templates, files, truncation: server/services/prompts.py), and
+   prepare their images (a vision model's processor);
 5. its sampling parameters for each prompt, checked against the engine (context length, vocabulary, a
    grammar it cannot enforce), off the event loop: checking a schema compiles it (issue #35);
 6. reserve its exact tokens (the same reservation, resized);
@@ -161,8 +162,11 @@ class GenerationPipeline:
             raise request_error(exc, self.prompt_param) from None
         await context.reserve_tokens(floor + sequences * (requested or 1))
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
+        # a chat prompt's images, prepared by the engine as token_ids ran (its processor: pixels, placeholders)
+        images = [prompt.images() if hasattr(prompt, "images") else None for prompt in prompts]
         params = await off_loop(self._params, edge, requested, engine, ids, default)
-        generation = Generation(engine, request_id, ids, params, context.settle, self.observers, context.priority)
+        generation = Generation(engine, request_id, ids, params, context.settle, self.observers, context.priority,
+                                images=images if any(i is not None for i in images) else None)
         # Without max_tokens a choice may run to the end of the context, but it reserves only the server's
         # completion reserve (--completion-reserve) and is charged its real use when it ends.
         cap = context.completion_reserve if requested is None else None

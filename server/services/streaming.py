@@ -60,7 +60,7 @@ def shutting_down_error() -> ServiceUnavailableError:
 
 async def stream_events(
     engine: GenerationEngine, request_id: str, prompt_ids: list[int], params: SamplingParams,
-    observers: Observers | None = None, priority: int = INTERACTIVE,
+    observers: Observers | None = None, priority: int = INTERACTIVE, images: object = None,
 ) -> AsyncIterator[GenerationEvent]:
     """The engine's events. An engine fault becomes a 500-shaped error, a dead engine a 503, and a
     request cut by the shutdown drain a 503 `server_shutting_down`; leaving early aborts."""
@@ -70,7 +70,7 @@ async def stream_events(
     registration = lifecycle.register(engine, request_id) if lifecycle else None
     fault = False
     try:
-        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params, priority)):
+        async for event in engine.generate(GenerationRequest(request_id, prompt_ids, params, priority, images)):
             if trace is not None:
                 trace.event(event.index, len(event.token_ids), event.completion_tokens, event.finish_reason)
             if event.finish_reason == "abort" and lifecycle is not None and lifecycle.was_cut(request_id):
@@ -95,11 +95,14 @@ async def stream_events(
 
 async def merged_events(engine: GenerationEngine, request_id: str, prompts: list[list[int]],
                         params: list[SamplingParams], observers: Observers | None = None,
-                        priority: int = INTERACTIVE) -> AsyncIterator[tuple[int, GenerationEvent]]:
+                        priority: int = INTERACTIVE, images: list | None = None
+                        ) -> AsyncIterator[tuple[int, GenerationEvent]]:
     """Events of every prompt as they come, with the choice index OpenAI gives them (prompt i, choice j ->
-    i * n + j). One prompt runs under `request_id` itself; several under `request_id-i`."""
+    i * n + j). One prompt runs under `request_id` itself; several under `request_id-i`. `images`: each
+    prompt's prepared images (engines/protocol.py), when any has some."""
+    images = images or [None] * len(prompts)
     if len(prompts) == 1:
-        async for event in stream_events(engine, request_id, prompts[0], params[0], observers, priority):
+        async for event in stream_events(engine, request_id, prompts[0], params[0], observers, priority, images[0]):
             yield event.index, event
         return
     queue: asyncio.Queue = asyncio.Queue()
@@ -108,7 +111,7 @@ async def merged_events(engine: GenerationEngine, request_id: str, prompts: list
     async def pump(i: int) -> None:
         try:
             async for event in stream_events(engine, f"{request_id}-{i}", prompts[i], params[i], observers,
-                                             priority):
+                                             priority, images[i]):
                 await queue.put((i * params[i].n + event.index, event))
             await queue.put(finished)
         except BaseException as exc:
@@ -188,6 +191,7 @@ class Generation:
     completion_tokens: dict[int, int] = field(default_factory=dict)  # choice index -> tokens so far
     # Legacy completions' echo with max_tokens 0: the one token each choice runs is neither returned nor charged.
     completion_dropped: bool = False
+    images: list | None = None  # each prompt's prepared images (a VLM's chat request), or None
 
     @property
     def model(self) -> str:
@@ -203,7 +207,7 @@ class Generation:
 
     async def _events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
         async for index, event in merged_events(self.engine, self.request_id, self.prompts, self.params,
-                                                self.observers, self.priority):
+                                                self.observers, self.priority, self.images):
             self.completion_tokens[index] = 0 if self.completion_dropped else event.completion_tokens
             yield index, event
 
