@@ -18,12 +18,21 @@ from server.auth.keys import KeyService
 from server.auth.plans import Plans
 from server.db.database import Database
 from server.errors import install_error_handlers
+from server.images import ImagePolicy
 from server.lifecycle import Lifecycle
 from server.loop_watchdog import LoopWatchdog
 from server.metrics import Metrics
 from server.middleware import RateLimitHeadersAndUsage, RequestGuard
 from server.ratelimit import InMemoryRateLimiter, RateLimiter
-from server.routes import admin, chat, completions, embeddings, health, models, models_admin
+from server.routes import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    models,
+    models_admin,
+)
 from server.routes import batches as batches_routes
 from server.routes import files as files_routes
 from server.routes import metrics as metrics_routes
@@ -54,7 +63,12 @@ log = logging.getLogger("ozwell.server")
 def _batch_runner(app_services: AppServices, database: Database) -> BatchRunner:
     """The batch runner, running each endpoint's lines through the service its route calls."""
     from engines.protocol import EmbeddingEngine, GenerationEngine
-    from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponseRequest
+    from server.protocol import (
+        ChatCompletionRequest,
+        CompletionRequest,
+        EmbeddingRequest,
+        ResponseRequest,
+    )
 
     s = app_services
     endpoints = {
@@ -79,7 +93,7 @@ async def _sweep_forever(files: FileService, responses: ResponseStore, chats: Ch
             old = await asyncio.to_thread(responses.sweep) + await asyncio.to_thread(chats.sweep)
             if removed or old:
                 log.info("swept %d expired file(s) and %d old response(s) or chat completion(s)", removed, old)
-        except Exception:  # noqa: BLE001 - keep sweeping
+        except Exception:
             log.exception("sweep failed")
 
 
@@ -144,16 +158,18 @@ def create_app(settings: Settings, registry: EngineRegistry, database: Database 
                   openapi_url=None, dependencies=[Depends(authenticate)], redirect_slashes=False)
     metrics, lifecycle = Metrics(registry, instance=settings.instance), Lifecycle()
     observers = Observers(metrics, lifecycle)
+    images = ImagePolicy.from_settings(settings)  # --max-image-mb, --max-images-per-request, --allow-image-urls
     app.state.services = AppServices(
         settings=settings, registry=registry,
         keys=KeyService(database, Plans.from_file(settings.plans_file)) if database else None,
         usage=usage, limiter=limiter or InMemoryRateLimiter(),
         database=database,
         files=files, metrics=metrics, lifecycle=lifecycle, models=ModelService(registry),
-        chat=ChatService(registry, observers, files, chats), completions=CompletionService(registry, observers),
+        chat=ChatService(registry, observers, files, chats, images=images),
+        completions=CompletionService(registry, observers),
         embeddings=EmbeddingService(registry),
         responses=ResponseService(registry, responses, files, observers, vector_stores=vector_stores,
-                                  background=background),
+                                  background=background, images=images),
         vector_stores=vector_stores)
     app.state.services.model_admin = ModelAdminService(registry, settings)
     if database is not None:

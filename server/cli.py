@@ -36,6 +36,8 @@ _SERVE_LIMITS = [
     ("--dashboard-signin-attempts", int, 10, "failed dashboard sign-ins allowed per client address a minute"),
     ("--batch-concurrency", int, 16, "batch lines (the Batch API) each replica runs at once"),
     ("--batch-lease", float, 30.0, "seconds a replica's claim on a batch lasts unrenewed (a dead one's is taken over)"),
+    ("--max-image-mb", float, 20.0, "largest image in a prompt in MB, its encoded bytes"),
+    ("--max-images-per-request", int, 16, "images one request's prompt may hold"),
 ]
 
 
@@ -78,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--memory-gib", type=float, default=None,
                        help="GiB of host memory the loaded models may hold in all, weights and KV caches; a load "
                             "that would pass it unloads the least recently used idle model first (default: no bound)")
+    serve.add_argument("--allow-image-urls", action="store_true",
+                       help="fetch http(s) image URLs in prompts (size-capped by --max-image-mb, 10 s each); "
+                            "default: refused with a 400, the server fetches nothing")
     add_models_parser(sub)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys (works on the database directly)")
@@ -277,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                             database_pool_size=args.db_pool_size, database_max_overflow=args.db_max_overflow,
                             redis_url=args.redis_url, files_dir=args.files_dir, instance_id=args.instance_id,
                             batch_concurrency=args.batch_concurrency, batch_lease_s=args.batch_lease,
-                            kv_cache_gib=args.kv_cache_gib, memory_gib=args.memory_gib, lazy=args.lazy, **extra)
+                            kv_cache_gib=args.kv_cache_gib, memory_gib=args.memory_gib, lazy=args.lazy,
+                            max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+                            max_images_per_request=args.max_images_per_request,
+                            allow_image_urls=args.allow_image_urls, **extra)
         return _serve(settings, args.log_level, args.database_url, args.metrics_port, args.metrics_host,
                       args.forwarded_allow_ips)
     except ConfigError as exc:

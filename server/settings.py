@@ -71,6 +71,11 @@ class Settings(BaseModel):
     kv_cache_gib: float | None = Field(default=None, gt=0)
     memory_gib: float | None = Field(default=None, gt=0)
     lazy: bool = False
+    # Images in prompts (server/images.py): the encoded bytes of one image, the images of one request, and whether
+    # http(s) image URLs are fetched (off: the server fetches nothing, air-gapped by design).
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_images_per_request: int = Field(default=16, ge=1)
+    allow_image_urls: bool = False
 
     @property
     def scaled_out(self) -> bool:

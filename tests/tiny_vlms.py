@@ -92,9 +92,19 @@ def _ids(tokenizer) -> dict:
 
 
 def _save_model(model, out_dir: Path) -> None:
+    """save_pretrained, then the vision tower's weights renamed to the published checkpoints' layout
+    (`vision_tower.vision_model.*`: transformers 5.25 writes `vision_tower.*`, which vLLM does not load;
+    transformers reads both)."""
+    from safetensors.torch import load_file, save_file
+
     model.generation_config.do_sample = False
     model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
     model.save_pretrained(out_dir)
+    path = out_dir / "model.safetensors"
+    tower, published = "vision_tower.", "vision_tower.vision_model."
+    weights = {(published + name[len(tower):] if name.startswith(tower) and not name.startswith(published) else name):
+               tensor for name, tensor in load_file(path).items()}
+    save_file(weights, path, metadata={"format": "pt"})
 
 
 def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Path:
@@ -102,6 +112,7 @@ def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Pat
     a two-layer gemma3_text (one sliding, one full attention layer), float32; with Gemma3Processor.
     `text_overrides` change the text config (vLLM's CPU kernels want head_dim=64, say)."""
     import torch
+    from tokenizers import AddedToken
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -117,6 +128,9 @@ def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Pat
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>"},
     )
+    # Gemma's SentencePiece vocabulary has "\n" .. "\n\n\n\n" as tokens (vLLM's Gemma 3 processor looks them up to
+    # merge the newlines around an image as the tokenizer would); here they are added tokens.
+    tokenizer.add_tokens([AddedToken("\n" * n, normalized=False, special=False) for n in (1, 2, 3, 4)])
     tokenizer.chat_template = GEMMA3_VLM_TEMPLATE
     text = Gemma3TextConfig(**{
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

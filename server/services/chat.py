@@ -12,6 +12,7 @@ from engines.protocol import SamplingParams
 from engines.registry import EngineRegistry
 from server.context import RequestContext
 from server.errors import NotFoundError, UnsupportedParameterError
+from server.images import ImageLoader, ImagePolicy
 from server.protocol import ChatCompletionRequest
 from server.response_models import (
     AssistantMessage,
@@ -23,7 +24,13 @@ from server.response_models import (
 )
 from server.services.chat_assembly import StreamedCompletion
 from server.services.chat_store import ChatCompletionStore, stored_messages
-from server.services.formats import chat_logprobs, new_id, openai_finish_reason, sse, sse_stream
+from server.services.formats import (
+    chat_logprobs,
+    new_id,
+    openai_finish_reason,
+    sse,
+    sse_stream,
+)
 from server.services.pipeline import GenerationPipeline, callable_tools, off_loop
 from server.services.prompt_files import FileStore, PromptFiles, chat_file_parts
 from server.services.prompts import ChatPrompt
@@ -36,19 +43,23 @@ log = logging.getLogger("ozwell.server")
 
 class ChatService:
     def __init__(self, registry: EngineRegistry, observers: Observers | None = None, files: FileStore | None = None,
-                 store: ChatCompletionStore | None = None):
+                 store: ChatCompletionStore | None = None, images: ImagePolicy | None = None):
         self.pipeline = GenerationPipeline(registry, "/v1/chat/completions", "messages", observers)
         self.files = files
+        self.images = images or ImagePolicy()  # the server's image limits (server/images.py)
         self.store = store  # None without a database: store=true is refused
 
     async def create(self, req: ChatCompletionRequest, context: RequestContext) -> dict | AsyncIterator[str]:
         keep = self._keeper(req, context.owner) if req.store else None
         if keep is not None:
             await off_loop(self.store.check_room, context.owner)  # a full quota refuses before any work
+        # image parts' shapes first (cheap): they are read and decoded with the prompt's tokens, once admitted
+        loader = ImageLoader(self.images, self.files, context.owner)
+        prompt = ChatPrompt(req.messages, None, None, loader)
         tools = await callable_tools(req)
         files = PromptFiles(self.files, context.owner, lambda: chat_file_parts(req.messages))
         await asyncio.to_thread(files.measure)  # their records' sizes, so that admission counts them
-        prompt = ChatPrompt(req.messages, files, tools)
+        prompt.files, prompt.tools = files, tools
         generation = await self.pipeline.start(req, [prompt], context, new_id("chatcmpl"))
         if req.stream:
             forced = tools is not None and tools.choice != "auto"  # the reply is calls from the first token

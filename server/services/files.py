@@ -376,6 +376,24 @@ class FileService:
                                       "such as .txt, .md, .json or .csv.", param="file_id",
                                       code="unsupported_file") from None
 
+    def image_bytes(self, owner: str, file_id: str, max_bytes: int) -> bytes:
+        """An uploaded image's bytes, for an image part (server/images.py checks what they are): the file must be
+        the owner's (else NotFoundError), uploaded with purpose 'vision' or 'user_data', and at most `max_bytes`
+        (else a 400). Blocking."""
+        from server.images import IMAGE_PURPOSES
+
+        record = self.get(owner, file_id)
+        if record.purpose not in IMAGE_PURPOSES:
+            raise InvalidRequestError(f"File {file_id} was uploaded with purpose '{record.purpose}'; an image part "
+                                      "takes a file uploaded with purpose 'vision' or 'user_data'.", param="file_id",
+                                      code="invalid_file_purpose")
+        if record.bytes > max_bytes:
+            raise InvalidRequestError(f"File {file_id} is larger than this server's image limit of "
+                                      f"{max_bytes / (1024 * 1024):g} MB (--max-image-mb).", param="file_id",
+                                      code="image_too_large")
+        with self.path(record).open("rb") as handle:
+            return handle.read(max_bytes + 1)
+
     def _prompt_file(self, owner: str, file_id: str, max_bytes: int) -> StoredFile:
         record = self.get(owner, file_id)
         if Path(record.filename).suffix.lower() not in TEXT_SUFFIXES:

@@ -29,6 +29,8 @@ class FileStore(Protocol):
 
     def read_text(self, owner: str, file_id: str, max_bytes: int) -> str: ...
 
+    def image_bytes(self, owner: str, file_id: str, max_bytes: int) -> bytes: ...  # image parts (server/images.py)
+
 
 class PromptFiles:
     """The file parts of one request: `measure` (blocking) checks their bounds from the files' records before

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from engines.protocol import ContextLengthExceeded, GenerationEngine
+from engines.protocol import ContextLengthExceeded, GenerationEngine, ImageInput
 from server.errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
+from server.images import ImageLoader, ImagePolicy, ImageRef, check_count, image_ref
 from server.protocol import ChatMessage
 from server.services.prompt_files import PromptFiles
 from server.tool_calls import ToolPlan, call_text
@@ -29,7 +30,19 @@ class Prompt(Protocol):
         """A lower bound on its tokens, without templating or tokenizing (at most the context)."""
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
-        """Its token ids (blocking: templates, files, tokenizing). Raises OpenAIError or the engine's refusal."""
+        """Its token ids (blocking: templates, files, images, tokenizing). Raises OpenAIError or the engine's
+        refusal."""
+
+    def images(self) -> object | None:
+        """The engine's prepared images (`encode_chat_images`' second value) once `token_ids` ran, or None."""
+
+
+def refuse_images(engine: GenerationEngine, param: str) -> None:
+    """A 400 naming the model when it takes no images (before any image is read or decoded)."""
+    if not engine.accepts_images:
+        raise InvalidRequestError(f"The model `{engine.config.id}` does not take images (it is not a vision-language "
+                                  "model); send the image parts to a model that does, or leave them out.",
+                                  param=param, code="model_not_multimodal")
 
 
 def text_floor(engine: GenerationEngine, text: str) -> int:
@@ -64,6 +77,9 @@ class TextPrompt:
     def token_ids(self, engine: GenerationEngine) -> list[int]:
         return engine.encode_text(self.text)
 
+    def images(self) -> None:
+        return None
+
 
 @dataclass
 class TokenPrompt:
@@ -80,36 +96,106 @@ class TokenPrompt:
                                       param="prompt", code="invalid_value")
         return list(self.ids)
 
+    def images(self) -> None:
+        return None
+
 
 @dataclass
 class ChatPrompt:
+    """Chat messages. Their `image_url` parts (user messages only) are checked for shape when the prompt is made
+    (server/images.py: nothing decoded), refused for a model that takes no images when the floor is read, and
+    read and decoded by `token_ids`, which renders a message holding images as Hugging Face parts for the
+    engine's `encode_chat_images`. The floor counts each image as one token: its placeholders are counted exactly
+    once `token_ids` has run."""
+
     messages: list[ChatMessage]
     files: PromptFiles | None = None  # measured (server/services/prompt_files.py) before the floor is read
     tools: ToolPlan | None = None  # shown in the built-in format (server/tool_calls.py) when they may be called
+    image_loader: ImageLoader | None = None  # reads and decodes the image parts (default: no files, default limits)
+    image_refs: list[ImageRef] = field(init=False)
+    _prepared: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.image_loader is None:
+            self.image_loader = ImageLoader(ImagePolicy())
+        self.image_refs = chat_image_refs(self.messages, self.image_loader.policy)
 
     @property
     def file_text(self) -> FileText | None:
         return None if self.files is None else self.files.reader()
 
     def floor(self, engine: GenerationEngine) -> int:
+        if self.image_refs:
+            refuse_images(engine, "messages")
         text = "".join(_plain_text(m) for m in self.messages)
         if self.files is None or not self.files.bytes:
-            return text_floor(engine, text)
-        return files_floor(engine, text, self.files, "messages")
+            tokens = text_floor(engine, text)
+        else:
+            tokens = files_floor(engine, text, self.files, "messages")
+        return min(tokens + len(self.image_refs), engine.max_model_len)
+
+    def images(self) -> object | None:
+        return self._prepared
 
     def token_ids(self, engine: GenerationEngine) -> list[int]:
+        images: list[ImageInput] = []
+        if self.image_refs:
+            refuse_images(engine, "messages")
+            images = self.image_loader.load_all(self.image_refs)
         if self.tools is not None and self.tools.active and engine.template_tool_format() == "hermes":
             # the template shows the tools and the calls itself, in the same <tool_call> format we decode
-            return engine.encode_chat(template_messages(self.messages, self.file_text, native_tools=True),
-                                      tools=self.tools.openai_tools())
+            rendered = template_messages(self.messages, self.file_text, native_tools=True)
+            if images:
+                return self._encode_images(engine, rendered, images, tools=self.tools.openai_tools())
+            return engine.encode_chat(rendered, tools=self.tools.openai_tools())
         rendered = template_messages(self.messages, self.file_text)
         if self.tools is not None and self.tools.active:
             prompt = self.tools.system_prompt()
             if rendered and rendered[0]["role"] == "system":
-                rendered[0] = {"role": "system", "content": rendered[0]["content"] + "\n\n" + prompt}
+                rendered[0] = {"role": "system", "content": _append_text(rendered[0]["content"], "\n\n" + prompt)}
             else:
                 rendered.insert(0, {"role": "system", "content": prompt})
+        if images:
+            return self._encode_images(engine, rendered, images)
         return engine.encode_chat(rendered)
+
+    def _encode_images(self, engine: GenerationEngine, rendered: list[dict], images: list[ImageInput],
+                       tools: list[dict] | None = None) -> list[int]:
+        ids, self._prepared = engine.encode_chat_images(rendered, images, tools=tools)
+        return ids
+
+
+def _append_text(content: str | list[dict], text: str) -> str | list[dict]:
+    """A message's content with `text` added at its end (its last text part, for a parts list)."""
+    if isinstance(content, str):
+        return content + text
+    if content and content[-1].get("type") == "text":
+        return [*content[:-1], {"type": "text", "text": content[-1]["text"] + text}]
+    return [*content, {"type": "text", "text": text}]
+
+
+def chat_image_refs(messages: list[ChatMessage], policy: ImagePolicy) -> list[ImageRef]:
+    """The `image_url` parts of the user messages, in order, their shape checked (nothing decoded): a data: URL
+    (or, with --allow-image-urls, an http(s) URL), a `detail` of auto, low or high, and no more than the
+    server's images per request."""
+    refs: list[ImageRef] = []
+    for i, message in enumerate(messages):
+        if message.role != "user" or not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if part.get("type") != "image_url":
+                continue
+            param = f"messages[{i}].content[{j}].image_url"
+            value = part.get("image_url")
+            if isinstance(value, str):  # some clients send the URL alone
+                value = {"url": value}
+            if not isinstance(value, dict):
+                raise InvalidRequestError('An image_url part needs {"image_url": {"url": "data:image/png;base64,..."}}.',
+                                          param=param, code="missing_required_parameter")
+            refs.append(image_ref(policy, f"{param}.url", url=value.get("url"), detail=value.get("detail"),
+                                  detail_param=f"{param}.detail"))
+            check_count(len(refs), policy, param)
+    return refs
 
 
 def file_part_text(file_id: object, param: str, file_text: FileText | None) -> str:
@@ -124,6 +210,15 @@ def file_part_text(file_id: object, param: str, file_text: FileText | None) -> s
 
 
 def _message_text(message: ChatMessage, i: int, file_text: FileText | None = None) -> str:
+    content = _message_content(message, i, file_text)
+    if isinstance(content, list):  # images outside a user message are refused by _message_content
+        return "".join(part.get("text", "") for part in content)
+    return content
+
+
+def _message_content(message: ChatMessage, i: int, file_text: FileText | None = None) -> str | list[dict]:
+    """The message's content for the template: its text, or, for a user message holding images, Hugging Face
+    parts in request order (`{"type": "text", ...}` with adjacent texts joined, `{"type": "image"}`)."""
     if message.content is None:
         if message.role == "assistant":
             return ""
@@ -134,28 +229,41 @@ def _message_text(message: ChatMessage, i: int, file_text: FileText | None = Non
     if not message.content:
         raise InvalidRequestError(f"messages[{i}].content must not be an empty array.",
                                   param=f"messages[{i}].content", code="invalid_value")
-    texts = []
+    parts: list[dict] = []
+    images = False
+
+    def add_text(text: str) -> None:
+        if parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += text
+        else:
+            parts.append({"type": "text", "text": text})
+
     for j, part in enumerate(message.content):
         kind, param = part.get("type"), f"messages[{i}].content[{j}]"
         if kind is None:
             raise InvalidRequestError(f"Missing required parameter: '{param}.type'.",
                                       param=f"{param}.type", code="missing_required_parameter")
         if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+            add_text(part["text"])
         elif kind == "file" and message.role == "user":
             file = part.get("file")
             if not isinstance(file, dict) or not isinstance(file.get("file_id"), str):
                 raise InvalidRequestError("A file content part needs {\"file\": {\"file_id\": \"file-...\"}} (upload "
                                           "it with /v1/files first); inline file_data is not supported.",
                                           param=f"{param}.file")
-            texts.append(file_part_text(file["file_id"], f"{param}.file", file_text))
+            add_text(file_part_text(file["file_id"], f"{param}.file", file_text))
+        elif kind == "image_url" and message.role == "user":  # checked and loaded by the ChatPrompt
+            parts.append({"type": "image"})
+            images = True
         else:
             raise InvalidRequestError(
                 f"Content part type {kind!r} is not supported in {param}; this server supports "
-                "text parts, and in user messages file parts with the file_id of an uploaded UTF-8 text file.",
-                param=f"{param}.type", code="unsupported_value",
+                "text parts, and in user messages image_url parts and file parts with the file_id of an uploaded "
+                "UTF-8 text file.", param=f"{param}.type", code="unsupported_value",
             )
-    return "".join(texts)
+    if not images:
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 def _plain_text(message: ChatMessage) -> str:
@@ -195,7 +303,7 @@ def template_messages(messages: list[ChatMessage], file_text: FileText | None = 
         if message.role not in TEMPLATE_ROLES:
             raise UnsupportedParameterError(f"messages[{i}].role", f"'{message.role}' is the deprecated "
                                             "function-calling role; use tools and role 'tool'")
-        text = _message_text(message, i, file_text)
+        text = _message_content(message, i, file_text)
         if message.tool_calls:
             if message.role != "assistant":
                 raise InvalidRequestError(f"messages[{i}].tool_calls is only for assistant messages.",

@@ -23,6 +23,7 @@ from server.errors import (
     NotFoundError,
     OpenAIError,
 )
+from server.images import ImageLoader, ImagePolicy
 from server.protocol import ResponseRequest
 from server.services.background import BackgroundResponses
 from server.services.file_search import FileSearch
@@ -46,10 +47,11 @@ if TYPE_CHECKING:
 class ResponseService:
     def __init__(self, registry: EngineRegistry, store: ResponseStore | None, files: FileStore | None,
                  observers: Observers | None = None, vector_stores: VectorStoreService | None = None,
-                 background: BackgroundResponses | None = None):
+                 background: BackgroundResponses | None = None, images: ImagePolicy | None = None):
         self.pipeline = GenerationPipeline(registry, "/v1/responses", "input", observers)
         self.store = store
         self.files = files
+        self.images = images or ImagePolicy()  # the server's image limits (server/images.py)
         self.vector_stores = vector_stores  # file_search's (None without a database)
         self.background = background  # background responses' runner (None without a database)
 
@@ -69,6 +71,8 @@ class ResponseService:
         """Checked, admitted, its tokens reserved and its prompt built: ready to generate."""
         owner = context.owner
         chain = None if self.store is None else functools.partial(self.store.chain, owner)
+        # input_image parts' shapes first (cheap): they are read and decoded with the prompt's tokens, once admitted
+        prompt = ConversationPrompt(req, None, chain, image_loader=ImageLoader(self.images, self.files, owner))
         if self.store is not None and req.store:
             await off_loop(self.store.check_room, owner)  # a full quota refuses before any work
         tools = await callable_tools(req)
@@ -77,7 +81,7 @@ class ResponseService:
         search = FileSearch.plan(req)
         if search is not None:
             await search.run(self.vector_stores, owner, context.priority)
-        prompt = ConversationPrompt(req, files, chain, tools=tools, grounding=search)
+        prompt.files, prompt.tools, prompt.grounding = files, tools, search
         generation = await self.pipeline.start(req, [prompt], context, item_id("resp"))
         if search is not None:
             generation.settle = search.charged(generation.settle)

@@ -69,7 +69,8 @@ def test_missing_required_field_is_named(client):
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio",
+                                                     "input_audio": {"data": "x", "format": "wav"}}]}]},
          "messages[0].content[0].type"),
     ],
 )

@@ -29,6 +29,7 @@ from ozwell import (
 )
 from ozwell.types import (
     ChatCompletionMessageParam,
+    ResponseInputItemParam,
     ResponseCompletedEvent,
     ResponseCreatedEvent,
     ResponseIncompleteEvent,
@@ -158,6 +159,28 @@ def test_file_round_trip(client: Ozwell, tmp_path: Path) -> None:
     with pytest.raises(BadRequestError) as caught:
         client.files.create(file=b"x", filename="x.txt", purpose="not-a-purpose")
     assert caught.value.param == "purpose"
+
+
+# a 1x1 PNG, as a base64 data: URL
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSu"
+         "QmCC")
+
+
+def test_image_parts_are_typed_and_a_text_model_refuses_them(client: Ozwell, chat_model: str) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}}]}]
+    with pytest.raises(BadRequestError) as caught:
+        client.chat.completions.create(model=chat_model, messages=messages, max_tokens=4)
+    assert (caught.value.code, caught.value.param) == ("model_not_multimodal", "messages")
+    items: list[ResponseInputItemParam] = [{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": PIXEL, "detail": "auto"}]}]
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.create(model=chat_model, input=items, max_output_tokens=16)
+    assert (caught.value.code, caught.value.param) == ("model_not_multimodal", "input")
+    with pytest.raises(BadRequestError) as caught:  # the server fetches nothing: air-gapped by design
+        client.chat.completions.create(model=chat_model, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert (caught.value.code, caught.value.param) == ("image_url_not_allowed", "messages[0].content[0].image_url.url")
 
 
 def test_batch_round_trip(client: Ozwell, chat_model: str) -> None:

@@ -267,10 +267,19 @@ export interface BatchList { object: 'list'; data: Batch[]; first_id?: string; l
 
 export interface ResponseInputText { type: 'input_text'; text: string }
 export interface ResponseInputFile { type: 'input_file'; file_id?: string; file_data?: string; filename?: string }
+/** An image: `image_url` (a base64 data: URL; an http(s) URL only where the server allows it) or `file_id` (a
+ * file uploaded with purpose 'vision' or 'user_data'). */
+export interface ResponseInputImage {
+  type: 'input_image';
+  image_url?: string;
+  file_id?: string;
+  detail?: 'auto' | 'low' | 'high';
+}
+export type ResponseInputContent = ResponseInputText | ResponseInputImage | ResponseInputFile;
 export interface ResponseInputMessage {
   type?: 'message';
   role: 'user' | 'assistant' | 'system' | 'developer';
-  content: string | Array<ResponseInputText | ResponseInputFile | Record<string, unknown>>;
+  content: string | Array<ResponseInputContent | Record<string, unknown>>;
 }
 export interface FunctionCallOutput { type: 'function_call_output'; call_id: string; output: string }
 export type ResponseInputItem = ResponseInputMessage | FunctionCallOutput | Record<string, unknown>;

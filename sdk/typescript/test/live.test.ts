@@ -23,6 +23,7 @@ import {
   PollTimeoutError,
   RateLimitError,
   type ChatCompletionMessageParam,
+  type ResponseInputItem,
   type ResponseStreamEvent,
 } from '../src/index.js';
 
@@ -167,6 +168,25 @@ test('a file round trip: from a path, bytes, a Blob and a stream', { skip }, asy
   await assert.rejects(ozwell.files.retrieve(uploaded[0]?.id ?? 'x'), NotFoundError);
   await assert.rejects(ozwell.files.create({ file: new Uint8Array([1]), filename: 'x.txt', purpose: 'not-a-purpose' }),
     (e: unknown) => e instanceof BadRequestError && e.param === 'purpose');
+});
+
+// a 1x1 PNG, as a base64 data: URL
+const PIXEL = 'data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC';
+
+test('image parts are typed, and a text model refuses them naming itself', { skip }, async () => {
+  const ozwell = client();
+  const messages: ChatCompletionMessageParam[] = [{ role: 'user', content: [
+    { type: 'text', text: 'What is this?' }, { type: 'image_url', image_url: { url: PIXEL, detail: 'low' } }] }];
+  await assert.rejects(ozwell.chat.completions.create({ model: CHAT, messages, max_tokens: 4 }),
+    (e: unknown) => e instanceof BadRequestError && e.code === 'model_not_multimodal' && e.param === 'messages');
+  const input: ResponseInputItem[] = [{ role: 'user', content: [
+    { type: 'input_text', text: 'What is this?' }, { type: 'input_image', image_url: PIXEL, detail: 'auto' }] }];
+  await assert.rejects(ozwell.responses.create({ model: CHAT, input, max_output_tokens: 16 }),
+    (e: unknown) => e instanceof BadRequestError && e.code === 'model_not_multimodal' && e.param === 'input');
+  // the server fetches nothing: air-gapped by design
+  await assert.rejects(ozwell.chat.completions.create({ model: CHAT, max_tokens: 4, messages: [{ role: 'user', content: [
+    { type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }] }] }),
+  (e: unknown) => e instanceof BadRequestError && e.code === 'image_url_not_allowed');
 });
 
 test('a batch round trip', { skip }, async () => {

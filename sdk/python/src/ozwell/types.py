@@ -139,10 +139,23 @@ class ResponseInputFileParam(TypedDict, total=False):
     filename: str
 
 
+class ResponseInputImageParam(TypedDict, total=False):
+    """An image in a Responses input: `image_url` (a base64 data: URL; an http(s) URL only where the server
+    allows it) or `file_id` (a file uploaded with purpose "vision" or "user_data")."""
+
+    type: Required[Literal["input_image"]]
+    image_url: str
+    file_id: str
+    detail: Literal["auto", "low", "high"]
+
+
+ResponseInputContentParam = Union[ResponseInputTextParam, ResponseInputImageParam, ResponseInputFileParam]
+
+
 class ResponseInputMessageParam(TypedDict, total=False):
     type: Literal["message"]
     role: Required[Literal["user", "assistant", "system", "developer"]]
-    content: Required[str | list[ResponseInputTextParam | ResponseInputFileParam | dict[str, Any]]]
+    content: Required[str | list[ResponseInputContentParam | dict[str, Any]]]
 
 
 class FunctionCallOutputParam(TypedDict):
