@@ -174,7 +174,13 @@ class PagedModelRunner:
         return block_table[positions // self.block_size] * self.block_size + positions % self.block_size
 
     def run(self, chunks: list[ScheduledChunk]) -> StepOutput:
-        """One step: the packed forward pass, then a token for each sequence whose chunk completes it."""
+        """One step: the packed forward pass, then a token for each sequence whose chunk completes it. A VLM's images
+        get their features first; a request whose image fails there fails alone (its chunk is left out)."""
+        failed = []
+        if self.vision is not None:
+            chunks, failed = self.vision.ready(chunks)
+            if not chunks:
+                return StepOutput(failed=failed)
         static = self.static is not None and self.static.fits(chunks) and not any(
             chunk.seq.needs_prompt_logprobs or _before_an_image_end(chunk.seq) for chunk in chunks)
         logits = self.static.forward(chunks) if static else self.forward(chunks)
@@ -183,7 +189,9 @@ class PagedModelRunner:
             logits = self._widen(logits)
         if any(seq.grammar is not None for seq in completing):
             mask_logits(logits, [seq.grammar for seq in completing])
-        return sample_isolated(completing, logits) if completing else StepOutput()
+        out = sample_isolated(completing, logits) if completing else StepOutput()
+        out.failed += failed
+        return out
 
     def _widen(self, logits: torch.Tensor) -> torch.Tensor:
         """bfloat16 logits [rows, vocab] in float32, in the kept buffer (valid until the next step's)."""

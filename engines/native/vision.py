@@ -135,6 +135,22 @@ class Vision:
         prepared.features[index] = rows
         return rows
 
+    def ready(self, chunks: list) -> tuple[list, list]:
+        """Compute the features of every image the step's chunks reach (the vision tower, once an image): the chunks
+        whose images are ready, and (sequence, error) for those whose image failed, which fail alone."""
+        kept, failed = [], []
+        for chunk in chunks:
+            seq, start = chunk.seq, chunk.seq.num_computed_tokens
+            try:
+                for index, span in enumerate(seq.images.spans if seq.images is not None else ()):
+                    if span.start < start + chunk.num_tokens and span.end > start:
+                        self.features(seq.images, index)
+            except Exception as exc:  # noqa: BLE001 - this request's own image
+                failed.append((seq, exc))
+                continue
+            kept.append(chunk)
+        return kept, failed
+
     def embed(self, pieces: list[tuple[PreparedImages | None, int, int, int]], tokens: list[int]) -> torch.Tensor | None:
         """The packed step's input embeddings [1, tokens, hidden], or None when no row is an image's.
 

@@ -229,3 +229,33 @@ def test_choices_of_one_request_share_the_image_prompt(vlm_dirs, tmp_path, famil
     expected = reference.greedy("what is in", [image(8)])
     for index in (0, 1):
         assert same([t for e in events if e.index == index for t in e.token_ids], expected)
+
+
+def test_a_request_whose_image_fails_in_the_vision_tower_fails_alone(vlm_dirs, tmp_path):
+    engine = tiny_engine(tmp_path, "llava", vlm_dirs["llava"], max_model_len=256, block_size=4,
+                         kv_cache_dtype="model")
+    reference = Reference(vlm_dirs["llava"])
+    good = engine.encode_chat_images(messages("what is in"), [image(9)])
+    bad = engine.encode_chat_images(messages("what is in"), [image(10)])
+    bad[1].spans[0].pixels["pixel_values"] = bad[1].spans[0].pixels["pixel_values"][..., :20, :20]  # a broken tensor
+
+    async def main():
+        await engine.start()
+        try:
+            async def one(name, request):
+                params = SamplingParams(max_tokens=TOKENS, temperature=0.0, ignore_eos=True)
+                try:
+                    events = [e async for e in engine.generate(GenerationRequest(name, *request[:1], params,
+                                                                                 images=request[1]))]
+                except Exception as exc:  # noqa: BLE001 - what the failing request raised
+                    return exc
+                return [t for e in events for t in e.token_ids]
+
+            return await asyncio.gather(one("bad", bad), one("good", good))
+        finally:
+            await engine.stop()
+
+    failed, tokens = asyncio.run(main())
+    assert isinstance(failed, Exception)
+    assert same(tokens, reference.greedy("what is in", [image(9)]))
+    assert engine._faults == 0 and engine._scheduler.blocks.num_used_blocks == 0
