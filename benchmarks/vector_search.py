@@ -3,12 +3,21 @@ vector-only, hybrid (weighted and RRF fusion) and hybrid with an attribute filte
 and size, and the parse + chunk throughput that ingestion adds in front of the embedding model.
 
     python benchmarks/vector_search.py [--sizes 10000 100000] [--queries 300] [--k 10] [--out benchmarks/results]
+                                       [--no-pgvector | --pgvector-url postgresql+psycopg://...]
 
 Texts are what auto chunking makes: windows of ~600 words (~800 MiniLM tokens) overlapping by half, drawn
 from a Zipf-distributed vocabulary (English function words first, then made-up words), so BM25 meets posting
 lists as long as "the" and as short as a rare name. Queries are 3 to 8 words, mixing common and rare ones.
 Vectors are random unit vectors: exact search costs the same whatever they hold. The index is the embedded
-(in-process) one the service caches per store version; pgvector latency belongs to the service's benchmark.
+(in-process) one the service caches per store version.
+
+The pgvector column: the same chunks, vectors, attributes and queries in a PostgreSQL with pgvector (started from
+the `pgserver` wheel's binaries, as tests/pgvector does, or `--pgvector-url`), one store with its per-store HNSW
+index (m 16, ef_construction 64), searched through StoreSearcher.search_vectors as the server searches once the
+query is embedded (server/vector_stores/pgvector.py: 100 HNSW candidates, ranked in-process): its build time, its
+size on disk, p50/p99, recall@10 of vector-only search against exact search, and an exact scan in SQL (no index)
+for comparison. Random unit vectors in 384 dimensions are HNSW's hard case (no clusters: every point is about as
+far as every other), so its recall here is a floor, not what embeddings of real text get. `--no-pgvector` skips it.
 """
 
 from __future__ import annotations
@@ -93,7 +102,7 @@ def latency(index: StoreIndex, vectors, texts, k: int, **options) -> dict:
             "mean_ms": round(float(np.mean(times)), 2)}
 
 
-def measure_size(chunks: int, query_count: int, k: int, rng: np.random.Generator) -> dict:
+def measure_size(chunks: int, query_count: int, k: int, rng: np.random.Generator, pg=None) -> dict:
     started = time.perf_counter()
     texts, vocab, probabilities = corpus(chunks, rng)
     vectors = unit_rows(chunks, rng)
@@ -120,6 +129,97 @@ def measure_size(chunks: int, query_count: int, k: int, rng: np.random.Generator
         row[name] = latency(index, query_vectors, query_texts, k, **options)
         print(f"  {name:26s} p50 {row[name]['p50_ms']:7.2f} ms   p99 {row[name]['p99_ms']:7.2f} ms", flush=True)
     print(f"  index build {build_s:.1f} s, arrays {row['index_array_mb']} MB", flush=True)
+    if pg is not None:
+        del index, keywords
+        row["pgvector"] = measure_pgvector(pg, texts, vectors, attributes, query_texts, query_vectors, k, year)
+    return row
+
+
+def _timed(search, count: int) -> dict:
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        search(i)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p99_ms": round(float(np.percentile(times, 99)), 2),
+            "mean_ms": round(float(np.mean(times)), 2)}
+
+
+def measure_pgvector(pg, texts: list[str], vectors: np.ndarray, attributes: list[dict], query_texts: list[str],
+                     query_vectors: np.ndarray, k: int, year: dict) -> dict:
+    """One store of these chunks in PostgreSQL + pgvector (40 chunks a file, as the attributes say), its HNSW
+    index, and search latency through the server's searcher."""
+    import psycopg
+    from sqlalchemy import text
+
+    from server.db.database import open_database
+    from server.vector_stores import pgvector
+    from server.vector_stores.search import StoreSearcher
+
+    name = f"bench{len(texts)}"
+    url = pg(name)
+    database = open_database(url, Path(tempfile.mkdtemp(prefix="ozwell-bench-")))
+    assert pgvector.enabled(database), "this PostgreSQL has no pgvector"
+    store_id, owner, model, now = f"vs_bench{len(texts)}", "bench", "bench-model", int(time.time())
+    started = time.perf_counter()
+    with psycopg.connect(url.replace("+psycopg", "")) as connection:
+        connection.execute("INSERT INTO vector_stores (id, owner, name, created_at, last_active_at, embedding_model, "
+                           "version) VALUES (%s, %s, '', %s, %s, %s, 1)", (store_id, owner, now, now, model))
+        with connection.cursor().copy(
+                "COPY vector_store_files (vector_store_id, file_id, owner, filename, status, created_at, "
+                "max_chunk_size_tokens, chunk_overlap_tokens, attributes, usage_bytes) FROM STDIN") as copy:
+            for start in range(0, len(texts), 40):
+                copy.write_row((store_id, attributes[start]["file_id"], owner, attributes[start]["file_id"] + ".txt",
+                                "completed", now, 800, 400, json.dumps(attributes[start]), 0))
+        with connection.cursor().copy(
+                "COPY vector_store_chunks (vector_store_id, file_id, position, text, embedding, embedding_vector) "
+                "FROM STDIN") as copy:
+            for i, chunk in enumerate(texts):
+                copy.write_row((store_id, attributes[i]["file_id"], i % 40, chunk, vectors[i].tobytes(),
+                                pgvector.vector_literal(vectors[i])))
+        connection.execute("ANALYZE vector_store_chunks")
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    assert pgvector.ensure_index(database, store_id, vectors.shape[1])
+    build_s = time.perf_counter() - started
+    with database.engine.connect() as connection:
+        index_mb, table_mb = connection.execute(text(
+            "SELECT pg_relation_size(:i), pg_total_relation_size('vector_store_chunks')"),
+            {"i": pgvector.index_name(store_id)}).one()
+    searcher = StoreSearcher(database, None)
+    stores = searcher.stores(owner, [store_id])
+    filtered = parse_filters(year)
+
+    def search(i: int, hybrid: bool = True, condition=None) -> list[dict]:
+        return searcher.search_vectors(stores, [query_texts[i]], {model: query_vectors[i][None, :]}, k, condition,
+                                       0.0, hybrid)
+
+    for i in range(10):  # warm-up: the store's file list, the connections, PostgreSQL's buffers
+        search(i), search(i, False), search(i, True, filtered)
+    row = {"load_s": round(load_s, 1), "hnsw_build_s": round(build_s, 1), "hnsw_index_mb": round(index_mb / 2**20, 1),
+           "table_mb": round(table_mb / 2**20, 1), "candidates": pgvector.candidates(k)}
+    row["vector_only"] = _timed(lambda i: search(i, False), len(query_texts))
+    row["hybrid_weighted"] = _timed(lambda i: search(i), len(query_texts))
+    row["hybrid_weighted_filtered"] = _timed(lambda i: search(i, True, filtered), len(query_texts))
+    found, where = 0, {chunk: i for i, chunk in enumerate(texts)}
+    for i in range(len(query_texts)):  # recall@k of HNSW against exact cosine
+        exact = set(np.argpartition(-(vectors @ query_vectors[i]), k)[:k].tolist())
+        found += len(exact & {where[r["text"]] for r in search(i, False)})
+    row["vector_only_recall_at_10"] = round(found / (k * len(query_texts)), 3)
+    pgvector_min = pgvector.HNSW_MIN_CHUNKS
+    pgvector.HNSW_MIN_CHUNKS = len(texts) + 1  # the same searcher, without its index: an exact scan in SQL
+    try:
+        searcher = StoreSearcher(database, None)
+        stores = searcher.stores(owner, [store_id])
+        row["vector_only_exact_scan"] = _timed(lambda i: search(i, False), min(50, len(query_texts)))
+    finally:
+        pgvector.HNSW_MIN_CHUNKS = pgvector_min
+    for mode in ("vector_only", "hybrid_weighted", "hybrid_weighted_filtered", "vector_only_exact_scan"):
+        print(f"  pgvector {mode:26s} p50 {row[mode]['p50_ms']:7.2f} ms   p99 {row[mode]['p99_ms']:7.2f} ms",
+              flush=True)
+    print(f"  pgvector: load {load_s:.1f} s, HNSW build {build_s:.1f} s, index {row['hnsw_index_mb']} MB, "
+          f"recall@10 {row['vector_only_recall_at_10']}", flush=True)
+    database.close()
     return row
 
 
@@ -187,10 +287,38 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-pgvector", action="store_true", help="skip the pgvector column")
+    parser.add_argument("--pgvector-url", help="a PostgreSQL with pgvector whose role may create databases "
+                        "(default: start one from the pgserver wheel)")
     args = parser.parse_args()
     rng = np.random.default_rng(37)
     load = round(os.getloadavg()[0], 2)  # the machine is shared: a busy one inflates p99
-    rows = [measure_size(size, args.queries, args.k, rng) for size in args.sizes]
+    pg, server = None, None
+    if not args.no_pgvector:
+        if args.pgvector_url:
+            base = args.pgvector_url.rsplit("/", 1)[0]
+
+            def pg(name: str) -> str:
+                import psycopg
+
+                with psycopg.connect(args.pgvector_url.replace("+psycopg", ""), autocommit=True) as connection:
+                    connection.execute(f"DROP DATABASE IF EXISTS {name}")
+                    connection.execute(f"CREATE DATABASE {name}")
+                return f"{base}/{name}"
+        else:
+            from tests.pgvector.postgres import PgvectorPostgres, missing
+
+            reason = missing()
+            if reason:
+                print(f"no pgvector column: {reason}", flush=True)
+            else:
+                server = PgvectorPostgres().start()
+                pg = server.database
+    try:
+        rows = [measure_size(size, args.queries, args.k, rng, pg) for size in args.sizes]
+    finally:
+        if server is not None:
+            server.cleanup()
     result = {"benchmark": "vector_search", "machine": platform.machine(), "cpus": os.cpu_count(),
               "numpy": np.__version__, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average_1m_at_start": load,
               "load_average_1m_at_end": round(os.getloadavg()[0], 2), "rows": rows,

@@ -25,6 +25,7 @@ from server.db.models import StoredFile, VectorStore, VectorStoreChunk, VectorSt
 from server.errors import OpenAIError, ServiceUnavailableError
 from server.services.files import FileService
 from server.services.storage_quota import used_bytes
+from server.vector_stores import pgvector
 from server.vector_stores.chunking import ChunkingStrategy, chunk_text
 from server.vector_stores.embedding import embed_texts, store_engine, tokenizer_of
 from server.vector_stores.parsing import ParseError, extract_text
@@ -203,9 +204,12 @@ class Ingestor:
             session.execute(delete(VectorStoreChunk).where(VectorStoreChunk.vector_store_id == store_id,
                                                            VectorStoreChunk.file_id == file_id))
             little = vectors.astype("<f4", copy=False)
-            session.execute(insert(VectorStoreChunk), [
-                {"vector_store_id": store_id, "file_id": file_id, "position": i, "text": text,
-                 "embedding": little[i].tobytes()} for i, text in enumerate(texts)])
+            rows = [{"vector_store_id": store_id, "file_id": file_id, "position": i, "text": text,
+                     "embedding": little[i].tobytes()} for i, text in enumerate(texts)]
+            if pgvector.enabled(self.database):  # the same vectors as pgvector values too, for HNSW search
+                pgvector.insert_chunks(session, rows, little)
+            else:
+                session.execute(insert(VectorStoreChunk), rows)
             bump_version(session, store_id)
 
     def _fail(self, key: Key, code: str, message: str) -> None:

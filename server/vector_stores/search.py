@@ -1,10 +1,12 @@
 """Search over vector stores: the query embedded by the store's model, then each store's in-memory StoreIndex
-(server/vector_stores/index.py: exact cosine plus BM25, fused).
+(server/vector_stores/index.py: exact cosine plus BM25, fused), or, on PostgreSQL with pgvector, each store's
+HNSW index in the database (server/vector_stores/pgvector.py: candidates there, ranked as index.py ranks).
 
-A store's index is built from its chunks in the database and cached per process, keyed by (store id, version),
-in an LRU of at most CACHE_CHUNKS chunks in all: any change to the store bumps its version, so the next search
-on any replica reads the new chunks. Several queries (a list) are each searched, and a chunk keeps its best
-score. Several stores (file_search) are searched alike and their results merged by score.
+In memory, a store's index is built from its chunks in the database and cached per process, keyed by (store id,
+version), in an LRU of at most CACHE_CHUNKS chunks in all: any change to the store bumps its version, so the next
+search on any replica reads the new chunks. With pgvector only each store version's file list is cached (PG_CACHE
+versions). Several queries (a list) are each searched, and a chunk keeps its best score. Several stores
+(file_search) are searched alike and their results merged by score.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from server.db.models import VectorStore, VectorStoreChunk, VectorStoreFile
 from server.context import RequestContext
 from server.errors import InvalidRequestError, NotFoundError
 from server.protocol.vector_stores import VectorStoreSearchRequest
+from server.vector_stores import pgvector
 from server.vector_stores.embedding import embed_texts, store_engine
-from server.vector_stores.filters import parse_filters
+from server.vector_stores.filters import Filter, parse_filters
 from server.vector_stores.index import StoreIndex
 from server.vector_stores.objects import is_expired
 
 CACHE_CHUNKS = 400_000  # ~600 MB of 384-dimension vectors and their texts
 ACTIVE_EVERY_S = 60  # last_active_at is written at most this often per store (it is read in days)
 RANKERS = ("none", "auto", "default-2024-11-15")
+PG_CACHE = 256  # store versions whose file lists a replica keeps, with pgvector
 
 
 @dataclass
@@ -64,7 +68,10 @@ class StoreSearcher:
         self.registry = registry
         self.cache_chunks = cache_chunks
         self._cache: OrderedDict[tuple[str, int], _Loaded] = OrderedDict()
+        self._pg_cache: OrderedDict[tuple[str, int], pgvector.PgStore] = OrderedDict()
+        self._building: set[str] = set()  # stores whose HNSW index this process is building in the background
         self._lock = threading.Lock()
+        self.pgvector = pgvector.enabled(database)  # PostgreSQL with the vector extension and 0011's column
 
     def stores(self, owner: str, store_ids: list[str]) -> list[VectorStore]:
         """The owner's stores, in the order asked; 404 for one it lacks, 400 for an expired one."""
@@ -94,21 +101,28 @@ class StoreSearcher:
             engine = await store_engine(self.registry, model)
             vectors[model], spent = await embed_texts(engine, queries, priority)
             tokens += spent
+        results = await asyncio.to_thread(self.search_vectors, stores, queries, vectors, k, condition, threshold,
+                                          hybrid)
+        await asyncio.to_thread(self._touch, stores)
+        return results, tokens
+
+    def search_vectors(self, stores: list[VectorStore], queries: list[str], vectors: dict[str, np.ndarray], k: int,
+                       condition: Filter | None, threshold: float, hybrid: bool) -> list[dict]:
+        """`search` once the queries are embedded (`vectors`: each store model's (queries, d) matrix; blocking)."""
+        if self.pgvector:
+            return self._search_pg(stores, queries, vectors, k, condition, threshold, hybrid)
         best: dict[tuple[int, int], tuple[float, int, _Loaded]] = {}
         for s, store in enumerate(stores):
-            loaded = await asyncio.to_thread(self._loaded, store.id, store.version)
+            loaded = self._loaded(store.id, store.version)
             for q, query in enumerate(queries if loaded.index is not None else ()):
-                hits = await asyncio.to_thread(loaded.index.search, vectors[store.embedding_model][q], query, k,
-                                               condition, threshold, hybrid)
+                hits = loaded.index.search(vectors[store.embedding_model][q], query, k, condition, threshold, hybrid)
                 for hit in hits:
                     if hit.score > best.get((s, hit.position), (-1.0,))[0]:
                         best[(s, hit.position)] = (hit.score, hit.position, loaded)
         ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
-        results = [{"file_id": loaded.file_ids[pos], "filename": loaded.filenames[pos], "score": round(score, 6),
-                    "attributes": loaded.index.attributes[pos], "text": loaded.texts[pos],
-                    "vector_store_id": stores[s].id} for (s, _), (score, pos, loaded) in ranked]
-        await asyncio.to_thread(self._touch, stores)
-        return results, tokens
+        return [{"file_id": loaded.file_ids[pos], "filename": loaded.filenames[pos], "score": round(score, 6),
+                 "attributes": loaded.index.attributes[pos], "text": loaded.texts[pos],
+                 "vector_store_id": stores[s].id} for (s, _), (score, pos, loaded) in ranked]
 
     async def search_page(self, context: RequestContext, store_id: str, req: VectorStoreSearchRequest) -> dict:
         """POST /v1/vector_stores/{id}/search: the body, its embedding tokens charged to the caller's limits."""
@@ -132,8 +146,86 @@ class StoreSearcher:
         file left in progress), so the first search after ingestion finds it built."""
         with self.database.session() as session:
             version = session.scalar(select(VectorStore.version).where(VectorStore.id == store_id))
-        if version is not None:
+        if version is None:
+            return
+        if not self.pgvector:
             self._loaded(store_id, version)
+            return
+        store = self._pg_store(store_id, version, background=False)  # (fills in vectors an older replica left out)
+        if self._wants_index(store):
+            with self._lock:
+                if store_id in self._building:  # a search started a build already
+                    return
+                self._building.add(store_id)
+            self._build_index(store)
+
+    def forget(self, store_id: str) -> None:
+        """A deleted store: drop what this process holds of it (and, with pgvector, its HNSW index)."""
+        with self._lock:
+            for cache in (self._cache, self._pg_cache):
+                for key in [key for key in cache if key[0] == store_id]:
+                    del cache[key]
+        if self.pgvector:
+            try:
+                pgvector.drop_index(self.database, store_id)
+            except Exception:  # noqa: BLE001 - the store is gone already; an index left over holds no rows of it
+                pgvector.log.exception("vector store %s: dropping its HNSW index failed", store_id)
+
+    # ---- pgvector ----------------------------------------------------------------------------------------------
+    def _search_pg(self, stores: list[VectorStore], queries: list[str], vectors: dict[str, np.ndarray], k: int,
+                   condition: Filter | None, threshold: float, hybrid: bool) -> list[dict]:
+        best: dict[tuple[int, str, int], tuple[float, pgvector.Hit]] = {}
+        found = []
+        for s, store in enumerate(stores):
+            pg = self._pg_store(store.id, store.version)
+            found.append(pg)
+            for q, query in enumerate(queries):
+                for hit in pg.search(self.database, vectors[store.embedding_model][q], query, k, condition,
+                                     threshold, hybrid):
+                    key = (s, hit.file_id, hit.position)
+                    if hit.score > best.get(key, (-1.0,))[0]:
+                        best[key] = (hit.score, hit)
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+        return [{"file_id": hit.file_id, "filename": found[s].files[hit.file_id][0], "score": round(score, 6),
+                 "attributes": found[s].files[hit.file_id][1], "text": hit.text, "vector_store_id": stores[s].id}
+                for (s, _, _), (score, hit) in ranked]
+
+    def _pg_store(self, store_id: str, version: int, background: bool = True) -> pgvector.PgStore:
+        """The store's file list at `version`, from the cache or the database (blocking); with `background`, starts
+        the store's HNSW index build in a thread when it is big enough and has none (search goes on exactly)."""
+        with self._lock:
+            store = self._pg_cache.get((store_id, version))
+            if store is not None:
+                self._pg_cache.move_to_end((store_id, version))
+        if store is None:
+            store = pgvector.PgStore.load(self.database, store_id)
+            with self._lock:
+                for key in [key for key in self._pg_cache if key[0] == store_id]:
+                    del self._pg_cache[key]
+                self._pg_cache[(store_id, version)] = store
+                while len(self._pg_cache) > PG_CACHE:
+                    self._pg_cache.popitem(last=False)
+        if background and self._wants_index(store):
+            with self._lock:
+                start = store_id not in self._building
+                self._building.add(store_id)
+            if start:
+                threading.Thread(target=self._build_index, args=(store,), daemon=True,
+                                 name=f"hnsw-{store_id}").start()
+        return store
+
+    def _wants_index(self, store: pgvector.PgStore) -> bool:
+        return (not store.indexed and store.chunks >= max(pgvector.HNSW_MIN_CHUNKS, 1)
+                and 0 < store.dimensions <= pgvector.HNSW_MAX_DIMENSIONS)
+
+    def _build_index(self, store: pgvector.PgStore) -> None:
+        try:
+            store.indexed = pgvector.ensure_index(self.database, store.store_id, store.dimensions)
+        except Exception:  # noqa: BLE001 - search goes on exactly; the next version tries again
+            pgvector.log.exception("vector store %s: building its HNSW index failed", store.store_id)
+        finally:
+            with self._lock:
+                self._building.discard(store.store_id)
 
     def _loaded(self, store_id: str, version: int) -> _Loaded:
         """The store's index at `version` (or newer), from the cache or built from its chunks (blocking)."""

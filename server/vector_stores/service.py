@@ -2,8 +2,9 @@
 files are (another owner's store is a 404, never listed).
 
 Blocking methods (run them off the loop) keep rows in the database (server/db/models.py); ingestion runs in the
-background (server/vector_stores/ingest.py), search in memory (server/vector_stores/search.py). A store records
-the embedding model its vectors come from: the first embedding model configured when it was made.
+background (server/vector_stores/ingest.py), search in memory or, on PostgreSQL with pgvector, through per-store
+HNSW indexes (server/vector_stores/search.py, pgvector.py). A store records the embedding model its vectors come
+from: the first embedding model configured when it was made.
 
 Limits per owner, beside the storage quota its indexed chunks count in (server/services/storage_quota.py):
 MAX_STORES stores, MAX_FILES_PER_STORE files in a store, and per request what OpenAI's spec allows (500
@@ -123,6 +124,7 @@ class VectorStoreService:
             for table in (VectorStoreChunk, VectorStoreFile, VectorStoreFileBatch):
                 session.execute(delete(table).where(table.vector_store_id == store_id))
             session.execute(delete(VectorStore).where(VectorStore.id == store_id))
+        self.searcher.forget(store_id)  # (with pgvector: drops the store's HNSW index)
         return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
 
     # ---- search ---------------------------------------------------------------------------------------------

@@ -140,3 +140,21 @@ def test_concurrent_searches_agree():
     for thread in threads:
         thread.join()
     assert all(results[i] == expected for i in range(4))
+
+
+def test_candidate_keyword_scores_equal_the_keyword_index():
+    """pgvector's BM25 over a query's candidates (server/vector_stores/pgvector.py) counts only the query's words;
+    its scores are KeywordIndex's over the same texts."""
+    from server.vector_stores.pgvector import keyword_scores
+
+    rng = np.random.default_rng(7)
+    vocabulary = [f"w{i}" for i in range(300)] + ["the", "of", "Zorvania", "naïve", "東京"]
+    texts = [" ".join(rng.choice(vocabulary, rng.integers(0, 80))) + ("." if i % 3 else ", THE end!")
+             for i in range(120)]
+    index = KeywordIndex(texts)
+    for query in ["w1 w2 the", "zorvania", "W7, w7 w300", "nothing here", "", "東京 naïve of", "the"]:
+        want, got = index.scores(query), keyword_scores(texts, query)
+        assert (want is None) == (got is None), query
+        if want is not None:
+            assert got == pytest.approx(want, abs=1e-6), query
+    assert keyword_scores([], "w1") is None
