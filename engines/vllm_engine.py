@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, contextmanager
 from pathlib import Path
 
 import vllm
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -29,11 +30,14 @@ from engines.config import ModelConfig, VllmOptions
 from engines.hf_generation import HFGenerationEngine
 from engines.output import ChoiceOutput
 from engines.protocol import (
+    ContextLengthExceeded,
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
     GenerationEvent,
     GenerationRequest,
+    ImageInput,
+    InvalidGenerationRequest,
     SamplingParams,
     TokenLogprobs,
 )
@@ -177,6 +181,33 @@ class _Choices:
         return time.monotonic() - self.submitted  # an upper bound: it includes the prefill
 
 
+def _explain_vision_failure(model_id: str, hf_config, exc: Exception) -> None:
+    """vLLM's vision-model modules import transformers' torchvision image processors; without torchvision (the CPU
+    build's venv may lack it) vLLM says only that the architecture "failed to be inspected". Say why."""
+    import importlib.util
+
+    if getattr(hf_config, "vision_config", None) is None or importlib.util.find_spec("torchvision") is not None:
+        return
+    raise RuntimeError(f"{model_id}: vLLM could not load this vision-language model, and torchvision is not "
+                       "installed beside vLLM: vLLM's vision models import transformers' torchvision image "
+                       f"processors, so install the torchvision that matches its torch ({exc})") from exc
+
+
+class VllmImages:
+    """A request's images as vLLM takes them: its renderer's output for the prompt (the template's text with one
+    placeholder per image, and the images), with the placeholders expanded and the images preprocessed. It goes to
+    AsyncLLM.generate as is, so vLLM neither processes the images again nor counts the prompt differently."""
+
+    __slots__ = ("engine_input",)
+
+    def __init__(self, engine_input: dict):
+        self.engine_input = engine_input
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return list(self.engine_input["prompt_token_ids"])
+
+
 class VllmEngine(HFGenerationEngine):
     def __init__(self, config: ModelConfig, data_dir: Path):
         super().__init__(config)
@@ -186,6 +217,7 @@ class VllmEngine(HFGenerationEngine):
         self.tokenizer = None
         self._stats = None
         self._live: dict[str, _Choices] = {}
+        self._multimodal = False
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -200,7 +232,8 @@ class VllmEngine(HFGenerationEngine):
         template = self.config.resolved_chat_template()
         if template is not None:
             self.tokenizer.chat_template = template
-        hf_config = AutoConfig.from_pretrained(hf_dir).get_text_config()
+        full_config = AutoConfig.from_pretrained(hf_dir)
+        hf_config = full_config.get_text_config()
         self._vocab_size = int(hf_config.vocab_size)
         self._max_model_len = self.config.max_model_len or int(hf_config.max_position_embeddings)
         try:
@@ -212,9 +245,25 @@ class VllmEngine(HFGenerationEngine):
         self.revision = weights_revision(hf_dir)
         self._stats = _StatsRecorder(None)
         with _worker_environment(self.device, self.options):
-            self.engine = AsyncLLM.from_engine_args(self._engine_args(hf_dir), stat_loggers=[lambda *a, **k: self._stats])
+            try:
+                self.engine = AsyncLLM.from_engine_args(self._engine_args(hf_dir),
+                                                        stat_loggers=[lambda *a, **k: self._stats])
+            except Exception as exc:
+                _explain_vision_failure(self.config.id, full_config, exc)
+                raise
+        self._multimodal = bool(self.engine.model_config.is_multimodal_model)
+        if self._multimodal and not self.tokenizer.chat_template:
+            # Some vision models keep their chat template with the processor only.
+            self.tokenizer.chat_template = getattr(self._hf_processor(), "chat_template", None)
         log.info("%s: vLLM %s engine loaded on %s, context %d, KV cache %d tokens in %d blocks", self.config.id,
                  vllm.__version__, self.device, self._max_model_len, self.kv_cache_tokens, self._kv_blocks_total())
+
+    def _hf_processor(self):
+        try:
+            return self.engine.renderer.get_mm_processor().info.get_hf_processor()
+        except Exception:  # only its chat template is wanted, and a template may come from the config
+            log.warning("%s: vLLM's processor for the model did not load", self.config.id, exc_info=True)
+            return None
 
     def _check_platform(self) -> None:
         from vllm.platforms import current_platform
@@ -254,6 +303,67 @@ class VllmEngine(HFGenerationEngine):
     def vocab_size(self) -> int:
         return self._vocab_size
 
+    # ---- images ----------------------------------------------------------------------------------
+    @property
+    def accepts_images(self) -> bool:
+        """vLLM's own verdict on the model: it has a multimodal implementation for the architecture."""
+        return self._multimodal
+
+    def encode_chat_images(self, messages: Sequence[dict], images: Sequence[ImageInput],
+                           tools: Sequence[dict] | None = None) -> tuple[list[int], VllmImages]:
+        """The chat template renders each image part as the model's placeholder (Gemma 3's <start_of_image>,
+        LLaVA's <image>); vLLM's renderer then preprocesses the images with the model's processor and expands
+        each placeholder to the image's tokens, as it counts and runs them. Images are keyed by the sha256 of their
+        bytes (vLLM's multi_modal_uuids), which its encoder and prefix caches use in place of hashing the pixels.
+        `detail` is not used: vLLM's processors take each model's default resolution. Blocking: off the loop."""
+        if not self.accepts_images:
+            return super().encode_chat_images(messages, images, tools)
+        placeholders = self.encode_chat(messages, tools)
+        prompt = TokensPrompt(prompt_token_ids=placeholders,
+                              multi_modal_data={"image": [item.image for item in images]},
+                              multi_modal_uuids={"image": [f"sha256:{item.digest}" for item in images]})
+        prepared = VllmImages(self._render(prompt))
+        return prepared.prompt_token_ids, prepared
+
+    def _render(self, prompt: TokensPrompt) -> dict:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        renderer = self.engine.renderer
+
+        def render() -> dict:
+            # The processor-only cache (skip_mm_cache): vLLM's sender cache must see requests in the order the
+            # engine core gets them, and a request rendered here may still be refused before it is submitted.
+            (engine_input,) = renderer.render_cmpl([parse_model_prompt(self.engine.model_config, prompt)],
+                                                   skip_mm_cache=True)
+            return engine_input
+
+        # vLLM runs its multimodal processing on one thread (its processor cache is not thread-safe), and so
+        # does this: the server's CPU pool may encode several requests at once.
+        executor = getattr(renderer, "_mm_executor", None)
+        try:
+            done = executor.submit(render) if executor is not None else None
+        except RuntimeError as exc:  # the executor is shut down: the engine stopped
+            raise EngineUnavailable(f"the engine for {self.config.id!r} is down") from exc
+        try:
+            return done.result() if done is not None else render()
+        except VLLMClientError as exc:
+            if getattr(exc, "parameter", None) != "input_tokens":
+                raise InvalidGenerationRequest(f"The images of this request could not be prepared for "
+                                               f"{self.config.id!r}: {exc}", param="messages") from exc
+            # over the context once each image's placeholders are expanded: said as for every prompt
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt has "
+                f"{exc.value} tokens, its images included. Please reduce the prompt or the images.",
+                param="messages") from exc
+        except (ValueError, TypeError) as exc:  # vLLM's processor refused the prompt or an image
+            raise InvalidGenerationRequest(f"The images of this request could not be prepared for "
+                                           f"{self.config.id!r}: {exc}", param="messages") from exc
+        except (RuntimeError, AssertionError) as exc:  # vLLM found fewer placeholders than images
+            raise InvalidGenerationRequest(
+                f"The images of this request could not be placed in the prompt of {self.config.id!r} ({exc}): its "
+                "chat template must render each image part as the model's image placeholder.",
+                param="messages") from exc
+
     # ---- life cycle -----------------------------------------------------------------------
     async def stop(self) -> None:
         for request_id in list(self._live):
@@ -277,7 +387,10 @@ class VllmEngine(HFGenerationEngine):
             raise EngineError(f"request id {request.request_id!r} is already running")
         choices = _Choices(self, request)
         self._live[request.request_id] = choices
-        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        if isinstance(request.images, VllmImages):
+            prompt = dict(request.images.engine_input, arrival_time=time.time())  # rendered: vLLM takes it as is
+        else:
+            prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
         params = vllm_sampling_params(request.params, self.stop_token_ids)
         try:
             async with aclosing(self.engine.generate(prompt, params, request.request_id, priority=request.priority)) as stream:

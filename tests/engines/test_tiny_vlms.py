@@ -69,11 +69,26 @@ def test_text_only_prompt_renders_without_images(tmp_path):
 
 
 def test_native_vlm_config_validates(tmp_path):
-    from engines.config import ModelConfig
-
     import yaml
+
+    from engines.config import ModelConfig
 
     source = tmp_path / "gemma3"
     config = ModelConfig.model_validate(yaml.safe_load(native_vlm_config("tiny-vlm", source, max_model_len=256)))
     assert config.id == "tiny-vlm"
     assert str(config.source) == str(source)
+
+
+def test_fixtures_have_what_vllm_looks_up(tmp_path):
+    """vLLM (tests/vllm/test_vllm_vision.py) loads the published checkpoints' weight names
+    (`vision_tower.vision_model.*`), and its Gemma 3 processor looks up the newline tokens of Gemma's vocabulary."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    for build in (build_tiny_gemma3_vlm, build_tiny_llava):
+        source = build(tmp_path / build.__name__)
+        with safe_open(source / "model.safetensors", "pt") as weights:
+            tower = [name for name in weights.keys() if name.startswith("vision_tower.")]  # noqa: SIM118
+        assert tower and all(name.startswith("vision_tower.vision_model.") for name in tower)
+    vocab = AutoTokenizer.from_pretrained(tmp_path / build_tiny_gemma3_vlm.__name__).get_vocab()
+    assert all("\n" * n in vocab for n in (1, 2, 3, 4))
