@@ -37,6 +37,13 @@ from ozwell_server import ROOT, free_port, start_server
 MODEL_ID = "bench-vlm"
 QUESTION = "What is in this image? Describe it."
 SIZE = (1024, 768)
+# --size small: SigLIP-base's tower at 224 px (256 patches pooled to 64 tokens), gemma-3-270m's decoder shapes (its
+# vocabulary aside: the tests' tokenizer), random weights: a model whose compute, not the serving, is measured.
+SMALL = {"vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+         "image_size": 224, "tokens_per_image": 64, "hidden_size": 640, "intermediate_size": 2048,
+         "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+         "sliding_window": 512, "max_position_embeddings": 2048,
+         "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3}
 
 
 def png(seed: int) -> bytes:
@@ -64,8 +71,10 @@ def chat_messages(image: bytes) -> list[dict]:
 async def one_request(http, image: bytes, max_tokens: int) -> dict:
     started = time.perf_counter()
     first, tokens = None, 0
+    # logprobs: a token whose text is empty (a special token, or bytes of a character still incomplete: random
+    # weights write them) still comes in a chunk, so the first token is timed, as transformers' streamer times it
     body = {"model": MODEL_ID, "messages": chat_messages(image), "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, "logprobs": True}
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -74,7 +83,7 @@ async def one_request(http, image: bytes, max_tokens: int) -> dict:
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            elif first is None and chunk["choices"] and (chunk["choices"][0].get("logprobs") or {}).get("content"):
                 first = time.perf_counter()
     return {"ttft": (first or time.perf_counter()) - started, "tokens": tokens,
             "latency": time.perf_counter() - started}
@@ -148,7 +157,10 @@ def transformers_run(model, processor, batches: list[list[bytes]], max_tokens: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, help="a VLM's HF directory (default: build the tiny Gemma 3 VLM)")
+    parser.add_argument("--model-dir", type=Path, help="a VLM's HF directory (default: build a random Gemma 3 VLM)")
+    parser.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                        help="without --model-dir: the tests' tiny Gemma 3 VLM, or a small one of real shapes "
+                             "(SigLIP-base at 224 px, 64 tokens an image; gemma-3-270m's decoder, 18 layers)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -163,7 +175,8 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="ozwell-bench-vision-"))
-    model_dir = args.model_dir or build_tiny_gemma3_vlm(workdir / "tiny-gemma3-vlm")
+    model_dir = args.model_dir or (build_tiny_gemma3_vlm(workdir / "tiny-gemma3-vlm") if args.size == "tiny" else
+                                   build_tiny_gemma3_vlm(workdir / "small-gemma3-vlm", **SMALL))
     most = max(args.concurrency)
     (workdir / "configs").mkdir()
     (workdir / "configs" / f"{MODEL_ID}.yaml").write_text(

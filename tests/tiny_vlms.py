@@ -107,10 +107,13 @@ def _save_model(model, out_dir: Path) -> None:
     save_file(weights, path, metadata={"format": "pt"})
 
 
-def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Path:
+def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, vision: dict | None = None,
+                          image_size: int = GEMMA3_IMAGE_SIZE, tokens_per_image: int = GEMMA3_TOKENS_PER_IMAGE,
+                          **text_overrides) -> Path:
     """A Gemma3ForConditionalGeneration: SigLIP tower (56 px, 14 px patches, one layer), 4 tokens per image,
     a two-layer gemma3_text (one sliding, one full attention layer), float32; with Gemma3Processor.
-    `text_overrides` change the text config (vLLM's CPU kernels want head_dim=64, say)."""
+    `text_overrides` change the text config (vLLM's CPU kernels want head_dim=64, say), `vision` the SigLIP
+    config, with `image_size` and `tokens_per_image` (benchmarks/vision_throughput.py builds a larger one)."""
     import torch
     from tokenizers import AddedToken
     from transformers import (
@@ -136,10 +139,11 @@ def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Pat
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256, "sliding_window": 8,
         "layer_types": ["sliding_attention", "full_attention"], **_ids(tokenizer), **text_overrides})
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=GEMMA3_IMAGE_SIZE, patch_size=14, vision_use_head=False)
+    vision = SiglipVisionConfig(**{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, **(vision or {})},
+                                image_size=image_size, patch_size=14, vision_use_head=False)
     token = tokenizer.convert_tokens_to_ids
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
                           boi_token_index=token("<start_of_image>"), eoi_token_index=token("<end_of_image>"),
                           image_token_index=token("<image_soft_token>"))
     config.eos_token_id = tokenizer.eos_token_id
@@ -152,11 +156,11 @@ def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, **text_overrides) -> Pat
     _save_model(model, out_dir)
 
     image_processor = Gemma3ImageProcessorPil(
-        size={"height": GEMMA3_IMAGE_SIZE, "width": GEMMA3_IMAGE_SIZE}, do_pan_and_scan=False,
+        size={"height": image_size, "width": image_size}, do_pan_and_scan=False,
         pan_and_scan_min_crop_size=256, pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2,
     )
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                chat_template=GEMMA3_VLM_TEMPLATE, image_seq_length=GEMMA3_TOKENS_PER_IMAGE)
+                                chat_template=GEMMA3_VLM_TEMPLATE, image_seq_length=tokens_per_image)
     processor.save_pretrained(out_dir)
     return out_dir
 

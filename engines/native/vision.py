@@ -121,34 +121,63 @@ class Vision:
     # ---- at prefill (the step loop) ---------------------------------------------------------------
     def features(self, prepared: PreparedImages, index: int) -> torch.Tensor:
         """Image `index`'s features [placeholders, hidden], computed once (the vision tower and the projector)."""
-        cached = prepared.features.get(index)
-        if cached is not None:
-            return cached
-        span = prepared.spans[index]
-        pixels = {name: value.to(self.device, self.dtype if value.is_floating_point() else value.dtype)
-                  for name, value in span.pixels.items()}
+        if index not in prepared.features:
+            self._compute([(prepared, index)])
+        return prepared.features[index]
+
+    def _compute(self, images: list[tuple[PreparedImages, int]]) -> None:
+        """One pass of the vision tower over several images whose processor outputs have the same shapes."""
+        names = list(images[0][0].spans[images[0][1]].pixels)
+        pixels = {}
+        for name in names:
+            value = torch.cat([prepared.spans[index].pixels[name] for prepared, index in images])
+            pixels[name] = value.to(self.device, self.dtype if value.is_floating_point() else value.dtype)
         output = self.vlm.model.get_image_features(**pixels, return_dict=True).pooler_output
-        rows = torch.cat(list(output)) if isinstance(output, (list, tuple)) else output
-        rows = rows.reshape(-1, rows.shape[-1])
-        if rows.shape[0] != span.end - span.start:
-            raise RuntimeError(f"the vision tower gave {rows.shape[0]} rows for {span.end - span.start} placeholders")
-        prepared.features[index] = rows
-        return rows
+        per_image = list(output)  # a list (LLaVA) or a [images, tokens, hidden] tensor (Gemma 3): one entry an image
+        if len(per_image) != len(images):
+            raise RuntimeError(f"the vision tower gave {len(per_image)} outputs for {len(images)} images")
+        for (prepared, index), rows in zip(images, per_image):
+            rows = rows.reshape(-1, rows.shape[-1])
+            span = prepared.spans[index]
+            if rows.shape[0] != span.end - span.start:
+                raise RuntimeError(f"the vision tower gave {rows.shape[0]} rows for {span.end - span.start} "
+                                   "placeholders")
+            prepared.features[index] = rows
 
     def ready(self, chunks: list) -> tuple[list, list]:
-        """Compute the features of every image the step's chunks reach (the vision tower, once an image): the chunks
-        whose images are ready, and (sequence, error) for those whose image failed, which fail alone."""
-        kept, failed = [], []
-        for chunk in chunks:
+        """Compute the features of every image the step's chunks reach, in one pass of the vision tower for the
+        images of the same shapes (as transformers batches them), each image once: the chunks whose images are
+        ready, and (sequence, error) for those whose image failed, which fail alone (found image by image)."""
+        wanted: dict[tuple[int, int], tuple[PreparedImages, int]] = {}
+        needs: dict[int, list[tuple[int, int]]] = {}  # chunk -> the images it waits for
+        for position, chunk in enumerate(chunks):
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
+            for index, span in enumerate(seq.images.spans if seq.images is not None else ()):
+                if span.start < start + chunk.num_tokens and span.end > start and index not in seq.images.features:
+                    key = (id(seq.images), index)
+                    wanted[key] = (seq.images, index)
+                    needs.setdefault(position, []).append(key)
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for key, (prepared, index) in wanted.items():
+            shapes = tuple((name, tuple(value.shape)) for name, value in prepared.spans[index].pixels.items())
+            groups.setdefault(shapes, []).append(key)
+        errors: dict[tuple[int, int], Exception] = {}
+        for keys in groups.values():
             try:
-                for index, span in enumerate(seq.images.spans if seq.images is not None else ()):
-                    if span.start < start + chunk.num_tokens and span.end > start:
-                        self.features(seq.images, index)
-            except Exception as exc:  # noqa: BLE001 - this request's own image
-                failed.append((seq, exc))
-                continue
-            kept.append(chunk)
+                self._compute([wanted[key] for key in keys])
+            except Exception:  # noqa: BLE001 - one image's fault: find it
+                for key in keys:
+                    try:
+                        self._compute([wanted[key]])
+                    except Exception as exc:  # noqa: BLE001 - this request's own image
+                        errors[key] = exc
+        kept, failed = [], []
+        for position, chunk in enumerate(chunks):
+            error = next((errors[key] for key in needs.get(position, ()) if key in errors), None)
+            if error is None:
+                kept.append(chunk)
+            else:
+                failed.append((chunk.seq, error))
         return kept, failed
 
     def embed(self, pieces: list[tuple[PreparedImages | None, int, int, int]], tokens: list[int]) -> torch.Tensor | None:

@@ -259,3 +259,21 @@ def test_a_request_whose_image_fails_in_the_vision_tower_fails_alone(vlm_dirs, t
     assert isinstance(failed, Exception)
     assert same(tokens, reference.greedy("what is in", [image(9)]))
     assert engine._faults == 0 and engine._scheduler.blocks.num_used_blocks == 0
+
+
+def test_a_steps_images_go_through_the_vision_tower_together(vlm_dirs, tmp_path):
+    from engines.native.scheduler import ScheduledChunk
+
+    engine = tiny_engine(tmp_path, "gemma3", vlm_dirs["gemma3"], max_model_len=256, block_size=4)
+    vision, calls = engine.vision, []
+    real = vision.vlm.model.get_image_features
+    vision.vlm.model.get_image_features = lambda **kw: calls.append(kw["pixel_values"].shape[0]) or real(**kw)
+    prepared = [engine.encode_chat_images(messages("what is in", count), [image(20 + i) for i in range(count)])
+                for count in (1, 2)]
+    sequences = [Sequence(f"s{i}", ids, 4, images=images) for i, (ids, images) in enumerate(prepared)]
+    kept, failed = vision.ready([ScheduledChunk(seq, seq.num_tokens) for seq in sequences])
+    assert calls == [3] and len(kept) == 2 and not failed  # three images, one pass
+    for ids, images in prepared:
+        for index in range(len(images.spans)):
+            batched = images.features.pop(index)
+            torch.testing.assert_close(batched, vision.features(images, index), rtol=1e-5, atol=1e-5)
