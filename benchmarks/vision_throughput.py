@@ -230,7 +230,7 @@ def main() -> None:
               f"{row['ozwell']['ttft_p50_s'] * 1000:6.1f} ms | transformers {row['transformers']['requests_per_s']:7.2f}"
               f" req/s, TTFT p50 {row['transformers']['ttft_p50_s'] * 1000:6.1f} ms | ratio "
               f"{row['requests_per_s_ratio']:.2f}", flush=True)
-    result = {"benchmark": "vision_throughput", "model": str(args.model_dir or "tiny random Gemma 3 VLM (tests)"),
+    result = {"benchmark": "vision_throughput", "model": str(args.model_dir or f"{args.size} random Gemma 3 VLM"),
               "image": f"{SIZE[0]}x{SIZE[1]} PNG of random pixels, {len(png(0)) / 2**20:.1f} MiB"
                        + (", the same for every request" if args.same_image else ""),
               "max_tokens": args.max_tokens, "device": args.device, "dtype": args.dtype,
