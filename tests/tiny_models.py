@@ -20,7 +20,8 @@ _CORPUS = [
 SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_tokenizer(out_dir: Path, chat_template: str) -> Path:
+def bpe_tokenizer(specials: list[str], **kwargs):
+    """A byte-level BPE tokenizer of 400 ids trained on the small corpus, with `specials` as the first ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -28,12 +29,14 @@ def build_tiny_tokenizer(out_dir: Path, chat_template: str) -> Path:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     backend.train_from_iterator(_CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+
+
+def build_tiny_tokenizer(out_dir: Path, chat_template: str) -> Path:
+    tokenizer = bpe_tokenizer(SPECIALS, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>")
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out_dir)
     return out_dir

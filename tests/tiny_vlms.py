@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_models import _CORPUS
+from tests.tiny_models import bpe_tokenizer
 
 # Gemma 3's own chat template, shortened: turns are <start_of_turn>user|model ... <end_of_turn>, a system
 # message is folded into the first user turn, image parts render as <start_of_image> (which the processor
@@ -71,21 +71,6 @@ LLAVA_IMAGE_SIZE = 28
 LLAVA_TOKENS_PER_IMAGE = (LLAVA_IMAGE_SIZE // 14) ** 2  # patches; the CLS feature is dropped ("default")
 
 
-def _bpe_tokenizer(specials: list[str], **kwargs):
-    """A byte-level BPE tokenizer trained on the small corpus, with `specials` as the first ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
-
-
 def _ids(tokenizer) -> dict:
     return {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -126,7 +111,7 @@ def build_tiny_gemma3_vlm(out_dir: Path, seed: int = 0, vision: dict | None = No
     )
 
     out_dir = Path(out_dir)
-    tokenizer = _bpe_tokenizer(
+    tokenizer = bpe_tokenizer(
         GEMMA3_SPECIALS, pad_token="<pad>", bos_token="<bos>", eos_token="<end_of_turn>", unk_token="<unk>",
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>"},
@@ -180,7 +165,7 @@ def build_tiny_llava(out_dir: Path, seed: int = 0, **text_overrides) -> Path:
     )
 
     out_dir = Path(out_dir)
-    tokenizer = _bpe_tokenizer(LLAVA_SPECIALS, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>",
+    tokenizer = bpe_tokenizer(LLAVA_SPECIALS, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>",
                                extra_special_tokens={"image_token": "<image>"})
     tokenizer.chat_template = LLAVA_TEMPLATE
     text = LlamaConfig(**{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -213,3 +198,49 @@ def native_vlm_config(model_id: str, source: Path, device: str = "cpu", **fields
     from tests.tiny_models import native_chat_config
 
     return native_chat_config(model_id, source, device=device, **fields)
+
+
+# ---- what the image tests send --------------------------------------------------------------------------------------
+QUESTION = "What is in this image?"
+
+
+def png(seed: int, size=(96, 64)) -> bytes:
+    """A PNG of random pixels (each seed its own image)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).byte().numpy()
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, "PNG")
+    return encoded.getvalue()
+
+
+def data_url(data: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def chat_parts(*urls: str) -> list[dict]:
+    """One user message: QUESTION, then an image_url part for each URL."""
+    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                         *({"type": "image_url", "image_url": {"url": u}} for u in urls)]}]
+
+
+def transformers_prompt_tokens(source: Path, images: int) -> int:
+    """The prompt's tokens as transformers' processor makes them for chat_parts with png(0..images-1), each image's
+    placeholders included."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(source, use_fast=False)
+    parts = [{"type": "text", "text": QUESTION}] + [{"type": "image"}] * images
+    text = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
+                                         tokenize=False)
+    pictures = [Image.open(io.BytesIO(png(i))) for i in range(images)]
+    return processor(text=text, images=pictures, return_tensors="pt")["input_ids"].shape[1]

@@ -24,7 +24,7 @@ def test_vector_store_server_tests_pass_on_pgvector(pgvector_postgres):
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS,
          *(f"--deselect={test}" for test in IN_MEMORY_ONLY)],
         cwd=ROOT, env={**os.environ, "OZWELL_TEST_DATABASE_URL": url, "OZWELL_VECTOR_HNSW_MIN_CHUNKS": "0"},
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, check=False)
     summary = [line for line in done.stdout.splitlines() if " passed" in line or " failed" in line]
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert summary and "skipped" not in summary[-1], summary

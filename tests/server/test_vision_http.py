@@ -6,36 +6,29 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
 from tests.conftest import write_config
 from tests.openapi_schemas import assert_valid
 from tests.process import ServerProcess
-from tests.tiny_vlms import build_tiny_gemma3_vlm, build_tiny_llava, native_vlm_config
+from tests.tiny_vlms import (
+    QUESTION,
+    build_tiny_gemma3_vlm,
+    build_tiny_llava,
+    chat_parts,
+    data_url,
+    native_vlm_config,
+    png,
+    transformers_prompt_tokens,
+)
 
 GEMMA, LLAVA = "tiny-gemma3-vlm", "tiny-llava"
 NODE_DIR = Path(__file__).parents[1] / "clients" / "node"
-QUESTION = "What is in this image?"
-
-
-def png(seed: int, size=(64, 48)) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).byte().numpy()
-    encoded = io.BytesIO()
-    Image.fromarray(pixels).save(encoded, "PNG")
-    return encoded.getvalue()
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -59,30 +52,13 @@ def sdk(vision_server):
     return OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0)
 
 
-def prompt_tokens(source: Path, images: int) -> int:
-    """The prompt's tokens as transformers' processor makes them (each image's placeholders included)."""
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(source, use_fast=False)
-    parts = [{"type": "text", "text": QUESTION}] + [{"type": "image", "image": Image.open(io.BytesIO(png(i)))}
-                                                   for i in range(images)]
-    inputs = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=True, return_tensors="pt")
-    return inputs["input_ids"].shape[1]
-
-
-def chat_parts(*urls: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
-                                         *({"type": "image_url", "image_url": {"url": u}} for u in urls)]}]
-
-
 @pytest.mark.parametrize("model", [GEMMA, LLAVA])
 def test_python_sdk_base64_images_to_chat(vision_server, sdk, model):
     _, sources = vision_server
     first = sdk.chat.completions.create(model=model, messages=chat_parts(data_url(png(0))), max_tokens=8,
                                         temperature=0)
     assert_valid(first.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
-    assert first.usage.prompt_tokens == prompt_tokens(sources[model], 1)  # the image's placeholders counted
+    assert first.usage.prompt_tokens == transformers_prompt_tokens(sources[model], 1)  # the image's placeholders counted
     again = sdk.chat.completions.create(model=model, messages=chat_parts(data_url(png(0))), max_tokens=8,
                                         temperature=0)
     assert again.choices[0].message.content == first.choices[0].message.content
@@ -91,7 +67,7 @@ def test_python_sdk_base64_images_to_chat(vision_server, sdk, model):
     assert len(answers | {first.choices[0].message.content}) > 1  # the answer depends on the image
     two = sdk.chat.completions.create(model=model, messages=chat_parts(data_url(png(0)), data_url(png(1))),
                                       max_tokens=4, temperature=0)
-    assert two.usage.prompt_tokens == prompt_tokens(sources[model], 2)
+    assert two.usage.prompt_tokens == transformers_prompt_tokens(sources[model], 2)
 
 
 def test_streamed_chat_with_an_image(sdk):

@@ -28,8 +28,13 @@ from tests.process import ServerProcess
 from tests.tiny_vlms import (
     GEMMA3_TOKENS_PER_IMAGE,
     LLAVA_TOKENS_PER_IMAGE,
+    QUESTION,
     build_tiny_gemma3_vlm,
     build_tiny_llava,
+    chat_parts,
+    data_url,
+    png,
+    transformers_prompt_tokens,
 )
 from tests.vllm.test_vllm_server import READY_TIMEOUT_S, VLLM_BLOCK_SIZE, _vllm_python
 
@@ -37,39 +42,9 @@ GEMMA, LLAVA = "tiny-vllm-gemma3", "tiny-vllm-llava"
 MODELS = [GEMMA, LLAVA]
 # each image's tokens, and the marks around them (Gemma 3: <start_of_image>, <end_of_image>; LLaVA: none)
 IMAGE_TOKENS = {GEMMA: GEMMA3_TOKENS_PER_IMAGE + 2, LLAVA: LLAVA_TOKENS_PER_IMAGE}
-QUESTION = "What is in this image?"
 SHIM = Path(__file__).parent / "torchvision_free"
 # What vLLM prints when it has no implementation it can run for an architecture on this build.
 UNSUPPORTED = ("failed to be inspected", "are not supported for now", "is not supported on CPU")
-
-
-def png(seed: int, size=(96, 64)) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).byte().numpy()
-    encoded = io.BytesIO()
-    Image.fromarray(pixels).save(encoded, "PNG")
-    return encoded.getvalue()
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-def chat_parts(*urls: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
-                                         *({"type": "image_url", "image_url": {"url": u}} for u in urls)]}]
-
-
-def transformers_prompt_tokens(source: Path, images: int) -> int:
-    """The prompt's tokens as transformers' processor makes them, each image's placeholders included."""
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(source, use_fast=False)
-    parts = [{"type": "text", "text": QUESTION}] + [{"type": "image"}] * images
-    text = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
-                                         tokenize=False)
-    pictures = [Image.open(io.BytesIO(png(i))) for i in range(images)]
-    return processor(text=text, images=pictures, return_tensors="pt")["input_ids"].shape[1]
 
 
 @pytest.fixture(scope="module")

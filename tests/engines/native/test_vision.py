@@ -13,7 +13,12 @@ from PIL import Image
 
 from engines.native.sequence import Sequence
 from engines.native.vision import ImageSpan, PreparedImages
-from engines.protocol import GenerationRequest, ImageInput, InvalidGenerationRequest, SamplingParams
+from engines.protocol import (
+    GenerationRequest,
+    ImageInput,
+    InvalidGenerationRequest,
+    SamplingParams,
+)
 from tests.engines.native.engines import tiny_engine
 from tests.tiny_vlms import build_tiny_gemma3_vlm, build_tiny_llava
 
