@@ -115,6 +115,13 @@ def return_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the caching allocator's freed blocks, back to the device for the next model
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim). After a load too: converting and
+    quantising weights frees hundreds of MB that glibc keeps in its arenas (the three defaults: 2,407 MiB resident
+    after loading, 1,896 after the trim, 2026-12-07)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

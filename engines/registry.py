@@ -38,6 +38,7 @@ from engines.model_slots import (
     lease,
     leases,
     return_memory,
+    trim_heap,
 )
 from engines.protocol import EmbeddingEngine, Engine, GenerationEngine
 
@@ -245,6 +246,7 @@ class EngineRegistry:
         engine = self._build_engine(config, self._data_dir)
         slot.engine = engine
         engine.load()
+        trim_heap()  # the load's freed buffers (weights converted, quantised) back to the system before measuring
         slot.footprint = self.budget.measure(slot)
         slot.last_used = time.monotonic()
         self._progress(f"{position}{config.id} ready in {time.perf_counter() - started:.1f}s "
