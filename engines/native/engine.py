@@ -28,8 +28,8 @@ from engines.native.block_manager import KVBlockManager
 from engines.native.core import DONE, EngineCore, Job
 from engines.native.cpu_quant import quantize_model
 from engines.native.grammar import GrammarCache
-from engines.native.loader import MemoryBudget, kv_block_size, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.kv_cache import resolve_kv_dtype
+from engines.native.loader import MemoryBudget, kv_block_size, kv_bytes_per_token, kv_cache_blocks, load_model
 from engines.native.model_runner import PagedModelRunner, profile_activations
 from engines.native.scheduler import Scheduler, SchedulerConfig
 from engines.native.static_decode import Capturer, cuda_graph_capturer
@@ -152,7 +152,7 @@ class NativeEngine(HFGenerationEngine):
 
     @property
     def accepts_images(self) -> bool:
-        return getattr(self, "vision", None) is not None
+        return self.vision is not None
 
     def encode_chat_images(self, messages, images, tools=None):
         if not self.accepts_images:

@@ -13,7 +13,7 @@ steps, the prefix cache as it is). What images add:
   (`Sequence.block_key`), so the same image in a follow-up turn hits the cache and another image behind the same
   text does not.
 - At prefill (the step loop), the vision tower runs once per image, when a chunk first reaches its placeholders
-  (`Vision.embed`); the chunk's rows at placeholders take the image's features, the others their token
+  (`Vision.ready`, the step's images in one pass); then (`Vision.embed`) the chunk's rows at placeholders take the image's features, the others their token
   embeddings, and the text model runs on those embeddings. Features are dropped once the prompt passes the image.
 - Gemma 3 attends bidirectionally among one image's tokens (transformers' `token_type_ids` mask at prefill). An
   image of such a model is therefore never cut by a prefill chunk: the scheduler ends a chunk before the image,
@@ -25,15 +25,13 @@ steps, the prefix cache as it is). What images add:
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import torch
 
 from engines.protocol import ImageInput, InvalidGenerationRequest
-
-log = logging.getLogger("ozwell.engines")
 
 # Model types whose image tokens attend to each other both ways at prefill (transformers' token_type_ids mask).
 BIDIRECTIONAL_IMAGE_MODELS = frozenset({"gemma3"})
@@ -88,8 +86,8 @@ class Vision:
         self.processor = processor
         self.embed_tokens = text_model.get_input_embeddings()
         config = vlm.config
-        self.image_token_id = int(getattr(config, "image_token_id", None) if getattr(config, "image_token_id", None)
-                                  is not None else config.image_token_index)
+        token = getattr(config, "image_token_id", None)  # (older configs name it image_token_index)
+        self.image_token_id = int(token if token is not None else config.image_token_index)
         self.vocab_size = int(config.get_text_config().vocab_size)
         self.bidirectional = config.model_type in BIDIRECTIONAL_IMAGE_MODELS
         self.device = next(vlm.parameters()).device
@@ -152,8 +150,8 @@ class Vision:
         needs: dict[int, list[tuple[int, int]]] = {}  # chunk -> the images it waits for
         for position, chunk in enumerate(chunks):
             seq, start = chunk.seq, chunk.seq.num_computed_tokens
-            for index, span in enumerate(seq.images.spans if seq.images is not None else ()):
-                if span.start < start + chunk.num_tokens and span.end > start and index not in seq.images.features:
+            for index, _, _ in _reached(seq.images, start, start + chunk.num_tokens):
+                if index not in seq.images.features:
                     key = (id(seq.images), index)
                     wanted[key] = (seq.images, index)
                     needs.setdefault(position, []).append(key)
@@ -187,15 +185,10 @@ class Vision:
         packed row)."""
         rows, values = [], []
         for prepared, start, end, offset in pieces:
-            if prepared is None:
-                continue
-            for index, span in enumerate(prepared.spans):
-                lo, hi = max(span.start, start), min(span.end, end)
-                if lo >= hi:
-                    continue
-                features = self.features(prepared, index)
+            for index, lo, hi in _reached(prepared, start, end):
+                span = prepared.spans[index]
                 rows.append(torch.arange(offset + lo - start, offset + hi - start))
-                values.append(features[lo - span.start:hi - span.start])
+                values.append(self.features(prepared, index)[lo - span.start:hi - span.start])
                 if hi == span.end:  # the prompt is past this image: its features are done with
                     prepared.features.pop(index, None)
         if not rows:
@@ -205,6 +198,15 @@ class Vision:
         embeds = self.embed_tokens(ids)
         embeds[0, torch.cat(rows).to(self.device)] = torch.cat(values).to(embeds.dtype)
         return embeds
+
+
+def _reached(prepared: PreparedImages | None, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The images whose placeholders positions start..end-1 (a chunk) reach: (index, first, past the last) of the
+    positions they share."""
+    for index, span in enumerate(prepared.spans if prepared is not None else ()):
+        low, high = max(span.start, start), min(span.end, end)
+        if low < high:
+            yield index, low, high
 
 
 def _runs(ids: list[int], token: int) -> list[tuple[int, int]]:

@@ -163,7 +163,7 @@ class GenerationPipeline:
         await context.reserve_tokens(floor + sequences * (requested or 1))
         ids = [await off_loop(prompt.token_ids, engine) for prompt in prompts]
         # a chat prompt's images, prepared by the engine as token_ids ran (its processor: pixels, placeholders)
-        images = [prompt.images() if hasattr(prompt, "images") else None for prompt in prompts]
+        images = [prompt.images() for prompt in prompts]
         params = await off_loop(self._params, edge, requested, engine, ids, default)
         generation = Generation(engine, request_id, ids, params, context.settle, self.observers, context.priority,
                                 images=images if any(i is not None for i in images) else None)
