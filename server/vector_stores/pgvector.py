@@ -61,7 +61,7 @@ from sqlalchemy import text
 
 from server.db.database import Database
 from server.vector_stores.filters import Filter
-from server.vector_stores.index import B, K1, VECTOR_WEIGHT, _top, words
+from server.vector_stores.index import B, K1, MASK_CACHE, VECTOR_WEIGHT, _top, words
 
 log = logging.getLogger("ozwell.server")
 
@@ -74,7 +74,9 @@ HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults
 BUILD_MEMORY = "512MB"  # maintenance_work_mem for an index build: 100k x 384 dimensions builds in memory
 BACKFILL_BATCH = 2000
 _LOCK_NAMESPACE = 0x6F7A7776  # pg_try_advisory_lock(namespace, hashtext(index name)): one builder per store
-_STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # store ids are "vs_" + hex; they are written into DDL and SQL
+# store ids are "vs_" + hex; they are written into DDL and SQL, and into index names (63 bytes at most in PostgreSQL)
+_STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,51}")
+BUILD_RETRY_S = 60.0  # a build that failed, or that another replica holds, is tried again by this one after this
 
 _enabled: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 _enabled_lock = threading.Lock()
@@ -134,7 +136,7 @@ def insert_chunks(session, rows: list[dict], vectors: np.ndarray) -> None:
 
 
 def _store_literal(store_id: str) -> str:
-    if not _STORE_ID.match(store_id):
+    if not _STORE_ID.fullmatch(store_id):
         raise ValueError(f"unexpected vector store id {store_id!r}")
     return f"'{store_id}'"
 
@@ -151,7 +153,8 @@ def backfill(database: Database, store_id: str) -> int:
         with database.session() as session, session.begin():
             rows = session.execute(text(
                 f"SELECT id, embedding FROM vector_store_chunks WHERE vector_store_id = :s AND {COLUMN} IS NULL "
-                "LIMIT :n FOR UPDATE SKIP LOCKED"), {"s": store_id, "n": BACKFILL_BATCH}).all()
+                "LIMIT :n FOR UPDATE"), {"s": store_id, "n": BACKFILL_BATCH}).all()  # (rows another replica fills:
+            # waited for, then no longer NULL, so no search of this version sees one without its vector)
             if not rows:
                 return done
             session.execute(text(f"UPDATE vector_store_chunks SET {COLUMN} = CAST(:v AS vector) WHERE id = :id"),
@@ -190,9 +193,9 @@ def ensure_index(database: Database, store_id: str, dimensions: int) -> bool:
                 f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON vector_store_chunks USING hnsw '
                 f"(({COLUMN}::vector({int(dimensions)})) vector_cosine_ops) "
                 f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE vector_store_id = {store}"))
-            connection.execute(text("RESET maintenance_work_mem"))
             return True
-        finally:
+        finally:  # (the pooled connection goes back without the build's memory setting, whatever happened)
+            connection.execute(text("RESET maintenance_work_mem"))
             connection.execute(text("SELECT pg_advisory_unlock(:ns, hashtext(:n))"), {"ns": _LOCK_NAMESPACE, "n": name})
 
 
@@ -221,6 +224,7 @@ class PgStore:
     dimensions: int
     indexed: bool
     stored: int  # the store's chunk rows, hidden files' included: what its HNSW graph holds
+    next_build: float = 0.0  # time.monotonic() before which this replica starts no build of its index
     _masks: dict = field(default_factory=dict)
 
     @property
@@ -239,7 +243,8 @@ class PgStore:
                 "SELECT file_id, filename, attributes, status FROM vector_store_files WHERE vector_store_id = :s"),
                 {"s": store_id}).all()
             dimensions = session.execute(text(
-                f"SELECT vector_dims({COLUMN}) FROM vector_store_chunks WHERE vector_store_id = :s LIMIT 1"),
+                f"SELECT vector_dims({COLUMN}) FROM vector_store_chunks WHERE vector_store_id = :s "
+                f"AND {COLUMN} IS NOT NULL LIMIT 1"),
                 {"s": store_id}).scalar() or 0
         completed = {r.file_id for r in rows if r.status == "completed"}
         files = {r.file_id: (r.filename, _attributes(r.attributes), counts[r.file_id])
@@ -256,7 +261,7 @@ class PgStore:
         if k <= 0 or not allowed_chunks:
             return []
         want = candidates(k)
-        use_index = (self.indexed and allowed_chunks > HNSW_MIN_CHUNKS and len(query_vector) == self.dimensions
+        use_index = (self.indexed and allowed_chunks >= HNSW_MIN_CHUNKS and len(query_vector) == self.dimensions
                      and self.dimensions <= HNSW_MAX_DIMENSIONS)
         rows = self._candidates(database, query_vector, allowed, allowed_chunks, want, use_index)
         if use_index and len(rows) < min(k, allowed_chunks):  # the filter left too few of HNSW's candidates
@@ -277,7 +282,7 @@ class PgStore:
         allowed = self._masks.get(condition.key)
         if allowed is None:
             allowed = [f for f, (_, attributes, _) in self.files.items() if condition.matches(attributes)]
-            if len(self._masks) >= 32:
+            if len(self._masks) >= MASK_CACHE:
                 self._masks.clear()
             self._masks[condition.key] = allowed
         return allowed

@@ -216,14 +216,16 @@ class StoreSearcher:
 
     def _wants_index(self, store: pgvector.PgStore) -> bool:
         return (not store.indexed and store.chunks >= max(pgvector.HNSW_MIN_CHUNKS, 1)
-                and 0 < store.dimensions <= pgvector.HNSW_MAX_DIMENSIONS)
+                and 0 < store.dimensions <= pgvector.HNSW_MAX_DIMENSIONS and time.monotonic() >= store.next_build)
 
     def _build_index(self, store: pgvector.PgStore) -> None:
         try:
             store.indexed = pgvector.ensure_index(self.database, store.store_id, store.dimensions)
-        except Exception:  # noqa: BLE001 - search goes on exactly; the next version tries again
+        except Exception:  # noqa: BLE001 - search goes on exactly
             pgvector.log.exception("vector store %s: building its HNSW index failed", store.store_id)
         finally:
+            if not store.indexed:  # failed, or another replica builds it: not again at every search
+                store.next_build = time.monotonic() + pgvector.BUILD_RETRY_S
             with self._lock:
                 self._building.discard(store.store_id)
 

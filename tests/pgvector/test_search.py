@@ -252,7 +252,8 @@ def test_chunks_without_a_vector_are_backfilled(db):
 
 def test_two_replicas_share_one_store(url, tmp_path, monkeypatch):
     """Replica A indexes (and builds the HNSW index), B searches with its own engine and cache; A detaches a file
-    and adds one, B's next search sees both; A deletes the store and its index goes."""
+    and adds one, B's next search sees both; A forgets the store (what a delete does after its transaction) and
+    the index goes for B too."""
     monkeypatch.setattr(pgvector, "HNSW_MIN_CHUNKS", 0)
     a_db, b_db = open_database(url, tmp_path / "a"), open_database(url, tmp_path / "b")
     a, b = StoreSearcher(a_db, None), StoreSearcher(b_db, None)
