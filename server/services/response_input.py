@@ -92,12 +92,6 @@ def response_image_refs(value: str | list, policy: ImagePolicy) -> list[ImageRef
     return refs
 
 
-def _content_chars(content: str | list[dict]) -> int:
-    if isinstance(content, str):
-        return len(content)
-    return sum(len(part.get("text", "")) for part in content)
-
-
 def _content_text(content: str | list[dict]) -> str:
     return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
@@ -190,7 +184,7 @@ class ConversationPrompt:
         file_text = self.files.reader() if self.files else None
         policy = self.image_loader.policy
         self.current, self.items = parse_input(req.input, file_text, known, policy)
-        newer = sum(_content_chars(message["content"]) for message in self.current)
+        newer = sum(len(_content_text(message["content"])) for message in self.current)
         history = replay_history(history, newer, budget, auto, file_text,
                                  (policy.max_images, len(self.image_refs)))
         refs = [ref for turn in history + self.current for ref in turn.get("images", ())]
